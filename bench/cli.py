@@ -1,0 +1,251 @@
+"""`regbench`: run, plan, report, compare, env, suites, validate.
+
+Progress goes to stderr; `run` prints the run directory as its last stdout line. Errors are one
+line on stderr with exit code 2 (bad input) or 1 (a failure while working).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+
+from bench.errors import UserError
+
+DEFAULT_SUITE = "quick"
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="regbench", description="What regularization costs and buys, measured.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a suite (locally, or on the Ray cluster this joins)")
+    run.add_argument("--suite", default=DEFAULT_SUITE, help="built-in suite name or YAML file (default: quick)")
+    run.add_argument("--out", default="results", help="folder for the run directory (default: results)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run: only trials without a file")
+    run.add_argument("--executor", choices=("ray", "process"), default=None,
+                     help="ray (default) or process (one subprocess per trial, no Ray)")
+    run.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default=None)
+    run.add_argument("--only", metavar="PATTERN", help="run only trials whose id matches this glob/substring")
+    run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+
+    plan = sub.add_parser("plan", help="list the trials a run would do")
+    plan.add_argument("--suite", default=DEFAULT_SUITE)
+    plan.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default=None)
+    plan.add_argument("--only", metavar="PATTERN")
+    plan.add_argument("--json", action="store_true")
+
+    rep = sub.add_parser("report", help="write RUN_DIR/report/ (HTML, Markdown, CSV)")
+    rep.add_argument("run_dir")
+
+    cmp_ = sub.add_parser("compare", help="hardware/backends side by side")
+    cmp_.add_argument("run_dirs", nargs="+")
+    cmp_.add_argument("--out", default=None, help="output folder (default: results/compare-<time>)")
+
+    e = sub.add_parser("env", help="this node's fingerprint")
+    e.add_argument("--json", action="store_true")
+
+    sub.add_parser("suites", help="built-in suites with their size and expected duration")
+
+    v = sub.add_parser("validate", help="check a suite YAML or a cluster YAML offline")
+    v.add_argument("file")
+
+    sc = sub.add_parser("selfcheck", help="harness overhead vs bare model.fit, and the noise floor")
+    sc.add_argument("--repeats", type=int, default=5)
+    sc.add_argument("--epochs", type=int, default=6)
+    sc.add_argument("--json", action="store_true")
+    return ap
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as e:
+        print(f"regbench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("regbench: interrupted", file=sys.stderr)
+        return 130
+
+
+# ---- commands ---------------------------------------------------------------
+
+def cmd_run(args) -> int:
+    from bench import schedule, suite as suite_mod
+    from bench.progress import Progress
+    from bench.store import RunStore, now_iso
+
+    executor = args.executor or os.environ.get("REGBENCH_EXECUTOR", "ray")
+    if args.resume:
+        store = RunStore.open(pathlib.Path(args.resume))
+        manifest = store.manifest()
+        if "suite_input" not in manifest:
+            raise UserError(f"{store.manifest_path}: suite_input missing; cannot resume this run")
+        suite = suite_mod.parse(manifest["suite_input"], manifest["suite"]["source"],
+                                backend_override=manifest["suite"]["backend"])
+        planned = set(manifest.get("trial_ids") or [])
+        trials = [t for t in suite.trials if t.trial_id in planned] if planned else list(suite.trials)
+        done = store.finished_ids()
+        todo = [t for t in trials if t.trial_id not in done]
+        print(f"resuming {store.path}: {len(done)} finished, {len(todo)} to run", file=sys.stderr)
+    else:
+        path = suite_mod.resolve_path(args.suite)
+        raw = suite_mod.load_yaml(path)
+        suite = suite_mod.parse(raw, str(path), backend_override=args.backend)
+        todo = suite_mod.filter_trials(suite.trials, args.only)
+        if not todo:
+            raise UserError(f"--only: pattern {args.only!r} matches none of the {len(suite.trials)} trials")
+        out = pathlib.Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out: {out} exists and is not a directory")
+        store = RunStore.create(out, suite.resolved, [t.trial_id for t in todo])
+        store.update_manifest(suite_input=raw, executor=executor)
+        print(f"run {store.path}: {len(todo)} trials of suite {suite.name} ({executor} executor)", file=sys.stderr)
+
+    progress = Progress(len(todo))
+    try:
+        store.update_manifest(status="running", executor=executor)
+        schedule.execute(suite, todo, store, executor, progress)
+    except KeyboardInterrupt:
+        progress.close()
+        store.update_manifest(status="interrupted", finished_at=now_iso())
+        print(f"interrupted; finished trials are kept. Resume with:\n  regbench run --resume {store.path}",
+              file=sys.stderr)
+        return 130
+    progress.close()
+    store.update_manifest(status="complete", finished_at=now_iso())
+    store.export_parquet()
+    c = progress.counts
+    print(f"done: {c['ok']} ok, {c['failed']} failed, {c['diverged']} diverged, {c['skipped']} skipped",
+          file=sys.stderr)
+    if not args.no_report:
+        _report(store.path)
+    print(store.path)
+    return 0
+
+
+def _report(run_dir: pathlib.Path) -> pathlib.Path | None:
+    try:
+        from analysis.report import write_report
+    except ImportError:
+        print("report skipped: the analysis package is not installed", file=sys.stderr)
+        return None
+    index = write_report(pathlib.Path(run_dir))
+    print(f"report: {index}", file=sys.stderr)
+    return index
+
+
+def cmd_plan(args) -> int:
+    from bench import suite as suite_mod
+
+    suite = suite_mod.load(args.suite, backend=args.backend)
+    trials = suite_mod.filter_trials(suite.trials, args.only)
+    if args.json:
+        print(json.dumps([{"trial_id": t.trial_id, **t.to_record()} for t in trials], indent=1))
+    else:
+        for t in trials:
+            print(f"{t.trial_id}\t{t.workload}\t{t.setting}\t{t.precision}\tb{t.batch_size}\tr{t.repeat}")
+        print(f"{len(trials)} trials ({suite.name}, backend {suite.resolved['backend']})", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args) -> int:
+    run_dir = pathlib.Path(args.run_dir)
+    from bench.store import RunStore
+
+    RunStore.open(run_dir)  # a clear error for a folder that is not a run
+    import analysis
+
+    try:
+        index = analysis.report.write_report(run_dir)
+    except analysis.AnalysisInputError as e:
+        raise UserError(str(e)) from None
+    print(index)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    import datetime as dt
+
+    import analysis
+
+    runs = [pathlib.Path(p) for p in args.run_dirs]
+    out = pathlib.Path(args.out) if args.out else pathlib.Path("results") / f"compare-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    try:
+        index = analysis.compare.write_compare(runs, out)
+    except analysis.AnalysisInputError as e:
+        raise UserError(str(e)) from None
+    print(index)
+    return 0
+
+
+def cmd_env(args) -> int:
+    from bench.env import fingerprint
+
+    fp = fingerprint()
+    if args.json:
+        print(json.dumps(fp, indent=1))
+        return 0
+    v = fp["versions"]
+    print(f"host        {fp['hostname']} ({fp['os']}, {fp['machine']})")
+    print(f"cpu         {fp['cpu']} x{fp['cpu_count']}  bf16: {'yes' if fp['cpu_bf16'] else 'no'}")
+    print(f"memory      {fp['memory_bytes'] / 2**30:.1f} GiB" if fp["memory_bytes"] else "memory      ?")
+    if fp["gpus"]:
+        for g in fp["gpus"]:
+            print(f"gpu {g['index']}       {g['name']} ({g['memory_bytes'] / 2**30:.0f} GiB, cc {g['compute_capability']}, "
+                  f"driver {g['driver']}, CUDA {g['cuda_driver']})")
+    else:
+        print(f"gpu         none ({fp['gpu_reason']})")
+    print("versions    " + ", ".join(f"{k} {val}" for k, val in v.items() if val))
+    print(f"fingerprint {fp['fingerprint_id']}")
+    return 0
+
+
+def cmd_suites(args) -> int:
+    from bench import suite as suite_mod
+
+    cpus = os.cpu_count() or 1
+    print(f"{'suite':<8} {'trials':>6} {'settings':>8} {'precisions':>10} {'repeats':>7}  {'expected here':>13}  description")
+    for name in suite_mod.builtin_names():
+        s = suite_mod.load(name)
+        r = s.resolved
+        workers = 1 if s.isolation == "node" else max(1, cpus // s.cpus_per_trial)
+        minutes = len(s.trials) * s.expected_trial_s / workers / 60
+        print(f"{name:<8} {len(s.trials):>6} {len(r['settings']):>8} {len(r['precisions']):>10} {r['repeats']:>7}  "
+              f"{minutes:>9.1f} min  {s.description}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from bench import suite as suite_mod
+
+    path = pathlib.Path(args.file)
+    data = suite_mod.load_yaml(path)
+    try:
+        from bench import clustercheck
+    except ImportError:
+        clustercheck = None
+    if clustercheck is not None and clustercheck.is_cluster_file(data):
+        print(clustercheck.validate_cluster_file(path))
+        return 0
+    s = suite_mod.parse(data, str(path))
+    r = s.resolved
+    print(f"{path}: valid suite {s.name!r}: {len(s.trials)} trials = {len(r['workloads'])} workloads x "
+          f"{len(r['settings'])} regularizer settings x {len(r['precisions'])} precisions x "
+          f"{len(r['batch_sizes'])} batch sizes x {r['repeats']} repeats")
+    return 0
+
+
+def cmd_selfcheck(args) -> int:
+    from bench.selfcheck import main as selfcheck
+
+    return selfcheck(repeats=args.repeats, epochs=args.epochs, as_json=args.json)
+
+
+COMMANDS = {"run": cmd_run, "plan": cmd_plan, "report": cmd_report, "compare": cmd_compare, "env": cmd_env,
+            "suites": cmd_suites, "validate": cmd_validate, "selfcheck": cmd_selfcheck}
+
+if __name__ == "__main__":
+    sys.exit(main())

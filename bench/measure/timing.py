@@ -1,0 +1,118 @@
+"""Step timing and training phases, as a Keras callback.
+
+Every `on_train_batch_end` materializes the batch loss on the host (a float), so the host waits
+for the step's work on every backend (JAX and torch dispatch asynchronously). A step's time is
+the interval between two consecutive batch ends within one epoch; the first batch of each epoch
+(iterator start) and every interval across a validation pass are excluded. Steady state starts at
+the second epoch, or after `warmup_steps` steps when there is only one epoch.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+import keras
+
+
+def _as_float(value) -> float:
+    """Materialize a (possibly device-side, possibly async) scalar on the host."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    return float(keras.ops.convert_to_numpy(value))
+
+
+class StepTimer(keras.callbacks.Callback):
+    def __init__(self, warmup_steps: int = 10, guard_nan: bool = True):
+        super().__init__()
+        self.warmup_steps = warmup_steps
+        self.guard_nan = guard_nan
+        self.train_begin = None
+        self.train_end = None
+        self.first_step_s = None
+        self.validation_s = 0.0
+        self.steps = []  # (epoch, step-in-epoch, seconds)
+        self.steps_run = 0
+        self.epoch_wall_s = []  # wall time since train begin at each epoch end (validation included)
+        self.epoch_validation_s = []
+        self.nonfinite = None  # "loss became nan at epoch 2, step 5"
+        self._epoch = 0
+        self._last_end = None
+        self._batch_begin = None
+        self._test_begin = None
+        self._val_this_epoch = 0.0
+
+    # -- train -------------------------------------------------------------
+    def on_train_begin(self, logs=None):
+        self.train_begin = time.perf_counter()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+        self._last_end = None
+        self._val_this_epoch = 0.0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.first_step_s is None:
+            self._batch_begin = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = _as_float((logs or {}).get("loss", 0.0))  # the host waits for this step here
+        now = time.perf_counter()
+        self.steps_run += 1
+        if self.first_step_s is None:
+            self.first_step_s = now - self._batch_begin
+        elif self._last_end is not None:
+            self.steps.append((self._epoch, batch, now - self._last_end))
+        self._last_end = now
+        if self.guard_nan and not math.isfinite(loss):
+            self.nonfinite = f"training loss became {loss} at epoch {self._epoch + 1}, step {batch + 1}"
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_wall_s.append(time.perf_counter() - self.train_begin)
+        self.epoch_validation_s.append(self._val_this_epoch)
+        val = (logs or {}).get("val_xent_loss")
+        if val is not None and not math.isfinite(val) and self.nonfinite is None:
+            self.nonfinite = f"validation loss became {val} at epoch {epoch + 1}"
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        self.train_end = time.perf_counter()
+
+    # -- validation inside fit ---------------------------------------------
+    def on_test_begin(self, logs=None):
+        self._test_begin = time.perf_counter()
+
+    def on_test_end(self, logs=None):
+        dt = time.perf_counter() - self._test_begin
+        self.validation_s += dt
+        self._val_this_epoch += dt
+
+    # -- result ------------------------------------------------------------
+    def steady_step_times_s(self) -> np.ndarray:
+        epochs = {e for e, _, _ in self.steps}
+        if len(epochs) > 1:
+            times = [t for e, _, t in self.steps if e >= 1]
+        else:
+            times = [t for _, _, t in self.steps][self.warmup_steps:]
+        return np.asarray(times, dtype=float)
+
+    def result(self, batch_size: int) -> dict:
+        t = self.steady_step_times_s()
+        train_s = (self.train_end - self.train_begin) - self.validation_s
+        if len(t) == 0:
+            stats = dict(steady_state_steps=0, step_time_p50_s=None, step_time_p95_s=None,
+                         step_time_mean_s=None, step_time_cv=None, samples_per_s=None)
+        else:
+            mean = float(t.mean())
+            stats = dict(
+                steady_state_steps=int(len(t)),
+                step_time_p50_s=float(np.percentile(t, 50)),
+                step_time_p95_s=float(np.percentile(t, 95)),
+                step_time_mean_s=mean,
+                step_time_cv=float(t.std() / mean) if mean > 0 else None,
+                samples_per_s=float(batch_size * len(t) / t.sum()),
+            )
+        return dict(first_step_s=self.first_step_s, train_s=train_s, validation_s=self.validation_s,
+                    steps_run=self.steps_run, **stats)

@@ -1,0 +1,40 @@
+"""Precision policies, loss scaling and what a device can run.
+
+float32: everything in float32. mixed_float16 / mixed_bfloat16: Keras mixed policies (compute in
+16 bits, variables in float32). Under mixed_float16 Keras wraps the optimizer in a
+LossScaleOptimizer at compile(); a step whose gradients overflow is skipped and counted.
+"""
+from __future__ import annotations
+
+POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+
+COMPUTE_DTYPE = {"float32": "float32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
+
+
+def skip_reason(precision: str, device_kind: str, backend: str, jit_compile: bool,
+                gpu_compute_capability: tuple[int, int] | None = None,
+                allow_slow: bool = False) -> str | None:
+    """Why this device should not run this precision, or None.
+
+    float16 on a CPU runs through slow emulation unless XLA fuses it (~100x slower than float32
+    on the TensorFlow backend here); such cells are marked skipped rather than spending an hour.
+    bfloat16 needs compute capability 8.0 (Ampere) on NVIDIA GPUs.
+    """
+    if precision not in POLICIES:
+        return f"unknown precision {precision!r}"
+    if device_kind == "cpu" and precision == "mixed_float16" and not allow_slow:
+        if backend == "torch" or not jit_compile:
+            return (f"mixed_float16 on CPU without XLA ({backend}, jit_compile={jit_compile}) is "
+                    "emulated and ~100x slower than float32; set allow_slow_precision: true to run it")
+    if (device_kind == "gpu" and precision == "mixed_bfloat16" and gpu_compute_capability
+            and gpu_compute_capability < (8, 0)):
+        return (f"mixed_bfloat16 needs compute capability >= 8.0; this GPU has "
+                f"{gpu_compute_capability[0]}.{gpu_compute_capability[1]}")
+    return None
+
+
+def set_policy(precision: str) -> None:
+    """Set the global Keras dtype policy (one fresh process per trial, so it never leaks)."""
+    import keras
+
+    keras.config.set_dtype_policy(precision)

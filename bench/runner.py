@@ -1,0 +1,210 @@
+"""Run ONE trial in the current (fresh) process and return its trial file as a dict.
+
+Read top to bottom: set up the process, decide whether this device should run the trial at all,
+then load data, build, train under the trackers, evaluate, and assemble the record. Every failure
+inside a trial (exception, OOM, NaN) becomes a record with a status and a reason; only the
+executor's timeout and a killed process are recorded from outside.
+
+Call `run_trial` only in a process that has not imported Keras yet (the executors guarantee it):
+the global dtype policy, XLA caches, RNG state and allocator peaks cannot be reset in place.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import time
+import traceback
+
+from bench import backends, env, precision
+from bench.regularizers import recipe_for
+from bench.trial import Trial, result_skeleton
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def node_record(backend: str, executor: str, gpu: bool, cpu_threads: int | None) -> dict:
+    gpu_list, _ = env.gpus() if gpu else ([], None)
+    import os
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    index = int(visible.split(",")[0]) if visible.split(",")[0].isdigit() else 0
+    gpu_info = next((g for g in gpu_list if g["index"] == index), gpu_list[0] if gpu_list else None)
+    fp = env.fingerprint()
+    return {
+        "hostname": socket.gethostname(),
+        "device_kind": "gpu" if gpu else "cpu",
+        "device_name": gpu_info["name"] if gpu_info else env.cpu_model(),
+        "executor": executor,
+        "fingerprint_id": fp["fingerprint_id"],
+        "accelerator_type": env.accelerator_type(gpu_info["name"]) if gpu_info else None,
+        "compute_capability": gpu_info["compute_capability"] if gpu_info else None,
+        "cpu_threads": cpu_threads,
+        "cpu": fp["cpu"],
+    }
+
+
+def classify_failure(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+    if any(s in text for s in ("RESOURCE_EXHAUSTED", "out of memory", "OutOfMemory", "OOM")):
+        return "OOM: " + text[:400]
+    return text[:500]
+
+
+def precheck(trial: Trial, executor: str, gpu: bool) -> dict | None:
+    """A `skipped` record when this device should not run the trial (no framework import), else None."""
+    node = node_record(trial.backend, executor, gpu, trial.cpu_threads)
+    jit = backends.jit_setting(trial.jit_compile, trial.backend, node["device_kind"])
+    cc = tuple(node["compute_capability"]) if node.get("compute_capability") else None
+    reason = precision.skip_reason(trial.precision, node["device_kind"], trial.backend, jit, cc,
+                                   trial.allow_slow_precision)
+    if reason is None:
+        return None
+    record = result_skeleton(trial, "skipped", reason, node)
+    record.update(started_at=now_iso(), finished_at=now_iso(), wall_s=0.0)
+    return record
+
+
+def run_trial(trial: Trial, executor: str = "process", gpu: bool | None = None) -> dict:
+    """Measure `trial` in this process. gpu=None: use a GPU if the framework sees one."""
+    started, t_wall = now_iso(), time.perf_counter()
+    backends.configure_process(trial.backend, trial.cpu_threads, gpu=gpu)
+    if gpu is None:
+        gpu = backends.gpu_visible(trial.backend)
+    skipped = precheck(trial, executor, gpu)
+    if skipped:
+        return skipped
+    node = node_record(trial.backend, executor, gpu, trial.cpu_threads)
+    try:
+        record = _measure(trial, node, gpu)
+    except Exception as exc:  # noqa: BLE001 - a failure is a result
+        record = result_skeleton(trial, "failed", classify_failure(exc), node)
+        record["traceback"] = traceback.format_exc()[-4000:]
+    record.update(started_at=started, finished_at=now_iso(), wall_s=time.perf_counter() - t_wall)
+    return record
+
+
+def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
+    import keras
+    import numpy as np
+
+    from bench.measure.compute import compute_section
+    from bench.measure.convergence import curve_rows, summarize
+    from bench.measure.energy import NvmlSampler
+    from bench.measure.memory import MemoryTracker
+    from bench.measure.timing import StepTimer
+    from bench.workloads import WORKLOADS
+    from bench.workloads.common import pipeline_augment
+
+    workload = WORKLOADS[trial.workload]
+    recipe = recipe_for(trial.regularizers)
+
+    # 1. data (partial last batch dropped: a smaller batch would retrace/recompile the step)
+    t = time.perf_counter()
+    data = workload.load(trial.seed, trial.max_train_samples)
+    n = len(data.x_train) // trial.batch_size * trial.batch_size
+    if n == 0:
+        raise ValueError(f"batch_size {trial.batch_size} exceeds the {len(data.x_train)} training samples")
+    x_train, y_train = data.x_train[:n], data.y_train[:n]
+    data_s = time.perf_counter() - t
+
+    # 2. model
+    t = time.perf_counter()
+    keras.utils.set_random_seed(trial.seed)
+    precision.set_policy(trial.precision)
+    model = workload.build(recipe, data)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=["accuracy", keras.metrics.SparseCategoricalCrossentropy(name="xent_loss")],
+        jit_compile=backends.compile_arg(trial.jit_compile),
+    )
+    build_s = time.perf_counter() - t
+
+    # 3. input: arrays, or a PyDataset that augments batch by batch on the input side
+    if recipe.augmentation == "pipeline":
+        class Augmented(keras.utils.PyDataset):
+            def __init__(self):
+                super().__init__()
+                self.rng = np.random.default_rng(trial.seed)
+                self.order = np.arange(n)
+
+            def __len__(self):
+                return n // trial.batch_size
+
+            def __getitem__(self, i):
+                idx = self.order[i * trial.batch_size:(i + 1) * trial.batch_size]
+                return pipeline_augment(x_train[idx], data.kind, recipe.augment_strength, self.rng), y_train[idx]
+
+            def on_epoch_end(self):
+                self.rng.shuffle(self.order)
+
+        fit_inputs = dict(x=Augmented())
+    else:
+        fit_inputs = dict(x=x_train, y=y_train, batch_size=trial.batch_size, shuffle=True)
+
+    # 4. timed training
+    timer = StepTimer()
+    callbacks = [timer]
+    early = None
+    if recipe.early_stopping:
+        es = recipe.early_stopping
+        early = keras.callbacks.EarlyStopping(
+            monitor=es["monitor"], patience=es["patience"], min_delta=es["min_delta"],
+            mode="max" if es["monitor"].endswith("accuracy") else "min",
+            restore_best_weights=es["restore_best_weights"])
+        callbacks.append(early)
+    memory, nvml = MemoryTracker(trial.backend, gpu), NvmlSampler()
+    memory.start()
+    nvml.start()
+    history = model.fit(**fit_inputs, epochs=trial.epochs, steps_per_epoch=trial.steps_per_epoch,
+                        validation_data=(data.x_val, data.y_val), callbacks=callbacks, verbose=0)
+    nvml.stop()
+    memory.stop()
+    timing = timer.result(trial.batch_size)
+
+    # 5. after training, untimed: inference-mode accuracy of the final model, loss-scale skips
+    applicable = workload.CONVERGENCE
+    final_train = final_val = None
+    if applicable:
+        k = min(len(x_train), 4096)
+        final_train = float(model.evaluate(x_train[:k], y_train[:k], batch_size=trial.batch_size,
+                                           verbose=0, return_dict=True)["accuracy"])
+        final_val = float(model.evaluate(data.x_val, data.y_val, batch_size=trial.batch_size,
+                                         verbose=0, return_dict=True)["accuracy"])
+    skipped = None
+    if trial.precision == "mixed_float16":
+        skipped = timer.steps_run - int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    stopped = (early.stopped_epoch + 1) if early is not None and early.stopped_epoch > 0 else None
+    curve = curve_rows(history.history, timer.epoch_wall_s, timer.epoch_validation_s)
+    target = trial.target_val_accuracy if trial.target_val_accuracy is not None else workload.DEFAULT_TARGET
+    convergence = summarize(curve, target if applicable else None, applicable, stopped,
+                            final_train, final_val, skipped)
+
+    # 6. compute: analytic FLOPs vs this node's measured matmul peak at this precision
+    try:
+        peak, peak_reason = backends.matmul_peak_flops_per_s(
+            trial.backend, precision.COMPUTE_DTYPE[trial.precision], gpu), None
+    except Exception as e:  # noqa: BLE001
+        peak, peak_reason = None, f"calibration failed: {type(e).__name__}: {e}"[:300]
+    compute = compute_section(model, timing["samples_per_s"], peak, peak_reason)
+
+    mem = memory.result()
+    nv_mem = nvml.memory_result()
+    mem.update({k: v for k, v in nv_mem.items() if k != "null_reasons"})
+    mem["null_reasons"].update(nv_mem["null_reasons"])
+    samples_seen = timer.steps_run * trial.batch_size
+    status, reason = "ok", None
+    if timer.nonfinite:
+        status, reason = "diverged", timer.nonfinite
+    elif timing["samples_per_s"] is None:
+        status, reason = "failed", (f"no steady-state steps ({timer.steps_run} steps run): "
+                                    "raise epochs or steps_per_epoch")
+    record = result_skeleton(trial, status, reason, node)
+    record["timing"] = {"data_s": data_s, "build_s": build_s, **timing, "jit_compile": bool(model.jit_compile)}
+    record["memory"] = mem
+    record["energy"] = nvml.energy_result(samples_seen)
+    record["compute"] = compute
+    record["convergence"] = convergence
+    return record

@@ -1,0 +1,176 @@
+"""results/<run-id>/: manifest, one atomic JSON file per trial, derived Parquet tables.
+
+A finished trial file is never rewritten. Every write goes to a temporary file in the same
+folder, is fsynced, then renamed, so a run killed at any moment leaves only whole files; resume
+skips every trial that has a file.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import pathlib
+import subprocess
+import tempfile
+
+from bench import SCHEMA_VERSION
+from bench.errors import UserError
+
+
+def write_json_atomic(path: pathlib.Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, allow_nan=True, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read_json(path: pathlib.Path) -> dict:
+    """Read a manifest or trial file; corrupt or too-new files raise UserError naming the file."""
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{path}: expected a JSON object")
+    version = obj.get("schema_version")
+    if not isinstance(version, int):
+        raise UserError(f"{path}: schema_version missing or not an integer")
+    if version > SCHEMA_VERSION:
+        raise UserError(f"{path}: schema_version {version} is newer than this regbench reads ({SCHEMA_VERSION})")
+    return obj
+
+
+def git_commit() -> str | None:
+    try:
+        here = pathlib.Path(__file__).resolve().parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class RunStore:
+    """One run directory."""
+
+    def __init__(self, path: pathlib.Path):
+        self.path = pathlib.Path(path)
+        self.trials_dir = self.path / "trials"
+        self.manifest_path = self.path / "manifest.json"
+
+    # -- creation and opening ----------------------------------------------
+    @classmethod
+    def create(cls, out_dir: pathlib.Path, suite: dict, trial_ids: list[str], run_id: str | None = None) -> "RunStore":
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_id = run_id or f"{stamp}-{suite.get('name', 'suite')}"
+        path = pathlib.Path(out_dir) / run_id
+        n = 1
+        while path.exists():
+            n += 1
+            path = pathlib.Path(out_dir) / f"{run_id}-{n}"
+        store = cls(path)
+        store.trials_dir.mkdir(parents=True)
+        write_json_atomic(store.manifest_path, {
+            "schema_version": SCHEMA_VERSION, "run_id": path.name, "suite": suite, "trial_ids": trial_ids,
+            "nodes": {}, "placements": {}, "git_commit": git_commit(), "started_at": now_iso(),
+            "finished_at": None, "status": "running",
+        })
+        return store
+
+    @classmethod
+    def open(cls, path: pathlib.Path) -> "RunStore":
+        store = cls(path)
+        if not store.path.is_dir():
+            raise UserError(f"{path}: not a directory")
+        if not store.manifest_path.exists():
+            raise UserError(f"{path}: not a regbench run (no manifest.json)")
+        store.manifest()  # validates
+        store.trials_dir.mkdir(exist_ok=True)
+        return store
+
+    # -- manifest ------------------------------------------------------------
+    def manifest(self) -> dict:
+        return read_json(self.manifest_path)
+
+    def update_manifest(self, **changes) -> None:
+        m = self.manifest()
+        for key, value in changes.items():
+            if key in ("nodes", "placements") and isinstance(value, dict):
+                m.setdefault(key, {}).update(value)
+            else:
+                m[key] = value
+        write_json_atomic(self.manifest_path, m)
+
+    # -- trials --------------------------------------------------------------
+    def trial_path(self, trial_id: str) -> pathlib.Path:
+        return self.trials_dir / f"{trial_id}.json"
+
+    def finished_ids(self) -> set[str]:
+        """Ids with a readable trial file (a corrupt file does not count as finished)."""
+        done = set()
+        for p in self.trials_dir.glob("*.json"):
+            try:
+                read_json(p)
+            except UserError:
+                continue
+            done.add(p.stem)
+        return done
+
+    def write_trial(self, record: dict) -> pathlib.Path:
+        """Write a finished trial once; a second result for the same id is ignored (exactly once)."""
+        path = self.trial_path(record["trial_id"])
+        if path.exists():
+            try:
+                read_json(path)
+                return path
+            except UserError:
+                pass  # a corrupt leftover is replaced by the real result
+        write_json_atomic(path, record)
+        return path
+
+    def records(self) -> list[dict]:
+        return [read_json(p) for p in sorted(self.trials_dir.glob("*.json"))]
+
+    # -- derived tables ------------------------------------------------------
+    def export_parquet(self) -> None:
+        """trials.parquet (one row per trial, flattened) and curves.parquet (one row per epoch)."""
+        import pandas as pd
+
+        rows, curves = [], []
+        for rec in self.records():
+            row = {"trial_id": rec["trial_id"], "status": rec["status"], "reason": rec.get("reason")}
+            for section in ("trial", "node", "timing", "memory", "energy", "compute", "convergence"):
+                for key, value in (rec.get(section) or {}).items():
+                    if key in ("curve", "null_reasons"):
+                        continue
+                    if key == "regularizers":
+                        value = json.dumps(value, sort_keys=True)
+                    if isinstance(value, (list, dict)):
+                        value = json.dumps(value)
+                    row[f"{section}.{key}" if section in ("trial", "node") else key] = value
+            rows.append(row)
+            for point in (rec.get("convergence") or {}).get("curve") or []:
+                curves.append({"trial_id": rec["trial_id"], **point})
+        for name, table in (("trials.parquet", rows), ("curves.parquet", curves)):
+            df = pd.DataFrame(table)
+            tmp = self.path / f".{name}.tmp"
+            df.to_parquet(tmp, index=False)
+            os.replace(tmp, self.path / name)

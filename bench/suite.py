@@ -1,0 +1,246 @@
+"""Suite YAML -> validated Suite -> list of Trials.
+
+A suite names the matrix: workloads x regularizer settings x precisions x batch sizes x repeats.
+Every problem is reported as one line naming the file and the field. See README "Suites".
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import pathlib
+
+import yaml
+
+from bench import backends, precision, regularizers
+from bench.errors import UserError
+from bench.trial import Trial
+
+SUITES_DIR = pathlib.Path(__file__).parent / "suites"
+
+TOP_KEYS = {
+    "name": "suite name", "description": "one line", "workloads": "list of names or {name, ...}",
+    "regularizers": "list of settings", "precisions": "list", "batch_sizes": "list of ints",
+    "repeats": "int", "epochs": "int", "seed": "int", "backend": "tensorflow|jax|torch",
+    "jit_compile": "auto|on|off", "isolation": "gpu|node|cpu", "cpus_per_trial": "int",
+    "device": "auto|gpu|cpu", "timeout_s": "seconds", "allow_slow_precision": "bool",
+    "accelerator_types": "list", "expected_trial_s": "seconds", "max_retries": "int",
+}
+WORKLOAD_KEYS = ("name", "max_train_samples", "steps_per_epoch", "target_val_accuracy", "epochs", "batch_sizes")
+
+
+def closest(word: str, options) -> str:
+    match = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.5)
+    return f" (did you mean {match[0]!r}?)" if match else f" (known: {', '.join(map(str, options))})"
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    source: str
+    trials: tuple
+    isolation: str
+    cpus_per_trial: int
+    device: str
+    expected_trial_s: float
+    max_retries: int
+    resolved: dict  # the suite as plain data, defaults filled in (stored in the manifest)
+
+
+def _fail(where: str, msg: str):
+    raise UserError(f"{where}: {msg}")
+
+
+def _int(where, value, low=None, high=None):
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(where, f"{value!r} is not an integer")
+    if (low is not None and value < low) or (high is not None and value > high):
+        _fail(where, f"{value} is out of range [{low}, {'inf' if high is None else high}]")
+    return value
+
+
+def _list(where, value):
+    if not isinstance(value, list):
+        _fail(where, f"expected a list, got {type(value).__name__}")
+    if not value:
+        _fail(where, "is empty: the suite would run nothing")
+    return value
+
+
+def _choice(where, value, options):
+    if value not in options:
+        _fail(where, f"unknown value {value!r}{closest(value, options)}")
+    return value
+
+
+def _setting(where: str, item) -> tuple:
+    """One regularizer setting -> ((name, params), ...)."""
+    if item == regularizers.BASELINE or item is None:
+        return ()
+    parts = item if isinstance(item, list) else [item]
+    if not parts:
+        _fail(where, "an empty combination; write 'none' for the baseline")
+    out, seen = [], set()
+    for j, part in enumerate(parts):
+        w = f"{where}[{j}]" if isinstance(item, list) else where
+        if isinstance(part, str):
+            name, params = part, {}
+        elif isinstance(part, dict) and set(part) <= {"name", "params"} and "name" in part:
+            name, params = part["name"], part.get("params") or {}
+        elif isinstance(part, dict) and len(part) == 1:
+            (name, params), = part.items()
+            params = params or {}
+        else:
+            _fail(w, f"expected a regularizer name or {{name: {{param: value}}}}, got {part!r}")
+        if name == regularizers.BASELINE:
+            _fail(w, "'none' cannot be part of a combination")
+        if not isinstance(params, dict):
+            _fail(f"{w}.{name}", f"parameters must be a mapping, got {params!r}")
+        if name in seen:
+            _fail(w, f"{name} appears twice in one combination")
+        seen.add(name)
+        out.append(regularizers.normalize(name, params, f"{w}.{name}" if name in regularizers.REGISTRY else w))
+    return tuple(out)
+
+
+def load_yaml(path: pathlib.Path) -> dict:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{path}: malformed YAML at {where}{problem}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of suite fields at the top level")
+    return data
+
+
+def resolve_path(name_or_file: str) -> pathlib.Path:
+    p = pathlib.Path(name_or_file)
+    if p.suffix in (".yaml", ".yml") or p.exists() or "/" in name_or_file:
+        return p
+    builtin = SUITES_DIR / f"{name_or_file}.yaml"
+    if not builtin.exists():
+        raise UserError(f"--suite: unknown suite {name_or_file!r}{closest(name_or_file, builtin_names())}")
+    return builtin
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+
+
+def load(name_or_file: str, backend: str | None = None) -> Suite:
+    path = resolve_path(name_or_file)
+    return parse(load_yaml(path), str(path), backend_override=backend)
+
+
+def parse(data: dict, source: str, backend_override: str | None = None) -> Suite:
+    from bench.workloads import WORKLOADS
+
+    f = source
+    for key in data:
+        if key not in TOP_KEYS:
+            _fail(f, f"unknown key {key!r}{closest(key, TOP_KEYS)}")
+    for key in ("workloads", "regularizers", "precisions", "batch_sizes"):
+        if key not in data:
+            _fail(f, f"missing required key {key!r}")
+
+    name = str(data.get("name") or pathlib.Path(source).stem)
+    backend = backend_override or data.get("backend", "tensorflow")
+    _choice(f"{f}: backend", backend, backends.BACKENDS)
+    jit = _choice(f"{f}: jit_compile", data.get("jit_compile", "auto"), ("auto", "on", "off"))
+    isolation = _choice(f"{f}: isolation", data.get("isolation", "gpu"), ("gpu", "node", "cpu"))
+    device = _choice(f"{f}: device", data.get("device", "auto"), ("auto", "gpu", "cpu"))
+    repeats = _int(f"{f}: repeats", data.get("repeats", 3), 1, 1000)
+    epochs = _int(f"{f}: epochs", data.get("epochs", 10), 1, 100000)
+    seed = _int(f"{f}: seed", data.get("seed", 0), 0)
+    cpus = _int(f"{f}: cpus_per_trial", data.get("cpus_per_trial", 1), 1, 1024)
+    retries = _int(f"{f}: max_retries", data.get("max_retries", 2), 0, 20)
+    timeout = data.get("timeout_s", 900)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        _fail(f"{f}: timeout_s", f"{timeout!r} is not a positive number of seconds")
+    allow_slow = data.get("allow_slow_precision", False)
+    if not isinstance(allow_slow, bool):
+        _fail(f"{f}: allow_slow_precision", f"{allow_slow!r} is not true/false")
+    expected = data.get("expected_trial_s", 10)
+    if isinstance(expected, bool) or not isinstance(expected, (int, float)) or expected <= 0:
+        _fail(f"{f}: expected_trial_s", f"{expected!r} is not a positive number")
+
+    precisions = [_choice(f"{f}: precisions[{i}]", p, precision.POLICIES)
+                  for i, p in enumerate(_list(f"{f}: precisions", data["precisions"]))]
+    batch_sizes = [_int(f"{f}: batch_sizes[{i}]", b, 1, 1 << 20)
+                   for i, b in enumerate(_list(f"{f}: batch_sizes", data["batch_sizes"]))]
+    settings = [_setting(f"{f}: regularizers[{i}]", item)
+                for i, item in enumerate(_list(f"{f}: regularizers", data["regularizers"]))]
+    accel = data.get("accelerator_types", [None])
+    accel = [None] if accel in (None, []) else _list(f"{f}: accelerator_types", accel)
+
+    workloads = []
+    for i, w in enumerate(_list(f"{f}: workloads", data["workloads"])):
+        where = f"{f}: workloads[{i}]"
+        spec = {"name": w} if isinstance(w, str) else w
+        if not isinstance(spec, dict) or "name" not in spec:
+            _fail(where, f"expected a workload name or a mapping with 'name', got {w!r}")
+        for key in spec:
+            if key not in WORKLOAD_KEYS:
+                _fail(where, f"unknown key {key!r}{closest(key, WORKLOAD_KEYS)}")
+        _choice(f"{where}.name", spec["name"], list(WORKLOADS))
+        for key in ("max_train_samples", "steps_per_epoch", "epochs"):
+            if spec.get(key) is not None:
+                _int(f"{where}.{key}", spec[key], 1)
+        tgt = spec.get("target_val_accuracy")
+        if tgt is not None and (isinstance(tgt, bool) or not isinstance(tgt, (int, float)) or not 0 < tgt <= 1):
+            _fail(f"{where}.target_val_accuracy", f"{tgt!r} is not in (0, 1]")
+        wb = spec.get("batch_sizes")
+        if wb is not None:
+            wb = [_int(f"{where}.batch_sizes[{j}]", b, 1, 1 << 20) for j, b in enumerate(_list(f"{where}.batch_sizes", wb))]
+        workloads.append({**spec, "batch_sizes": wb})
+
+    names = [regularizers.setting_label(s) for s in settings]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        _fail(f"{f}: regularizers", f"setting {sorted(dupes)[0]!r} is listed twice")
+
+    cells = []
+    for w in workloads:
+        for reg in settings:
+            for prec in precisions:
+                for bs in w["batch_sizes"] or batch_sizes:
+                    for acc in accel:
+                        cells.append(dict(
+                            workload=w["name"], regularizers=reg, precision=prec, batch_size=bs,
+                            backend=backend, epochs=w.get("epochs") or epochs,
+                            target_val_accuracy=w.get("target_val_accuracy"), jit_compile=jit,
+                            max_train_samples=w.get("max_train_samples"), steps_per_epoch=w.get("steps_per_epoch"),
+                            cpu_threads=cpus if device != "gpu" else None, timeout_s=float(timeout),
+                            allow_slow_precision=allow_slow, accelerator_type=acc))
+    # Repeats interleave (all cells of repeat 0, then repeat 1, ...) so drift hits every setting alike.
+    trials = tuple(Trial(**c, repeat=r, seed=seed + r) for r in range(repeats) for c in cells)
+
+    resolved = {
+        "name": name, "description": data.get("description", ""), "source": source, "backend": backend,
+        "workloads": workloads, "regularizers": [[{"name": n, "params": p} for n, p in s] for s in settings],
+        "settings": names, "precisions": precisions, "batch_sizes": batch_sizes, "repeats": repeats,
+        "epochs": epochs, "seed": seed, "jit_compile": jit, "isolation": isolation, "device": device,
+        "cpus_per_trial": cpus, "timeout_s": float(timeout), "allow_slow_precision": allow_slow,
+        "accelerator_types": accel, "max_retries": retries, "expected_trial_s": float(expected),
+    }
+    return Suite(name=name, description=resolved["description"], source=source, trials=trials,
+                 isolation=isolation, cpus_per_trial=cpus, device=device, expected_trial_s=float(expected),
+                 max_retries=retries, resolved=resolved)
+
+
+def filter_trials(trials, pattern: str | None):
+    """--only PATTERN: glob over trial ids (e.g. '*l2*float32*')."""
+    if not pattern:
+        return list(trials)
+    import fnmatch
+
+    return [t for t in trials if fnmatch.fnmatch(t.trial_id, pattern) or pattern in t.trial_id]

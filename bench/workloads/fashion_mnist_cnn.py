@@ -1,0 +1,36 @@
+"""Small CNN on Fashion-MNIST, read by keras.datasets from $KERAS_HOME/datasets/fashion-mnist/."""
+from __future__ import annotations
+
+import numpy as np
+
+from bench.workloads.common import Data, classifier_head, conv_bn, dense_block, model_augmentation, subsample
+
+NAME = "fashion_mnist_cnn"
+DESCRIPTION = "Conv32-Conv64-pool-Dense128 CNN on Fashion-MNIST (28x28x1, 10 classes)"
+KIND = "image"
+DEFAULT_TARGET = 0.85
+CONVERGENCE = True
+
+
+def load(seed: int, max_train_samples: int | None = None) -> Data:
+    import keras
+
+    (x_tr, y_tr), (x_va, y_va) = keras.datasets.fashion_mnist.load_data()
+    x_tr, y_tr = subsample(x_tr, y_tr, max_train_samples, seed)
+    prep = lambda x: (x.astype("float32") / 255.0)[..., None]  # noqa: E731
+    return Data(prep(x_tr), y_tr.astype("int32"), prep(x_va), y_va.astype("int32"), num_classes=10, kind=KIND)
+
+
+def build(recipe, data: Data):
+    import keras
+
+    inputs = keras.Input(shape=data.input_shape, name="image")
+    x = model_augmentation(inputs, KIND, recipe)
+    x = conv_bn(x, 32, recipe, "c1")
+    x = conv_bn(x, 64, recipe, "c2")
+    x = keras.layers.MaxPooling2D(2, name="pool")(x)
+    if recipe.dropout_rate:
+        x = keras.layers.Dropout(recipe.dropout_rate, name="pool_dropout")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = dense_block(x, 128, recipe, name="fc")
+    return keras.Model(inputs, classifier_head(x, data.num_classes, recipe), name=NAME)
