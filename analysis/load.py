@@ -1,0 +1,269 @@
+"""Read run directories into tidy DataFrames: one row per trial, one row per epoch.
+
+A run directory holds manifest.json and trials/<trial_id>.json (see the trial-file contract).
+trials/*.json are the source of truth (the Parquet files next to them are derived), so they are
+what is read here. A corrupt, partial or newer-schema trial file inside a good run is not fatal:
+it becomes a row of `problems` (and a warning on stderr). A path that is not a run is fatal.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from analysis._callable import make_module_callable
+from analysis.errors import AnalysisInputError
+
+SCHEMA_VERSION_READ = 1
+"""Newest trial-file / manifest schema_version this package understands."""
+
+# Flattened trial columns: (section, field, column). Section None = top level.
+_TRIAL_FIELDS = ("workload", "setting", "precision", "batch_size", "backend", "repeat", "seed", "epochs",
+                 "cell_id", "learning_rate", "steps_per_epoch", "max_train_samples")
+_NODE_FIELDS = ("hostname", "device_kind", "device_name", "executor", "fingerprint_id", "accelerator_type",
+                "cpu_threads")
+_TIMING_FIELDS = ("data_s", "build_s", "first_step_s", "train_s", "validation_s", "steady_state_steps",
+                  "step_time_p50_s", "step_time_p95_s", "step_time_mean_s", "step_time_cv", "samples_per_s",
+                  "jit_compile")
+_MEMORY_FIELDS = ("host_peak_bytes", "device_peak_bytes", "nvml_used_peak_bytes")
+_ENERGY_FIELDS = ("energy_j", "mean_power_w", "gpu_util_mean", "energy_per_sample_j", "input_bound")
+_COMPUTE_FIELDS = ("flops_per_sample", "achieved_flops_per_s", "peak_flops_per_s", "mfu")
+_CONVERGENCE_FIELDS = ("epochs_run", "stopped_epoch", "best_val_accuracy", "final_val_accuracy",
+                       "final_train_accuracy", "generalization_gap", "target_val_accuracy", "time_to_target_s",
+                       "epochs_to_target", "loss_scale_skipped_steps", "applicable")
+_SECTIONS = (("trial", _TRIAL_FIELDS), ("node", _NODE_FIELDS), ("timing", _TIMING_FIELDS),
+             ("memory", _MEMORY_FIELDS), ("energy", _ENERGY_FIELDS), ("compute", _COMPUTE_FIELDS),
+             ("convergence", _CONVERGENCE_FIELDS))
+_TOP_FIELDS = ("schema_version", "trial_id", "status", "reason", "started_at", "finished_at", "wall_s")
+_CURVE_FIELDS = ("epoch", "wall_s", "loss", "accuracy", "val_loss", "val_accuracy", "xent_loss", "val_xent_loss")
+STATUSES = ("ok", "failed", "diverged", "skipped")
+
+TRIAL_COLUMNS = (("run", "run_dir", "file") + _TOP_FIELDS + ("regularizers", "null_reasons")
+                 + tuple(f for _, fields in _SECTIONS for f in fields))
+CURVE_COLUMNS = ("run", "trial_id", "setting", "workload", "precision", "batch_size", "backend", "device_name",
+                 "repeat") + _CURVE_FIELDS
+PROBLEM_COLUMNS = ("run", "file", "reason")
+
+
+@dataclasses.dataclass
+class RunData:
+    """What `load` returns.
+
+    trials:    one row per readable trial file; nested sections flattened (timing.step_time_p50_s ->
+               step_time_p50_s); `run` names the run directory, `file` the trial file.
+    curves:    one row per trial and epoch (wall_s is seconds since training start).
+    problems:  files that could not be used (unreadable, partial, newer schema, planned but missing),
+               with a one-line reason each.
+    manifests: run name -> parsed manifest.json ({} when absent or unreadable).
+    run_dirs:  the run directories read, in the order given.
+    """
+
+    trials: pd.DataFrame
+    curves: pd.DataFrame
+    problems: pd.DataFrame
+    manifests: dict
+    run_dirs: list
+
+
+class _Unusable(Exception):
+    """A trial file that cannot be used; the message is the reason."""
+
+
+def _check_run_dir(path: Path) -> Path:
+    if not path.exists():
+        raise AnalysisInputError(f"{path}: no such file or directory")
+    if not path.is_dir():
+        raise AnalysisInputError(f"{path}: not a run directory (expected a directory with manifest.json and trials/)")
+    if not (path / "manifest.json").exists() and not (path / "trials").is_dir():
+        raise AnalysisInputError(f"{path}: not a regbench run (no manifest.json and no trials/)")
+    return path
+
+
+def _read_manifest(run_dir: Path, run: str, problems: list) -> dict:
+    path = run_dir / "manifest.json"
+    if not path.exists():
+        problems.append((run, str(path), "manifest.json missing: run metadata unknown"))
+        return {}
+    try:
+        manifest = json.loads(path.read_bytes())
+        if not isinstance(manifest, dict):
+            raise ValueError("top level is not an object")
+    except (ValueError, OSError) as e:
+        problems.append((run, str(path), f"unreadable manifest: {_one_line(e)}"))
+        return {}
+    version = manifest.get("schema_version")
+    if isinstance(version, int) and version > SCHEMA_VERSION_READ:
+        raise AnalysisInputError(f"{path}: schema_version {version} is newer than this regbench reads "
+                                 f"({SCHEMA_VERSION_READ})")
+    return manifest
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _parse(raw: bytes, path: str) -> dict:
+    """Parse and validate one trial file; raise _Unusable with the reason."""
+    try:
+        doc = json.loads(raw)
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        raise _Unusable(f"not valid JSON (partial or corrupt file?): {_one_line(e)}") from None
+    if not isinstance(doc, dict):
+        raise _Unusable("top level is not a JSON object")
+    version = doc.get("schema_version")
+    if not isinstance(version, int):
+        raise _Unusable(f"schema_version missing or not an integer ({version!r})")
+    if version > SCHEMA_VERSION_READ:
+        raise _Unusable(f"schema_version {version} is newer than this regbench reads ({SCHEMA_VERSION_READ})")
+    if doc.get("status") not in STATUSES:
+        raise _Unusable(f"status {doc.get('status')!r} is not one of {', '.join(STATUSES)}")
+    trial = doc.get("trial")
+    if not isinstance(trial, dict) or not trial.get("workload"):
+        raise _Unusable("trial section missing or has no workload")
+    if not isinstance(doc.get("trial_id"), str):
+        raise _Unusable("trial_id missing")
+    return doc
+
+
+def _read_one(path: str) -> tuple[str, bytes | None, str | None]:
+    try:
+        with open(path, "rb") as f:
+            return path, f.read(), None
+    except OSError as e:
+        return path, None, f"cannot read: {_one_line(e)}"
+
+
+def _null_reasons(doc: dict) -> str | None:
+    parts = []
+    for section in ("memory", "energy"):
+        reasons = (doc.get(section) or {}).get("null_reasons") or {}
+        if isinstance(reasons, dict):
+            parts.extend(f"{k}: {v}" for k, v in reasons.items())
+    return "; ".join(parts) or None
+
+
+def _label(regularizers) -> str:
+    if not regularizers:
+        return "none"
+    return "+".join(str(r.get("name")) if isinstance(r, dict) else str(r) for r in regularizers)
+
+
+def _read_run(run_dir: Path, run: str, trial_cols: dict, curve_cols: dict, problems: list, pool: ThreadPoolExecutor) -> dict:
+    manifest = _read_manifest(run_dir, run, problems)
+    trials_dir = run_dir / "trials"
+    try:
+        names = sorted(e.name for e in os.scandir(trials_dir) if e.name.endswith(".json"))
+    except OSError:
+        names = []
+    paths = [str(trials_dir / n) for n in names]
+    seen = set()
+    bad = set()
+    tc, cc = trial_cols, curve_cols
+    for path, raw, err in pool.map(_read_one, paths, chunksize=64):
+        try:
+            if err:
+                raise _Unusable(err)
+            doc = _parse(raw, path)
+        except _Unusable as e:
+            problems.append((run, path, str(e)))
+            bad.add(os.path.basename(path)[:-5])
+            continue
+        seen.add(doc["trial_id"])
+        trial = doc["trial"]
+        tc["run"].append(run)
+        tc["run_dir"].append(str(run_dir))
+        tc["file"].append(path)
+        for f in _TOP_FIELDS:
+            tc[f].append(doc.get(f))
+        regs = trial.get("regularizers") or []
+        tc["regularizers"].append(json.dumps(regs, sort_keys=True))
+        tc["null_reasons"].append(_null_reasons(doc))
+        for section, fields in _SECTIONS:
+            sec = doc.get(section)
+            if not isinstance(sec, dict):
+                sec = {}
+            for f in fields:
+                tc[f].append(sec.get(f))
+        # a few defaults the contract allows to be absent
+        if tc["setting"][-1] is None:
+            tc["setting"][-1] = _label(regs)
+        if tc["target_val_accuracy"][-1] is None:
+            tc["target_val_accuracy"][-1] = trial.get("target_val_accuracy")
+        curve = (doc.get("convergence") or {}).get("curve") or []
+        if isinstance(curve, list) and curve:
+            node = doc.get("node") or {}
+            keys = (run, doc["trial_id"], tc["setting"][-1], trial.get("workload"), trial.get("precision"),
+                    trial.get("batch_size"), trial.get("backend"), node.get("device_name"), trial.get("repeat"))
+            for point in curve:
+                if not isinstance(point, dict):
+                    continue
+                for col, value in zip(CURVE_COLUMNS[:9], keys):
+                    cc[col].append(value)
+                for f in _CURVE_FIELDS:
+                    cc[f].append(point.get(f))
+    for trial_id in manifest.get("trial_ids") or []:
+        if trial_id not in seen and trial_id not in bad:
+            problems.append((run, str(trials_dir / f"{trial_id}.json"), "planned but no result (run interrupted?)"))
+    return manifest
+
+
+_INT_COLUMNS = ("batch_size", "repeat", "seed", "epochs", "steady_state_steps", "epochs_run", "schema_version")
+_TEXT_COLUMNS = ("run", "run_dir", "file", "trial_id", "status", "reason", "started_at", "finished_at",
+                 "regularizers", "null_reasons", "workload", "setting", "precision", "backend", "cell_id",
+                 "hostname", "device_kind", "device_name", "executor", "fingerprint_id", "accelerator_type")
+
+
+def _frame(columns: dict, names: Iterable[str]) -> pd.DataFrame:
+    data = {}
+    for name in names:
+        values = columns[name]
+        if name in _TEXT_COLUMNS:
+            data[name] = pd.Series(values, dtype="object")
+        else:
+            s = pd.Series(values)
+            if s.dtype == object:  # mixed None/number or bool
+                s = pd.to_numeric(s, errors="coerce") if name not in ("jit_compile", "input_bound", "applicable") \
+                    else s.astype("object")
+            data[name] = s
+    return pd.DataFrame(data)
+
+
+def load(paths, *, warn: bool = True) -> RunData:
+    """Read one run directory or several (a path or a list of paths) into a RunData.
+
+    Raises AnalysisInputError for a path that is not a run, or a manifest of a newer schema.
+    Unreadable trial files are listed in `problems` and, when `warn`, reported on stderr.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    run_dirs = [_check_run_dir(Path(p)) for p in paths]
+    if not run_dirs:
+        raise AnalysisInputError("no run directory given")
+    tc = {c: [] for c in TRIAL_COLUMNS}
+    cc = {c: [] for c in CURVE_COLUMNS}
+    problems: list = []
+    manifests = {}
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for run_dir in run_dirs:
+            name = run_dir.name
+            if name in manifests:  # two runs with the same directory name: keep them apart
+                name = str(run_dir)
+            manifests[name] = _read_run(run_dir, name, tc, cc, problems, pool)
+    trials = _frame(tc, TRIAL_COLUMNS)
+    curves = _frame(cc, CURVE_COLUMNS)
+    problem_frame = pd.DataFrame(problems, columns=list(PROBLEM_COLUMNS))
+    if warn and problems:
+        for run, path, reason in problems[:20]:
+            print(f"warning: {path}: {reason}", file=sys.stderr)
+        if len(problems) > 20:
+            print(f"warning: {len(problems) - 20} more unusable trial files (listed in the report)", file=sys.stderr)
+    return RunData(trials=trials, curves=curves, problems=problem_frame, manifests=manifests, run_dirs=run_dirs)
+
+
+make_module_callable(__name__, load)

@@ -1,0 +1,251 @@
+"""`regbench report RUN_DIR`: RUN_DIR/report/ with index.html (plots embedded), summary.md, CSVs, PNGs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis import plots, render, stats
+from analysis._callable import make_module_callable
+from analysis.load import RunData, load
+from analysis.overhead import BASELINE, CELL_KEYS, METRIC_BY_NAME, format_estimate, overhead
+from analysis.precision import ERASES, precision_speedup
+
+METHOD_NOTE = (
+    "Each regularized trial is paired with the baseline (setting 'none') of the same run, workload, precision, "
+    "batch size, backend, device model, epoch budget and repeat. Ratios (step time, throughput, memory, energy, "
+    "time to target) are summarized by their geometric mean over repeats, differences (accuracy, gap; in "
+    "percentage points) by their mean; brackets hold a 95% bootstrap CI (scipy.stats.bootstrap, BCa, "
+    f"{stats.N_RESAMPLES} resamples). '~noise': the CI includes no change. 'too few repeats': fewer than "
+    f"{stats.MIN_REPEATS_FOR_CI} paired repeats, so no CI. With few repeats bootstrap CIs are too narrow "
+    "rather than too wide: more repeats make them honest.")
+
+
+def varying_keys(df: pd.DataFrame, keys=CELL_KEYS) -> list[str]:
+    """The cell keys that take more than one value in df (workload and precision always shown)."""
+    return [k for k in keys if k in df and (k in ("workload", "precision") or df[k].nunique(dropna=False) > 1)]
+
+
+def overhead_wide(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell and setting, one formatted column per metric that has any data."""
+    if table.empty:
+        return pd.DataFrame()
+    keys = varying_keys(table) + ["setting"]
+    t = table.copy()
+    t["value"] = [format_estimate(r) for r in t[["mark", "kind", "change_pct", "ci_low_pct", "ci_high_pct",
+                                                   "n_repeats"]].to_dict("records")]
+    has_data = t.groupby("metric")["mark"].agg(lambda m: (m != stats.NO_DATA).any())
+    metrics = [m for m in METRIC_BY_NAME if has_data.get(m, False)]
+    t = t[t["metric"].isin(metrics)]
+    wide = t.pivot_table(index=keys, columns="metric", values="value", aggfunc="first").reindex(columns=metrics)
+    n = t[t["metric"] == metrics[0]].set_index(keys)["n_repeats"] if metrics else None
+    wide.columns = [_metric_header(m) for m in metrics]
+    wide = wide.reset_index()
+    if n is not None:
+        wide.insert(len(keys), "repeats", n.reindex(pd.MultiIndex.from_frame(wide[keys])).to_numpy()
+                    if len(keys) > 1 else n.reindex(wide[keys[0]]).to_numpy())
+    return wide
+
+
+def _metric_header(name: str) -> str:
+    m = METRIC_BY_NAME[name]
+    return f"{m.label} ({'pp' if m.kind == 'delta' else '%'})"
+
+
+def format_speedup(r) -> str:
+    """'1.65x [1.60, 1.70]' with the same marks as format_estimate."""
+    if not np.isfinite(r["speedup"]):
+        return r["mark"]
+    s = f"{r['speedup']:.2f}x"
+    if r["mark"] == stats.TOO_FEW:
+        return s + f" (n={int(r['n_repeats'])}, too few repeats)"
+    return s + f" [{r['ci_low']:.2f}, {r['ci_high']:.2f}]" + (" ~noise" if r["mark"] == stats.NOISE else "")
+
+
+def speedup_display(speedup: pd.DataFrame) -> pd.DataFrame:
+    if speedup.empty:
+        return pd.DataFrame()
+    keys = [k for k in varying_keys(speedup, [k for k in CELL_KEYS if k != "precision"])] + ["precision", "setting"]
+    out = speedup[keys].copy()
+    out["speedup over float32"] = [format_speedup(r) for r in speedup.to_dict("records")]
+    out["baseline speedup"] = speedup["baseline_speedup"].map(lambda v: f"{v:.2f}x" if np.isfinite(v) else "")
+    out["verdict"] = speedup["verdict"]
+    return out.sort_values(keys).reset_index(drop=True)
+
+
+def failures(data: RunData) -> pd.DataFrame:
+    """Every trial that is not ok, and every file that could not be used, with its reason."""
+    t = data.trials
+    bad = t[t["status"] != "ok"]
+    rows = pd.DataFrame({"run": bad["run"], "trial_id": bad["trial_id"], "status": bad["status"],
+                         "workload": bad["workload"], "setting": bad["setting"], "precision": bad["precision"],
+                         "device": bad["device_name"], "reason": bad["reason"].fillna("(no reason recorded)")})
+    if not data.problems.empty:
+        pr = data.problems
+        rows = pd.concat([rows, pd.DataFrame({
+            "run": pr["run"], "trial_id": pr["file"].map(lambda f: Path(f).name), "status": "unreadable",
+            "workload": None, "setting": None, "precision": None, "device": None, "reason": pr["reason"]})],
+            ignore_index=True)
+    return rows.reset_index(drop=True)
+
+
+def baselines(trials: pd.DataFrame) -> pd.DataFrame:
+    """Absolute baseline numbers per cell: median step time (ms), throughput, peak host memory, accuracy."""
+    ok = trials[(trials["status"] == "ok") & (trials["setting"] == BASELINE)]
+    if ok.empty:
+        return pd.DataFrame()
+    keys = varying_keys(ok)
+    g = ok.groupby(keys, dropna=False)
+    out = pd.DataFrame({
+        "repeats": g.size(),
+        "step time p50 (ms)": g["step_time_p50_s"].median() * 1e3,
+        "throughput (samples/s)": g["samples_per_s"].median(),
+        "peak host memory (MiB)": g["host_peak_bytes"].median() / 2**20,
+        "peak device memory (MiB)": g["device_peak_bytes"].median() / 2**20,
+        "best val accuracy": g["best_val_accuracy"].median(),
+        "jit": g["jit_compile"].agg(lambda s: ", ".join(sorted({str(v) for v in s}))),
+    }).reset_index()
+    return out.dropna(axis=1, how="all").round(4)
+
+
+def findings(table: pd.DataFrame, speedup: pd.DataFrame, fails: pd.DataFrame, limit: int = 8) -> list[str]:
+    """Short sentences for the top of the report."""
+    out = []
+    st = table[(table["metric"] == "step_time") & (table["mark"] == stats.SIGNIFICANT)]
+    for r in st.sort_values("change_pct", ascending=False).head(limit).to_dict("records"):
+        out.append(f"{r['setting']} on {r['workload']} ({r['precision']}): step time {format_estimate(r)}.")
+    acc = table[(table["metric"] == "best_val_accuracy") & (table["mark"] == stats.SIGNIFICANT)]
+    for r in acc.sort_values("change_pct", ascending=False).head(3).to_dict("records"):
+        out.append(f"{r['setting']} on {r['workload']} ({r['precision']}): best val accuracy {format_estimate(r)}.")
+    if not speedup.empty:
+        for r in speedup[speedup["verdict"] == ERASES].head(limit).to_dict("records"):
+            out.append(f"{r['setting']} erases the {r['precision']} gain on {r['workload']} "
+                       f"(baseline {r['baseline_speedup']:.2f}x, with {r['setting']} {r['speedup']:.2f}x).")
+    noise = int((table["mark"] == stats.NOISE).sum())
+    few = table.loc[table["mark"] == stats.TOO_FEW, ["workload", "precision", "setting"]].drop_duplicates()
+    nob = table.loc[table["mark"] == stats.NO_BASELINE, ["workload", "precision", "setting"]].drop_duplicates()
+    if noise:
+        out.append(f"{noise} estimates are not distinguishable from noise (CI includes no change).")
+    if len(few):
+        out.append(f"{len(few)} cells have too few repeats for a CI (< {stats.MIN_REPEATS_FOR_CI}).")
+    if len(nob):
+        out.append(f"{len(nob)} cells have no usable baseline.")
+    if len(fails):
+        counts = fails["status"].value_counts()
+        out.append("Not ok: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + " (listed below).")
+    return out
+
+
+def write_csv(df: pd.DataFrame, path: Path) -> None:
+    """CSV with a header; pyarrow's writer (several times faster than pandas on big tables)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(pa.Table.from_pandas(df, preserve_index=False), path)
+    except (ImportError, pa.ArrowException, TypeError, ValueError):
+        df.to_csv(path, index=False)
+
+
+def figures(table: pd.DataFrame, speedup: pd.DataFrame, curves: pd.DataFrame) -> list[tuple[str, str, object]]:
+    """(file stem, caption, Figure) for the single-run report."""
+    out = [("overhead_step_time", "Step-time overhead of each regularizer vs its paired baseline, by precision.",
+            plots.overhead_bars(table, ["step_time"])),
+           ("overhead_memory", "Peak memory overhead (host, and device where recorded) vs baseline.",
+            plots.overhead_bars(table, ["host_memory", "device_memory"], title="Memory overhead vs baseline")),
+           ("accuracy_vs_time", "Validation accuracy against wall time since training start.",
+            plots.accuracy_curves(curves)),
+           ("cost_benefit", "Cost (step-time overhead) against benefit (best val accuracy gain).",
+            plots.cost_benefit(table)),
+           ("precision_speedup", "Speedup of each mixed precision over float32 per regularizer.",
+            plots.speedup_bars(speedup))]
+    return out
+
+
+def write_report(run_dir) -> Path:
+    """Analyse RUN_DIR and write RUN_DIR/report/; return the path of index.html.
+
+    Raises AnalysisInputError when RUN_DIR is not a run. Unreadable trial files are listed, not fatal."""
+    run_dir = Path(run_dir)
+    data = load(run_dir)
+    out = run_dir / "report"
+    out.mkdir(exist_ok=True)
+    table = overhead(data.trials)
+    speedup = precision_speedup(data.trials)
+    fails = failures(data)
+    manifest = next(iter(data.manifests.values()), {}) or {}
+
+    write_csv(table, out / "overhead.csv")
+    write_csv(speedup, out / "precision_speedup.csv")
+    write_csv(fails, out / "failures.csv")
+    write_csv(data.trials, out / "trials.csv")
+    write_csv(data.curves, out / "curves.csv")
+
+    title = f"regbench report: {manifest.get('run_id') or run_dir.name}"
+    meta = run_metadata(data, manifest)
+    wide, sp, base = overhead_wide(table), speedup_display(speedup), baselines(data.trials)
+    facts = findings(table, speedup, fails)
+    figs = []
+    for stem, caption, fig in figures(table, speedup, data.curves):
+        png = plots.to_png(fig)
+        (out / f"{stem}.png").write_bytes(png)
+        figs.append((stem, caption, png))
+
+    (out / "summary.md").write_text(markdown(title, meta, facts, wide, sp, base, fails, figs))
+    page = html_report(title, meta, facts, wide, sp, base, fails, figs)
+    index = out / "index.html"
+    tmp = out / "index.html.tmp"
+    tmp.write_text(page)
+    tmp.replace(index)
+    return index
+
+
+def run_metadata(data: RunData, manifest: dict) -> pd.DataFrame:
+    t = data.trials
+    suite = manifest.get("suite") or {}
+    devices = ", ".join(sorted({str(d) for d in t["device_name"].dropna().unique()})) or "unknown"
+    counts = t["status"].value_counts()
+    rows = [("run", manifest.get("run_id") or ", ".join(data.manifests)),
+            ("suite", suite.get("name") if isinstance(suite, dict) else str(suite)),
+            ("status", manifest.get("status")), ("git commit", manifest.get("git_commit")),
+            ("started", manifest.get("started_at")), ("finished", manifest.get("finished_at")),
+            ("devices", devices), ("backends", ", ".join(sorted(t["backend"].dropna().unique()))),
+            ("trials", f"{len(t)} read: " + ", ".join(f"{n} {s}" for s, n in counts.items())),
+            ("unreadable or missing files", str(len(data.problems)))]
+    return pd.DataFrame([(k, "" if v is None else str(v)) for k, v in rows], columns=["field", "value"])
+
+
+def markdown(title, meta, facts, wide, sp, base, fails, figs, max_rows: int = 200) -> str:
+    parts = [f"# {title}\n", render.md_table(meta, None), "\n## Findings\n"]
+    parts += [f"- {f}\n" for f in facts] or ["- nothing to report\n"]
+    parts += ["\n## Overhead vs baseline\n", METHOD_NOTE + "\n\n", render.md_table(wide, max_rows)]
+    parts += ["\n## Mixed precision: speedup over float32\n", render.md_table(sp, max_rows)]
+    parts += ["\n## Baselines\n", render.md_table(base, max_rows)]
+    parts += ["\n## Failed, diverged, skipped and unreadable trials\n", render.md_table(fails, max_rows)]
+    parts += ["\n## Figures\n"] + [f"- [{stem}.png]({stem}.png): {caption}\n" for stem, caption, _ in figs]
+    return "".join(parts)
+
+
+def html_report(title, meta, facts, wide, sp, base, fails, figs) -> str:
+    body = [render.h(1, title), render.html_table(meta, None), render.h(2, "Findings")]
+    body.append("<ul>" + "".join(f"<li>{render.html.escape(f)}</li>" for f in facts) + "</ul>" if facts
+                else render.p("Nothing to report."))
+    if len(fails):
+        body.append(f'<p class="warn">{len(fails)} trials are not ok or unreadable: see '
+                    '<a href="#failures">the list</a>.</p>')
+    body += [render.h(2, "Overhead vs baseline"), render.p(METHOD_NOTE, "small"), render.html_table(wide)]
+    for stem, caption, png in figs:
+        body.append(render.html_image(png, alt=stem, caption=caption))
+    body += [render.h(2, "Mixed precision: speedup over float32"), render.html_table(sp)]
+    body += [render.h(2, "Baselines"), render.html_table(base)]
+    body += ['<h2 id="failures">Failed, diverged, skipped and unreadable trials</h2>',
+             render.html_table(fails, 2000) if len(fails) else render.p("None.")]
+    body.append(render.p("Tables as CSV next to this page: overhead.csv, precision_speedup.csv, failures.csv, "
+                         "trials.csv, curves.csv.", "small"))
+    return render.html_page(title, body)
+
+
+make_module_callable(__name__, write_report)
+
+__all__ = ["write_report", "overhead_wide", "speedup_display", "failures", "baselines", "findings"]
