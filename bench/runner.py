@@ -11,6 +11,7 @@ the global dtype policy, XLA caches, RNG state and allocator peaks cannot be res
 from __future__ import annotations
 
 import datetime as dt
+import os
 import socket
 import time
 import traceback
@@ -26,8 +27,6 @@ def now_iso() -> str:
 
 def node_record(backend: str, executor: str, gpu: bool, cpu_threads: int | None) -> dict:
     gpu_list, _ = env.gpus() if gpu else ([], None)
-    import os
-
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     index = int(visible.split(",")[0]) if visible.split(",")[0].isdigit() else 0
     gpu_info = next((g for g in gpu_list if g["index"] == index), gpu_list[0] if gpu_list else None)
@@ -47,7 +46,8 @@ def node_record(backend: str, executor: str, gpu: bool, cpu_threads: int | None)
 
 def classify_failure(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
-    if any(s in text for s in ("RESOURCE_EXHAUSTED", "out of memory", "OutOfMemory", "OOM")):
+    if isinstance(exc, MemoryError) or any(
+            s in text for s in ("RESOURCE_EXHAUSTED", "out of memory", "OutOfMemory", "OOM")):
         return "OOM: " + text[:400]
     return text[:500]
 
@@ -111,11 +111,13 @@ def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
 
     # 2. model
     t = time.perf_counter()
+    process = {"pid": os.getpid(), "dtype_policy_at_start": keras.config.dtype_policy().name,
+               "keras_backend": keras.config.backend()}
     keras.utils.set_random_seed(trial.seed)
     precision.set_policy(trial.precision)
     model = workload.build(recipe, data)
     model.compile(
-        optimizer=keras.optimizers.Adam(1e-3),
+        optimizer=keras.optimizers.Adam(trial.learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=["accuracy", keras.metrics.SparseCategoricalCrossentropy(name="xent_loss")],
         jit_compile=backends.compile_arg(trial.jit_compile),
@@ -202,9 +204,11 @@ def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
         status, reason = "failed", (f"no steady-state steps ({timer.steps_run} steps run): "
                                     "raise epochs or steps_per_epoch")
     record = result_skeleton(trial, status, reason, node)
-    record["timing"] = {"data_s": data_s, "build_s": build_s, **timing, "jit_compile": bool(model.jit_compile)}
+    record["timing"] = {"data_s": data_s, "build_s": build_s, **timing,
+                        **backends.jit_record(model, trial.jit_compile)}
     record["memory"] = mem
     record["energy"] = nvml.energy_result(samples_seen)
     record["compute"] = compute
     record["convergence"] = convergence
+    record["process"] = process
     return record

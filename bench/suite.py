@@ -24,6 +24,7 @@ TOP_KEYS = {
     "jit_compile": "auto|on|off", "isolation": "gpu|node|cpu", "cpus_per_trial": "int",
     "device": "auto|gpu|cpu", "timeout_s": "seconds", "allow_slow_precision": "bool",
     "accelerator_types": "list", "expected_trial_s": "seconds", "max_retries": "int",
+    "learning_rate": "Adam learning rate",
 }
 WORKLOAD_KEYS = ("name", "max_train_samples", "steps_per_epoch", "target_val_accuracy", "epochs", "batch_sizes")
 
@@ -169,6 +170,9 @@ def parse(data: dict, source: str, backend_override: str | None = None) -> Suite
     allow_slow = data.get("allow_slow_precision", False)
     if not isinstance(allow_slow, bool):
         _fail(f"{f}: allow_slow_precision", f"{allow_slow!r} is not true/false")
+    lr = data.get("learning_rate", 1e-3)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+        _fail(f"{f}: learning_rate", f"{lr!r} is not a positive number")
     expected = data.get("expected_trial_s", 10)
     if isinstance(expected, bool) or not isinstance(expected, (int, float)) or expected <= 0:
         _fail(f"{f}: expected_trial_s", f"{expected!r} is not a positive number")
@@ -216,7 +220,7 @@ def parse(data: dict, source: str, backend_override: str | None = None) -> Suite
                     for acc in accel:
                         cells.append(dict(
                             workload=w["name"], regularizers=reg, precision=prec, batch_size=bs,
-                            backend=backend, epochs=w.get("epochs") or epochs,
+                            backend=backend, epochs=w.get("epochs") or epochs, learning_rate=float(lr),
                             target_val_accuracy=w.get("target_val_accuracy"), jit_compile=jit,
                             max_train_samples=w.get("max_train_samples"), steps_per_epoch=w.get("steps_per_epoch"),
                             cpu_threads=cpus if device != "gpu" else None, timeout_s=float(timeout),
@@ -228,7 +232,7 @@ def parse(data: dict, source: str, backend_override: str | None = None) -> Suite
         "name": name, "description": data.get("description", ""), "source": source, "backend": backend,
         "workloads": workloads, "regularizers": [[{"name": n, "params": p} for n, p in s] for s in settings],
         "settings": names, "precisions": precisions, "batch_sizes": batch_sizes, "repeats": repeats,
-        "epochs": epochs, "seed": seed, "jit_compile": jit, "isolation": isolation, "device": device,
+        "epochs": epochs, "seed": seed, "learning_rate": float(lr), "jit_compile": jit, "isolation": isolation, "device": device,
         "cpus_per_trial": cpus, "timeout_s": float(timeout), "allow_slow_precision": allow_slow,
         "accelerator_types": accel, "max_retries": retries, "expected_trial_s": float(expected),
     }

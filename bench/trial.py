@@ -34,6 +34,7 @@ class Trial:
     repeat: int = 0
     seed: int = 0
     epochs: int = 10
+    learning_rate: float = 1e-3  # Adam
     target_val_accuracy: float | None = None
     jit_compile: str = "auto"  # "auto" | "on" | "off"
     max_train_samples: int | None = None
@@ -55,13 +56,14 @@ class Trial:
         d = self.to_dict()
         for k in ("timeout_s",):  # does not change what is measured
             d.pop(k)
-        if not with_repeat:
+        if not with_repeat:  # repeats differ in repeat index and seed only
             d.pop("repeat")
+            d.pop("seed")
         return d
 
     @property
     def cell_id(self) -> str:
-        """Id shared by all repeats of this trial."""
+        """Id shared by all repeats (and their seeds) of this trial."""
         return _short_hash(self._identity(with_repeat=False))
 
     @property

@@ -1,0 +1,57 @@
+"""Shared helpers: run the real CLI and the real trial worker in subprocesses."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CHECK_RUN = ROOT.parent / "shared" / "tools" / "check_run.py"
+
+
+def regbench(*args, cwd=None, timeout=600, env=None, check=False):
+    """Run `python -m bench.cli ARGS`; returns CompletedProcess with text output."""
+    e = {**os.environ, "CUDA_VISIBLE_DEVICES": "", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "bench.cli", *map(str, args)], cwd=cwd or ROOT,
+                          capture_output=True, text=True, timeout=timeout, env=e)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"regbench {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def run_worker(trial, tmp_path: pathlib.Path, name: str = "t") -> dict:
+    """Run one Trial through `python -m bench.worker` (a fresh process) and return its record."""
+    src, out = tmp_path / f"{name}.trial.json", tmp_path / f"{name}.out.json"
+    src.write_text(json.dumps(trial.to_dict()))
+    proc = subprocess.run([sys.executable, "-m", "bench.worker", str(src), str(out), "--cpu"],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
+def check_run(run_dir, *extra) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(CHECK_RUN), str(run_dir), *map(str, extra)],
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> pathlib.Path:
+    """One real smoke run with the process executor, shared by the tests that read a run."""
+    out = tmp_path_factory.mktemp("smoke")
+    proc = regbench("run", "--suite", "smoke", "--executor", "process", "--out", out, check=True)
+    return pathlib.Path(proc.stdout.strip().splitlines()[-1])
+
+
+def write_suite(path: pathlib.Path, **fields) -> pathlib.Path:
+    import yaml
+
+    base = {"name": "t", "workloads": ["digits_mlp"], "regularizers": ["none"], "precisions": ["float32"],
+            "batch_sizes": [64], "repeats": 1, "epochs": 2}
+    base.update(fields)
+    path.write_text(yaml.safe_dump(base))
+    return path
