@@ -22,8 +22,8 @@ SETTINGS = {"none": (1.0, 1.0, 0.0), "l1": (1.1, 1.0, 0.005), "l2": (1.2, 1.0, 0
 PRECISIONS = {"float32": 1.0, "mixed_bfloat16": 0.6}
 WORKLOADS = ("digits_mlp", "fashion_cnn", "cifar_resnet", "synthetic_mlp", "synthetic_cnn")
 DEVICES = ("Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.00GHz", "NVIDIA H100 80GB HBM3", "NVIDIA H200",
-           "NVIDIA A100-SXM4-40GB")
-BATCHES = (64, 256)
+           "NVIDIA A100-SXM4-40GB", "AMD EPYC 9654 96-Core Processor")
+BATCHES = (64, 256)  # 5 workloads x 10 settings x 2 precisions x 5 devices x 2 batches = 1000 trials per repeat
 
 
 def generate(out: Path, trials: int) -> Path:
@@ -36,27 +36,30 @@ def generate(out: Path, trials: int) -> Path:
 
 
 def measure(run_dir: Path) -> dict:
-    """Time each phase in this process, then the whole report; return the figures."""
+    """Time each phase in this process (wall and CPU seconds), then the whole report; return the figures."""
     import analysis
-    from analysis import report
+    from analysis import plots, report
 
-    t = {}
-    t0 = time.perf_counter()
-    data = analysis.load(run_dir, warn=False)
-    t["load_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    analysis.overhead(data.trials)
-    t["overhead_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    analysis.precision(data.trials)
-    t["precision_speedup_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    report.write_report(run_dir)
-    t["write_report_total_s"] = time.perf_counter() - t0
-    t["trials"] = len(data.trials)
-    t["curve_rows"] = len(data.curves)
-    t["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return t
+    figures = {}
+
+    def timed(name, fn, *args):
+        w, c = time.perf_counter(), time.process_time()
+        result = fn(*args)
+        figures[f"{name} wall_s"] = time.perf_counter() - w
+        figures[f"{name} cpu_s"] = time.process_time() - c
+        return result
+
+    data = timed("load", analysis.load, run_dir)
+    table = timed("overhead", analysis.overhead, data.trials)
+    speedup = timed("precision_speedup", analysis.precision, data.trials)
+    timed("plots (5 figures to PNG)", lambda: [plots.to_png(f) for _, _, f in report.figures(table, speedup,
+                                                                                             data.curves)])
+    timed("write_report (all of it again: load, stats, plots, CSV, HTML)", report.write_report, run_dir)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    figures["trials"] = len(data.trials)
+    figures["curve_rows"] = len(data.curves)
+    figures["peak_rss_mib"] = usage.ru_maxrss / 1024
+    return figures
 
 
 def main(argv=None) -> int:

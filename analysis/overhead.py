@@ -114,9 +114,7 @@ def summarize(pairs: pd.DataFrame, group_keys: list[str], metrics, *, seed: int 
             null = 0.0
         mk = stats.marks(n, lo, hi, null)
         mk[~any_ref] = stats.NO_BASELINE
-        with np.errstate(invalid="ignore"):
-            frame = pd.DataFrame(keys, columns=group_keys) if len(group_keys) > 1 else \
-                pd.DataFrame({group_keys[0]: keys})
+        frame = pd.DataFrame(keys, columns=group_keys) if len(group_keys) > 1 else pd.DataFrame({group_keys[0]: keys})
         frame["metric"] = m.name
         frame["kind"] = m.kind
         frame["unit"] = m.unit
@@ -174,7 +172,7 @@ def format_estimate(row, digits: int = 1) -> str:
     unit = "%" if row["kind"] == "ratio" else " pp"
     s = f"{row['change_pct']:+.{digits}f}{unit}"
     if row["mark"] == stats.TOO_FEW:
-        return f"{s} (n={int(row['n_repeats'])}, too few repeats)"
+        return f"{s} (too few repeats)"
     s += f" [{row['ci_low_pct']:+.{digits}f}, {row['ci_high_pct']:+.{digits}f}]"
     return s + (" ~noise" if row["mark"] == stats.NOISE else "")
 

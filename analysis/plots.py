@@ -8,6 +8,7 @@ few repeats for a CI.
 from __future__ import annotations
 
 import io
+import textwrap
 import warnings
 
 import numpy as np
@@ -82,9 +83,10 @@ def _truncate(panels: list, title: str) -> tuple[list, str]:
 
 
 def _empty(message: str) -> Figure:
-    fig, axes = _figure(1, 1, height=1.5)
+    """A small figure that says why there is nothing to draw."""
+    fig, axes = _figure(1, 1, width=8.0, height=1.0, left=0.2, top=0.2, bottom=0.2)
     axes[0, 0].axis("off")
-    axes[0, 0].text(0.5, 0.5, message, ha="center", va="center")
+    axes[0, 0].text(0.5, 0.5, textwrap.fill(message, 90), ha="center", va="center")
     return fig
 
 
@@ -238,7 +240,7 @@ def speedup_bars(speedup: pd.DataFrame, title: str = "Mixed-precision speedup ov
     """Speedup (float32 step time / mixed step time) per setting, one bar per precision; x marks erased gains."""
     df = speedup[_finite(speedup["speedup"])]
     if df.empty:
-        return _empty(f"{title}: no precision other than float32 with a float32 reference")
+        return _empty(f"{title}: no data (needs ok trials at float32 and at a mixed precision of the same cell)")
     df = add_panel(df)
     panels, title = _truncate(list(dict.fromkeys(df["panel"])), title)
     precisions = _precisions(df)

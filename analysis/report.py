@@ -59,7 +59,7 @@ def format_speedup(r) -> str:
         return r["mark"]
     s = f"{r['speedup']:.2f}x"
     if r["mark"] == stats.TOO_FEW:
-        return s + f" (n={int(r['n_repeats'])}, too few repeats)"
+        return s + " (too few repeats)"
     return s + f" [{r['ci_low']:.2f}, {r['ci_high']:.2f}]" + (" ~noise" if r["mark"] == stats.NOISE else "")
 
 
