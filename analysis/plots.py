@@ -67,6 +67,10 @@ def add_panel(df: pd.DataFrame) -> pd.DataFrame:
         label = label + " · " + names.map({n: short_device(n) for n in names.unique()})
     if "backend" in df and df["backend"].nunique() > 1:
         label = label + " · " + df["backend"].astype(str)
+    for key, short in (("epochs", "ep"), ("learning_rate", "lr"), ("steps_per_epoch", "spe"),
+                       ("max_train_samples", "n")):  # any other pairing key that varies gets its own panel
+        if key in df and df[key].nunique() > 1:
+            label = label + f" {short}" + df[key].astype(str)
     df["panel"] = label
     return df
 

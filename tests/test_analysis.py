@@ -225,3 +225,17 @@ def test_notebook_api():
 
     assert write_compare is analysis.compare.write_compare
     assert analysis.plots.pareto_front([0, 10, 5, 20], [0, 2, 1, 1]).tolist() == [True, True, True, False]
+
+
+def test_a_run_mixing_pairing_keys_gets_separate_panels(tmp_path):
+    """Trials that differ in a pairing key other than the faceted ones (here epochs) must not collide."""
+    import shutil
+
+    a = synthetic.write_run(tmp_path / "a", settings=KNOWN, repeats=3, precisions={"float32": 1.0}, epochs=5)
+    b = synthetic.write_run(tmp_path / "b", settings=KNOWN, repeats=3, precisions={"float32": 1.0}, epochs=7, seed=1)
+    for p in (b / "trials").glob("*.json"):
+        shutil.copy(p, a / "trials" / p.name)
+    table = analysis.overhead(analysis.load(a).trials)
+    assert set(table["epochs"]) == {5, 7}
+    index = analysis.report.write_report(a)
+    assert index.exists()
