@@ -1,11 +1,8 @@
 """analysis on a real smoke run (made by the regbench CLI), and its HTML report opened in headless Chromium."""
 from __future__ import annotations
 
-import importlib.util
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,19 +17,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory) -> Path:
-    """A real run of the smoke suite (process executor): real TensorFlow training, real trial files."""
-    if importlib.util.find_spec("bench.cli") is None:
-        pytest.skip("bench.cli is not importable yet")
-    out = tmp_path_factory.mktemp("smoke")
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--suite", "smoke", "--executor", "process",
-                           "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run_dir = Path(proc.stdout.strip().splitlines()[-1])
-    assert (run_dir / "manifest.json").exists(), proc.stdout
-    return run_dir
+# smoke_run: the session-wide real smoke run from tests/conftest.py
 
 
 @pytest.fixture(scope="module")

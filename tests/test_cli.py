@@ -1,7 +1,6 @@
 import json
 import pathlib
 
-import pytest
 
 from tests.conftest import check_run, regbench, write_suite
 

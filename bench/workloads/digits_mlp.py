@@ -1,7 +1,6 @@
 """MLP on scikit-learn's bundled 8x8 digits (1,797 real images; no download)."""
 from __future__ import annotations
 
-import numpy as np
 
 from bench.workloads.common import Data, classifier_head, dense_block, model_augmentation, subsample
 

@@ -1,7 +1,6 @@
 """Small CNN on Fashion-MNIST, read by keras.datasets from $KERAS_HOME/datasets/fashion-mnist/."""
 from __future__ import annotations
 
-import numpy as np
 
 from bench.workloads.common import Data, classifier_head, conv_bn, dense_block, model_augmentation, subsample
 
