@@ -1,11 +1,21 @@
 """What differs between Keras backends: process set-up, devices, synchronization, allocator peaks.
 
 `configure_process` must run before Keras (or any framework) is imported in the trial process.
-Everything else imports the framework lazily.
+Everything else imports the framework lazily, so `bench` imports without TensorFlow, JAX or torch
+installed (a GPU machine may carry only JAX and torch).
+
+Per backend:
+
+| backend    | dispatch     | wait for the device            | allocator peak (bytes)                          |
+|------------|--------------|--------------------------------|-------------------------------------------------|
+| tensorflow | sync per step| `.numpy()` of a result         | `get_memory_info('GPU:0')['peak']` after reset; memory growth on |
+| jax        | asynchronous | `block_until_ready()`          | `memory_stats()['peak_bytes_in_use']`; preallocation off; no reset (fresh process) |
+| torch      | async on GPU | `torch.cuda.synchronize()`     | `max_memory_allocated` / `max_memory_reserved` after `reset_peak_memory_stats` |
 """
 from __future__ import annotations
 
 import os
+import time
 
 BACKENDS = ("tensorflow", "jax", "torch")
 
@@ -14,14 +24,19 @@ def configure_process(backend: str, cpu_threads: int | None, gpu: bool | None = 
     """Environment for a fresh trial process: backend, allocator behaviour, thread counts.
 
     cpu_threads: the CPU threads this trial may use (None: leave the framework default).
-    gpu=False hides GPUs (CUDA_VISIBLE_DEVICES="") so a CPU trial never touches one.
+    gpu=False hides GPUs (CUDA_VISIBLE_DEVICES="", and JAX_PLATFORMS=cpu for JAX) so a CPU trial
+    never touches one.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
     os.environ["KERAS_BACKEND"] = backend
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"  # TF allocator peak means something
     os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # JAX peak_bytes_in_use means something
     if gpu is False:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        if backend == "jax":
+            os.environ["JAX_PLATFORMS"] = "cpu"  # no CUDA plugin start-up (and its warning) on CPU trials
     if cpu_threads:
         n = str(cpu_threads)
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
@@ -29,8 +44,9 @@ def configure_process(backend: str, cpu_threads: int | None, gpu: bool | None = 
             os.environ[var] = n
         if backend == "jax":
             flags = os.environ.get("XLA_FLAGS", "")
-            os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false "
-                                       f"intra_op_parallelism_threads={n}").strip()
+            if "xla_cpu_multi_thread_eigen" not in flags:
+                os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false "
+                                           f"intra_op_parallelism_threads={n}").strip()
         if backend == "tensorflow":
             import tensorflow as tf
 
@@ -40,7 +56,10 @@ def configure_process(backend: str, cpu_threads: int | None, gpu: bool | None = 
             import torch
 
             torch.set_num_threads(cpu_threads)
-            torch.set_num_interop_threads(max(1, cpu_threads))
+            try:
+                torch.set_num_interop_threads(max(1, cpu_threads))
+            except RuntimeError:  # already set (torch allows it once, before any parallel work)
+                pass
 
 
 def gpu_visible(backend: str) -> bool:
@@ -54,7 +73,29 @@ def gpu_visible(backend: str) -> bool:
         return torch.cuda.is_available()
     import jax
 
-    return jax.default_backend() == "gpu"
+    try:
+        return jax.default_backend() == "gpu"
+    except RuntimeError:  # JAX_PLATFORMS names a platform that failed to start
+        return False
+
+
+def synchronize(backend: str, *values) -> None:
+    """Block the host until the device has finished the work behind `values` (and, on torch GPU,
+    everything queued before). TF runs each Keras step synchronously; JAX and torch-on-GPU do not."""
+    if backend == "jax":
+        import jax
+
+        jax.block_until_ready(values)
+    elif backend == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    else:
+        import numpy as np
+
+        for v in values:
+            np.asarray(v)  # .numpy() waits for the tensor
 
 
 def reset_device_peak(backend: str) -> None:
@@ -69,19 +110,34 @@ def reset_device_peak(backend: str) -> None:
     # JAX cannot reset its peak counter: the trial process is fresh, so the peak is the trial's.
 
 
-def device_peak_bytes(backend: str) -> int:
-    """Framework allocator peak on the first visible GPU, in bytes."""
+def device_memory(backend: str) -> dict:
+    """Framework allocator figures on the first visible GPU, in bytes.
+
+    device_peak_bytes: peak bytes in live tensors/buffers (torch max_memory_allocated, JAX
+    peak_bytes_in_use, TF get_memory_info peak). device_reserved_peak_bytes: peak held by the
+    caching allocator (torch max_memory_reserved; JAX/TF do not report it: None).
+    """
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return int(tf.config.experimental.get_memory_info("GPU:0")["peak"])
+        return {"device_peak_bytes": int(tf.config.experimental.get_memory_info("GPU:0")["peak"]),
+                "device_reserved_peak_bytes": None}
     if backend == "torch":
         import torch
 
-        return int(torch.cuda.max_memory_allocated())
+        return {"device_peak_bytes": int(torch.cuda.max_memory_allocated()),
+                "device_reserved_peak_bytes": int(torch.cuda.max_memory_reserved())}
     import jax
 
-    return int(jax.local_devices()[0].memory_stats()["peak_bytes_in_use"])
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" not in stats:
+        raise RuntimeError(f"JAX device {jax.local_devices()[0]} reports no peak_bytes_in_use")
+    return {"device_peak_bytes": int(stats["peak_bytes_in_use"]), "device_reserved_peak_bytes": None}
+
+
+def device_peak_bytes(backend: str) -> int:
+    """Framework allocator peak on the first visible GPU, in bytes."""
+    return device_memory(backend)["device_peak_bytes"]
 
 
 def jit_setting(requested: str, backend: str, device_kind: str) -> bool:
@@ -101,29 +157,47 @@ def compile_arg(requested: str):
     return {"on": True, "off": False}.get(requested, "auto")
 
 
-def matmul_peak_flops_per_s(backend: str, dtype: str, gpu: bool, min_time_s: float = 0.25) -> float:
-    """Measured matmul throughput of this device at `dtype` (FLOP/s), the peak that MFU divides by."""
-    import time
+def jit_record(model, requested: str) -> dict:
+    """The effective jit setting of a compiled model and why: Keras turns jit off silently when a
+    layer has supports_jit=False (RandomTranslation, RandomZoom, RandomCrop...), on every backend;
+    on JAX that means the train step runs op by op."""
+    blockers = sorted({type(layer).__name__ for layer in model._flatten_layers()
+                       if not getattr(layer, "supports_jit", True)})
+    return {"jit_compile": bool(model.jit_compile), "jit_compile_requested": requested,
+            "jit_disabled_by": blockers}
 
+
+def matmul_peak_flops_per_s(backend: str, dtype: str, gpu: bool, min_time_s: float = 0.25) -> float:
+    """Measured matmul throughput of this device at `dtype` (FLOP/s), the peak that MFU divides by.
+
+    n x n x n products (n = 8192 on a GPU, 1024 on a CPU); on a GPU several are queued per
+    synchronization so launch and sync latency do not count. The best of several timed batches.
+    """
     import numpy as np
 
-    n = 4096 if gpu else 1024
-    flops = 2.0 * n ** 3
-    a_host = np.random.default_rng(0).standard_normal((n, n)).astype("float32")
+    n, per_sync = (8192, 8) if gpu else (1024, 1)
+    flops = 2.0 * n ** 3 * per_sync
+    a_host = np.random.default_rng(0).standard_normal((n, n)).astype("float32") / np.sqrt(n)
 
     if backend == "tensorflow":
         import tensorflow as tf
 
         a = tf.cast(tf.constant(a_host), dtype)
         f = tf.function(lambda x: tf.matmul(x, x))
-        run = lambda: f(a).numpy().flat[0]  # noqa: E731  (.numpy() waits for the result)
+
+        def run():
+            outs = [f(a) for _ in range(per_sync)]
+            return outs[-1][0, 0].numpy()  # a scalar read waits for the products, copies 2 bytes
     elif backend == "jax":
         import jax
         import jax.numpy as jnp
 
         a = jnp.asarray(a_host, dtype=dtype)
         f = jax.jit(lambda x: x @ x)
-        run = lambda: f(a).block_until_ready()  # noqa: E731
+
+        def run():
+            outs = [f(a) for _ in range(per_sync)]
+            return jax.block_until_ready(outs)
     else:
         import torch
 
@@ -131,10 +205,10 @@ def matmul_peak_flops_per_s(backend: str, dtype: str, gpu: bool, min_time_s: flo
         a = torch.from_numpy(a_host).to(dev).to(getattr(torch, dtype))
 
         def run():
-            out = a @ a
+            outs = [a @ a for _ in range(per_sync)]
             if gpu:
                 torch.cuda.synchronize()
-            return out
+            return outs
 
     run()  # compile / warm up
     best, spent, reps = float("inf"), 0.0, 0

@@ -1,4 +1,10 @@
-"""Memory: host peak RSS of the trial process and the framework allocator's device peak."""
+"""Memory: host peak RSS of the trial process and the framework allocator's device peak.
+
+device_peak_bytes is the allocator's peak over the timed window (torch max_memory_allocated and
+TF get_memory_info peak, both reset at start(); JAX peak_bytes_in_use, which cannot be reset but
+covers only this fresh process). device_reserved_peak_bytes: torch's caching-allocator peak
+(max_memory_reserved); None on the other backends.
+"""
 from __future__ import annotations
 
 import resource
@@ -16,7 +22,7 @@ class MemoryTracker:
 
     def __init__(self, backend: str, gpu: bool):
         self.backend, self.gpu = backend, gpu
-        self.device_peak = None
+        self.device = {"device_peak_bytes": None, "device_reserved_peak_bytes": None}
         self.reason = None if gpu else "no GPU on this node: allocator peak is tracked for GPUs only"
 
     def start(self) -> None:
@@ -24,17 +30,20 @@ class MemoryTracker:
             try:
                 backends.reset_device_peak(self.backend)
             except Exception as e:  # noqa: BLE001 - a missing counter is a null with a reason
-                self.reason = f"allocator peak unavailable: {e}"
+                self.reason = f"allocator peak unavailable: {type(e).__name__}: {e}"[:300]
 
     def stop(self) -> None:
         if self.gpu and self.reason is None:
             try:
-                self.device_peak = backends.device_peak_bytes(self.backend)
+                backends.synchronize(self.backend)
+                self.device = backends.device_memory(self.backend)
             except Exception as e:  # noqa: BLE001
-                self.reason = f"allocator peak unavailable: {e}"
+                self.reason = f"allocator peak unavailable: {type(e).__name__}: {e}"[:300]
 
     def result(self) -> dict:
-        out = {"host_peak_bytes": host_peak_bytes(), "device_peak_bytes": self.device_peak, "null_reasons": {}}
-        if self.device_peak is None:
-            out["null_reasons"]["device_peak_bytes"] = self.reason
+        out = {"host_peak_bytes": host_peak_bytes(), **self.device, "null_reasons": {}}
+        for key, value in self.device.items():
+            if value is None:
+                out["null_reasons"][key] = self.reason or (
+                    f"the {self.backend} allocator reports no reserved peak (torch only)")
         return out

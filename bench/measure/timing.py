@@ -24,6 +24,10 @@ def _as_float(value) -> float:
 
 
 class StepTimer(keras.callbacks.Callback):
+    # Never async: Keras runs async-safe batch callbacks on a thread pool (JAX backend), where
+    # the host would not wait for the step before the timestamp.
+    async_safe = False
+
     def __init__(self, warmup_steps: int = 10, guard_nan: bool = True):
         super().__init__()
         self.warmup_steps = warmup_steps

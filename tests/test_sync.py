@@ -1,0 +1,138 @@
+"""Step times are taken after the step's work has finished, on every backend.
+
+JAX (CPU and GPU) and torch (GPU) dispatch asynchronously: a timestamp taken when the Python
+call returns measures dispatch, not work. The probe below trains a model whose step costs tens of
+milliseconds, with StepTimer, and compares the sum of its per-step intervals against an
+externally synchronized window: from StepTimer's first batch end to the moment fit() has returned
+and the host has waited on the model's weights (block_until_ready / cuda.synchronize). If step
+times were taken before the work finished, the queued work would land after the last timestamp
+and the window would be far longer than the sum of the steps.
+
+A negative control proves the check can fail where dispatch is asynchronous: a timer marked
+`async_safe` (so Keras neither waits nor pythonifies logs before calling it) measures dispatch,
+and the same comparison rejects it on JAX.
+
+Each probe runs in a fresh process (the Keras backend is fixed per process). Run one by hand:
+`python tests/test_sync.py jax`. On a GPU machine the probe uses the GPU.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 24
+
+
+def probe(backend: str) -> dict:
+    """Runs in a child process with KERAS_BACKEND unset; returns measured sums (seconds)."""
+    from bench import backends
+
+    gpu_env = os.environ.get("REGBENCH_SYNC_GPU", "auto")
+    backends.configure_process(backend, cpu_threads=None if gpu_env != "0" else 2,
+                               gpu=False if gpu_env == "0" else None)
+    import keras
+    import numpy as np
+
+    from bench.measure.timing import StepTimer
+
+    gpu = backends.gpu_visible(backend)
+    # CPU: ~30-60 ms per step at batch 256; GPU: big enough that a step is milliseconds, not microseconds.
+    width, batch = (4096, 4096) if gpu else (1536, 256)
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((width,))
+    x = keras.layers.Dense(width, activation="relu")(inputs)
+    x = keras.layers.Dense(width, activation="relu")(x)
+    model = keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    xs = rng.standard_normal(((STEPS + 1) * batch, width)).astype("float32")
+    ys = rng.integers(0, 10, len(xs)).astype("int32")
+
+    class AsyncTimer(keras.callbacks.Callback):
+        """The bug the real timer avoids: timestamps where the host has not waited for the step.
+
+        async_safe lets Keras run batch-end hooks on a thread pool, so nothing in the main loop
+        waits for the device; the timestamps come from batch begins, on the main thread."""
+
+        async_safe = True
+
+        def __init__(self):
+            super().__init__()
+            self.ends = []
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self.ends.append(time.perf_counter())
+
+    def window_after(first_end: float) -> float:
+        backends.synchronize(backend, *[v.value for v in model.weights])
+        if backend == "jax":  # the trainer's state lives outside the variables until synced
+            backends.synchronize(backend, *[v.value for v in model.weights])
+        return time.perf_counter() - first_end
+
+    model.fit(xs[:batch * 2], ys[:batch * 2], batch_size=batch, epochs=1, verbose=0)  # compile
+    out = {"backend": backend, "gpu": gpu, "jit": bool(model.jit_compile), "steps": STEPS}
+
+    timer = StepTimer(warmup_steps=0)
+    model.fit(xs, ys, batch_size=batch, epochs=1, steps_per_epoch=STEPS, shuffle=False, verbose=0,
+              callbacks=[timer])
+    first_end = timer.train_begin + timer.first_step_s  # first batch end (intervals start there)
+    out["timer_sum_s"] = float(timer.steady_step_times_s().sum())
+    out["timer_window_s"] = window_after(first_end)
+    out["timer_steps"] = len(timer.steady_step_times_s())
+    out["timer_p50_s"] = float(np.median(timer.steady_step_times_s()))
+
+    naive = AsyncTimer()
+    model.fit(xs, ys, batch_size=batch, epochs=1, steps_per_epoch=STEPS, shuffle=False, verbose=0,
+              callbacks=[naive])
+    ends = naive.ends  # begin of step k+1 = end of step k as the main thread sees it
+    out["naive_sum_s"] = ends[-1] - ends[1]
+    out["naive_window_s"] = window_after(ends[1])
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def run_probe(backend: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), backend], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_step_times_cover_the_work(backend):
+    pytest.importorskip(backend)
+    r = run_probe(backend)
+    assert r["timer_steps"] == STEPS - 1
+    # The steps account for (nearly) all of the synchronized window: nothing was left queued.
+    # What remains is fit()'s teardown and one weight sync: small next to 23 steps of real work.
+    assert r["timer_sum_s"] >= 0.85 * r["timer_window_s"], r
+    assert r["timer_p50_s"] > 0.002, r  # a real step, not a dispatch
+
+
+def test_negative_control_async_timer_is_caught_on_jax():
+    """Without a wait, JAX timestamps measure dispatch; the comparison above must reject that."""
+    pytest.importorskip("jax")
+    r = run_probe("jax")
+    assert r["naive_sum_s"] < 0.5 * r["naive_window_s"], (
+        "JAX dispatch was synchronous here, so the sync test could not fail; check jax's async dispatch", r)
+
+
+def test_step_timer_is_never_dispatched_async():
+    from bench.measure import timing
+
+    assert timing.StepTimer.async_safe is False
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    print(json.dumps(probe(sys.argv[1])))
