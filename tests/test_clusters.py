@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import ipaddress
+import json
 import pathlib
 import re
 import socket
@@ -225,6 +226,19 @@ def test_launcher_defaults_are_safe(name):
     assert "." not in config["file_mounts"].values()
     assert config["file_mounts"]["~/regbench/bench"] == "bench"
     assert any("pip install" in c and "~/regbench" in c.replace("$HOME", "~") for c in config["setup_commands"])
+
+
+def test_nodes_offer_the_node_isolation_slot():
+    onprem = load("onprem.yaml")
+    assert all("--resources='{\"regbench_node_slot\": 1}'" in c for c in ray_start_commands(onprem))
+    for name in ("aws-gpu.yaml", "gcp-gpu.yaml"):
+        config = load(name)
+        for node_type, spec in config["available_node_types"].items():
+            expected = 0 if node_type == config["head_node_type"] else 1
+            assert spec["resources"].get("regbench_node_slot", 0) == expected, (name, node_type)
+    for group in load("kuberay-gpu.yaml")["spec"]["workerGroupSpecs"]:
+        resources = group["rayStartParams"]["resources"]
+        assert json.loads(json.loads(resources)) == {"regbench_node_slot": 1}
 
 
 def test_kuberay_defaults_are_safe():

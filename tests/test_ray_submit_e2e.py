@@ -144,6 +144,7 @@ class Loopback:
         self.tmp = pathlib.Path(tempfile.mkdtemp(prefix="rbe2e-", dir="/tmp"))
         self.tmp.chmod(0o755)
         self.sshd: list[subprocess.Popen] = []
+        self.mounts: list[pathlib.Path] = []
         self.created_user = False
         self.uid = None
         self.home = None
@@ -228,6 +229,17 @@ class Loopback:
     def prepare_node_environment(self) -> None:
         python = _user_python()
         site_packages = sysconfig.get_paths()["purelib"]
+        readable = self.run_as_user([python, "-c", f"import sys; sys.path.append({site_packages!r}); import ray"],
+                                    check=False, timeout=120)
+        if readable.returncode != 0 or os.environ.get("REGBENCH_E2E_FORCE_BIND"):
+            # This project's venv sits where the user cannot reach (e.g. under /root): show the
+            # same files at a path it can reach, read-only, for the length of the test.
+            shared = self.tmp / "shared-site-packages"
+            shared.mkdir()
+            subprocess.run(["mount", "--bind", site_packages, str(shared)], check=True)
+            self.mounts.append(shared)
+            subprocess.run(["mount", "-o", "remount,bind,ro", str(shared)], check=True)
+            site_packages = str(shared)
         venv = self.home / "regbench-venv"
         self.run_as_user([python, "-m", "venv", "--without-pip", str(venv)])
         version = f"python{sys.version_info.major}.{sys.version_info.minor}"
@@ -253,6 +265,8 @@ class Loopback:
         for name in ("bench", "analysis", "clusters"):
             shutil.copytree(REPO / name, self.project / name, ignore=ignore)
         subprocess.run(["chown", "-R", f"{self.uid}:{self.gid}", str(self.project)], check=True)
+        probe = self.run_as_user([f"{venv}/bin/python", "-c", "import ray, keras, tensorflow"], check=False, timeout=180)
+        assert probe.returncode == 0, f"user {USER} cannot import this project's dependencies: {probe.stdout[-2000:]}"
         self.run_as_user(["ray", "get-auth-token", "--generate"], timeout=60)
 
     def write_cluster_yaml(self) -> pathlib.Path:
@@ -294,6 +308,18 @@ class Loopback:
         _log(f"ray {args[0]} took {time.time() - started:.1f}s (exit {result.returncode})")
         return result.stdout.replace("\r", "")
 
+    def diagnostics(self) -> str:
+        """Tails of the head's autoscaler and the nodes' raylet logs, for a failure message."""
+        parts = []
+        for address in (HEAD_IP, WORKER_IP):
+            logs = pathlib.Path(f"/tmp/rbe2e-{address}/ray/session_latest/logs")
+            for name in ("monitor.out", "monitor.err", "monitor.log", "raylet.err"):
+                with contextlib.suppress(OSError):
+                    tail = (logs / name).read_text(errors="replace")[-1500:]
+                    if tail.strip():
+                        parts.append(f"--- {address} {name}\n{tail}")
+        return "\n".join(parts)
+
     # --- teardown
     def close(self) -> None:
         if getattr(self, "cluster_yaml", None) is not None:
@@ -320,6 +346,8 @@ class Loopback:
                 with contextlib.suppress(OSError):
                     if leftover.stat().st_uid == self.uid:
                         shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        for mount in self.mounts:
+            subprocess.run(["umount", str(mount)], capture_output=True)
         if self.created_user:
             subprocess.run(["userdel", "-r", USER], capture_output=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -350,6 +378,7 @@ while len([n for n in ray.nodes() if n["Alive"]]) < want and time.time() < deadl
     time.sleep(1)
 nodes = sorted(n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"])
 print("PROBE nodes", ",".join(nodes))
+print("PROBE node slots", int(ray.cluster_resources().get("regbench_node_slot", 0)))
 
 @ray.remote(num_cpus=1, scheduling_strategy="SPREAD")
 def where():
@@ -357,10 +386,28 @@ def where():
     return ray.util.get_node_ip_address()
 
 print("PROBE tasks", ",".join(sorted(set(ray.get([where.remote() for _ in range(4)])))))
+
+# Token authentication is really on: the same connection with a wrong token is refused.
+import os, subprocess, sys
+env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="not-the-cluster-token")
+try:
+    wrong = subprocess.run([sys.executable, "-c", "import ray; ray.init(); print('CONNECTED')"],
+                           env=env, capture_output=True, text=True, timeout=60)
+    refused = wrong.returncode != 0 and "CONNECTED" not in wrong.stdout
+except subprocess.TimeoutExpired:
+    refused = True
+print("PROBE wrong token refused", refused)
 '''
 
 
 def test_ray_up_submit_rsync_down_report_down(loopback, tmp_path):
+    try:
+        _up_submit_rsync_down_report_down(loopback, tmp_path)
+    except AssertionError as failure:
+        raise AssertionError(f"{failure}\n\n{loopback.diagnostics()}") from None
+
+
+def _up_submit_rsync_down_report_down(loopback, tmp_path):
     started = time.time()
     cluster_yaml = str(loopback.cluster_yaml)
     if not loopback.two_nodes:
@@ -378,6 +425,8 @@ def test_ray_up_submit_rsync_down_report_down(loopback, tmp_path):
     expected_nodes = [HEAD_IP, WORKER_IP][:want]
     assert f"PROBE nodes {','.join(expected_nodes)}" in out, out[-3000:]
     assert f"PROBE tasks {','.join(expected_nodes)}" in out, out[-3000:]
+    assert f"PROBE node slots {want}" in out, out[-3000:]
+    assert "PROBE wrong token refused True" in out, out[-3000:]
 
     # The benchmark itself, through the shipped entry script.
     executor = "ray" if importlib.util.find_spec("bench.ray_executor") else "process"
@@ -395,6 +444,12 @@ def test_ray_up_submit_rsync_down_report_down(loopback, tmp_path):
     statuses = [json.loads(p.read_text())["status"] for p in trial_files]
     assert "ok" in statuses, statuses
     assert set(statuses) <= {"ok", "skipped"}, statuses
+
+    if executor == "ray":  # every trial ran on a node of this cluster, recorded in the manifest
+        manifest = json.loads((fetched / "manifest.json").read_text())
+        ran_on = {p.get("ip") for p in manifest.get("placements", {}).values()}
+        assert ran_on and ran_on <= set(expected_nodes), (ran_on, expected_nodes)
+        _log(f"trials ran on {sorted(ran_on)}")
 
     local_run = tmp_path / pathlib.Path(remote_run).name
     shutil.copytree(fetched, local_run)
