@@ -1,59 +1,135 @@
-"""Progress on stderr: a live line on a terminal, plain lines otherwise."""
+"""Progress on stderr: a live bar on a terminal, plain lines otherwise.
+
+Live:  [########....................] 12/40 ok 10 running 2 failed 1 skipped 1 | 3m05s eta 7m10s
+Plain: one line per finished trial with the counts and the ETA, plus a status line every
+       `heartbeat_s` seconds while nothing finishes (long trials in CI logs).
+
+The ETA is the rate of trials that really ran (skipped ones land instantly and would make it
+optimistic) times the trials left; executors report how many trials are running with
+`started()` / `set_running()`.
+"""
 from __future__ import annotations
 
 import sys
 import time
 
 
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
 class Progress:
-    def __init__(self, total: int, stream=None, live: bool | None = None):
+    def __init__(self, total: int, stream=None, live: bool | None = None, heartbeat_s: float = 60.0):
         self.total = total
         self.stream = stream or sys.stderr
-        self.live = self.stream.isatty() if live is None else live
+        if live is None:
+            try:
+                live = self.stream.isatty()
+            except (AttributeError, ValueError):
+                live = False
+        self.live = live
         self.counts = {"ok": 0, "failed": 0, "diverged": 0, "skipped": 0}
         self.running = 0
         self.t0 = time.monotonic()
-        self.done_s = []
+        self.heartbeat_s = heartbeat_s
+        self._last_line = self.t0
+        self._last_draw = 0.0
+        self._ran = 0  # finished trials that were not skipped before running
+        self.done_s: list[float] = []
 
     @property
     def done(self) -> int:
         return sum(self.counts.values())
 
+    # -- events from executors ---------------------------------------------------
     def started(self, n: int = 1) -> None:
         self.running += n
-        if self.live:
-            self._draw()
+        self._refresh()
+
+    def set_running(self, n: int) -> None:
+        """How many trials are running right now (executors that learn it asynchronously)."""
+        changed = n != self.running
+        self.running = n
+        self._refresh(force=changed)
 
     def finished(self, record: dict, was_running: bool = True) -> None:
-        self.counts[record.get("status", "failed")] = self.counts.get(record.get("status", "failed"), 0) + 1
+        status = record.get("status", "failed")
+        self.counts[status] = self.counts.get(status, 0) + 1
         if was_running:
             self.running = max(0, self.running - 1)
+        if status != "skipped" or was_running:
+            self._ran += 1
+            self.done_s.append(time.monotonic() - self.t0)
         if self.live:
             self._draw()
         else:
-            extra = f" ({record.get('reason')})" if record.get("status") != "ok" and record.get("reason") else ""
-            print(f"[{self.done}/{self.total}] {record.get('status')} {record.get('trial_id')}{extra[:160]}",
-                  file=self.stream, flush=True)
+            extra = f" ({record.get('reason')})" if status != "ok" and record.get("reason") else ""
+            self._print(f"[{self.done}/{self.total}] {status} {record.get('trial_id')}{extra[:160]}"
+                        f"{self._tail_text()}")
 
     def note(self, text: str) -> None:
         if self.live:
             self.stream.write("\r\033[K")
-        print(text, file=self.stream, flush=True)
+        self._print(text)
+        if self.live:
+            self._draw()
 
+    # -- derived -------------------------------------------------------------------
     def eta_s(self) -> float | None:
-        if not self.done:
+        """Seconds left, from the rate of trials that ran; None before the first one lands."""
+        left = self.total - self.done
+        if left <= 0:
+            return 0.0
+        if not self._ran:
             return None
         elapsed = time.monotonic() - self.t0
-        return elapsed / self.done * (self.total - self.done)
+        return elapsed / self._ran * left
+
+    def _tail_text(self) -> str:
+        eta = self.eta_s()
+        parts = []
+        if self.running:
+            parts.append(f"running {self.running}")
+        if eta is not None and self.done < self.total:
+            parts.append(f"eta {_hms(eta)}")
+        return f" [{', '.join(parts)}]" if parts else ""
+
+    # -- output --------------------------------------------------------------------
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+        self._last_line = time.monotonic()
+
+    def _refresh(self, force: bool = False) -> None:
+        """Redraw the live bar (at most 4 times a second) or print a heartbeat line when quiet."""
+        now = time.monotonic()
+        if self.live:
+            if force or now - self._last_draw > 0.25:
+                self._draw()
+        elif self.heartbeat_s and now - self._last_line > self.heartbeat_s:
+            c = self.counts
+            self._print(f"[{self.done}/{self.total}] {_hms(now - self.t0)} elapsed: ok {c['ok']}, running "
+                        f"{self.running}, failed {c['failed'] + c['diverged']}, skipped {c['skipped']}"
+                        f"{self._tail_text()}")
+
+    def tick(self) -> None:
+        """Call now and then from a wait loop: keeps the elapsed time and ETA moving."""
+        self._refresh()
 
     def _draw(self) -> None:
+        self._last_draw = time.monotonic()
         width = 28
         filled = int(width * self.done / max(1, self.total))
         eta = self.eta_s()
         c = self.counts
         line = (f"\r\033[K[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
                 f"ok {c['ok']} running {self.running} failed {c['failed'] + c['diverged']} "
-                f"skipped {c['skipped']}" + (f" eta {eta:.0f}s" if eta is not None else ""))
+                f"skipped {c['skipped']} | {_hms(time.monotonic() - self.t0)}"
+                + (f" eta {_hms(eta)}" if eta is not None and self.done < self.total else ""))
         self.stream.write(line)
         self.stream.flush()
 
