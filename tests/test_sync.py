@@ -27,6 +27,14 @@ from pathlib import Path
 
 import pytest
 
+def _need(module: str) -> None:
+    """Skip unless `module` is installed (without importing it into the test process)."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} is not installed (pip install -e '.[{module}]')")
+
+
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 24
 
@@ -45,7 +53,7 @@ def probe(backend: str) -> dict:
 
     gpu = backends.gpu_visible(backend)
     # CPU: ~30-60 ms per step at batch 256; GPU: big enough that a step is milliseconds, not microseconds.
-    width, batch = (4096, 4096) if gpu else (1536, 256)
+    width, batch = (4096, 1024) if gpu else (1536, 256)
     keras.utils.set_random_seed(0)
     inputs = keras.Input((width,))
     x = keras.layers.Dense(width, activation="relu")(inputs)
@@ -79,6 +87,8 @@ def probe(backend: str) -> dict:
 
     model.fit(xs[:batch * 2], ys[:batch * 2], batch_size=batch, epochs=1, verbose=0)  # compile
     out = {"backend": backend, "gpu": gpu, "jit": bool(model.jit_compile), "steps": STEPS}
+    # Keras dispatches batch-end hooks on a thread pool when every callback is async-safe (JAX).
+    out["timer_async"] = keras.callbacks.CallbackList([StepTimer()], model=model)._async_train
 
     timer = StepTimer(warmup_steps=0)
     model.fit(xs, ys, batch_size=batch, epochs=1, steps_per_epoch=STEPS, shuffle=False, verbose=0,
@@ -105,32 +115,32 @@ def run_probe(backend: str) -> dict:
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), backend], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    line = proc.stdout.strip().splitlines()[-1]
+    if os.environ.get("REGBENCH_SYNC_LOG"):  # bench/gpu_check.sh keeps the figures
+        with open(os.environ["REGBENCH_SYNC_LOG"], "a") as f:
+            f.write(line + "\n")
+    return json.loads(line)
 
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_step_times_cover_the_work(backend):
-    pytest.importorskip(backend)
+    _need(backend)
     r = run_probe(backend)
+    assert r["timer_async"] is False  # the host runs StepTimer's batch end itself, after the step
     assert r["timer_steps"] == STEPS - 1
     # The steps account for (nearly) all of the synchronized window: nothing was left queued.
     # What remains is fit()'s teardown and one weight sync: small next to 23 steps of real work.
     assert r["timer_sum_s"] >= 0.85 * r["timer_window_s"], r
-    assert r["timer_p50_s"] > 0.002, r  # a real step, not a dispatch
+    assert r["timer_p50_s"] > (0.0005 if r["gpu"] else 0.002), r  # a real step, not a dispatch
 
 
 def test_negative_control_async_timer_is_caught_on_jax():
     """Without a wait, JAX timestamps measure dispatch; the comparison above must reject that."""
-    pytest.importorskip("jax")
+    _need("jax")
     r = run_probe("jax")
     assert r["naive_sum_s"] < 0.5 * r["naive_window_s"], (
         "JAX dispatch was synchronous here, so the sync test could not fail; check jax's async dispatch", r)
 
-
-def test_step_timer_is_never_dispatched_async():
-    from bench.measure import timing
-
-    assert timing.StepTimer.async_safe is False
 
 
 if __name__ == "__main__":

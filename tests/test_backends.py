@@ -1,0 +1,242 @@
+"""One benchmark on three Keras backends: the smoke suite on JAX and torch (CPU here), with
+TensorFlow and Ray made unimportable as on the lent GPU machines; the same trial on two backends
+gives comparable, contract-valid files; backend set-up units; the GPU check script on the CPU.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+def _need(module: str) -> None:
+    """Skip unless `module` is installed (without importing it into the test process)."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} is not installed (pip install -e '.[{module}]')")
+
+
+from conftest import CHECK_RUN, ROOT, check_run, regbench
+
+BLOCKED = ("tensorflow", "ray")
+
+
+@pytest.fixture(scope="session")
+def no_tf_no_ray(tmp_path_factory) -> dict:
+    """Environment whose Python processes (workers too) cannot import TensorFlow or Ray."""
+    d = tmp_path_factory.mktemp("block")
+    # None in sys.modules: `import tensorflow` raises ModuleNotFoundError, find_spec() returns None.
+    (d / "sitecustomize.py").write_text(f"import sys\nsys.modules.update(dict.fromkeys({BLOCKED!r}))\n")
+    return {"PYTHONPATH": os.pathsep.join([str(d), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+
+def _records(run_dir: pathlib.Path) -> dict[str, dict]:
+    return {r["trial_id"]: r for r in (json.loads(p.read_text()) for p in (run_dir / "trials").glob("*.json"))}
+
+
+@pytest.fixture(scope="session")
+def backend_smoke(tmp_path_factory, no_tf_no_ray):
+    runs = {}
+
+    def get(backend: str) -> pathlib.Path:
+        if backend not in runs:
+            _need(backend)
+            out = tmp_path_factory.mktemp(f"smoke-{backend}")
+            proc = regbench("run", "--suite", "smoke", "--backend", backend, "--executor", "process",
+                            "--out", out, "--no-report", env=no_tf_no_ray, check=True)
+            runs[backend] = pathlib.Path(proc.stdout.strip().splitlines()[-1])
+        return runs[backend]
+
+    return get
+
+
+def test_blocker_really_blocks(no_tf_no_ray):
+    code = "import importlib.util as u, sys\ntry:\n import tensorflow\nexcept ImportError: print('blocked')"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **no_tf_no_ray},
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "blocked", out.stderr
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_smoke_suite_on_backend_without_tensorflow_or_ray(backend_smoke, backend):
+    run = backend_smoke(backend)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["suite"]["backend"] == backend
+    recs = _records(run)
+    assert len(recs) == len(manifest["trial_ids"]) == 6
+    for r in recs.values():
+        assert r["trial"]["backend"] == backend and r["node"]["executor"] == "process"
+        if r["status"] == "skipped":
+            assert r["trial"]["precision"] == "mixed_float16" and backend in r["reason"]
+            continue
+        assert r["status"] == "ok", (r["trial_id"], r["reason"], r.get("traceback", "")[-1500:])
+        t = r["timing"]
+        # JAX: XLA always (mixed_float16 runs fused, ~2x float32 on this CPU, not ~100x); torch: eager.
+        assert t["jit_compile"] is (backend == "jax") and t["jit_disabled_by"] == []
+        assert t["steady_state_steps"] >= 20 and 0 < t["step_time_p50_s"] < 1.0
+        assert r["memory"]["device_peak_bytes"] is None and r["memory"]["null_reasons"]["device_peak_bytes"]
+        assert r["energy"]["energy_j"] is None and r["energy"]["null_reasons"]["energy_j"]  # no NVML / CPU trial
+        assert r["compute"]["peak_flops_per_s"] > 1e9
+        assert r["convergence"]["best_val_accuracy"] > 0.8
+    statuses = sorted(r["status"] for r in recs.values())
+    assert statuses == (["ok"] * 6 if backend == "jax" else ["ok"] * 3 + ["skipped"] * 3)
+    assert (run / "trials.parquet").exists()
+    if CHECK_RUN.exists():
+        proc = check_run(run, "--backend", backend)
+        assert proc.returncode == 0, proc.stdout[-2000:]
+
+
+def test_same_trial_on_two_backends_is_comparable(backend_smoke):
+    a, b = (_records(backend_smoke(x)) for x in ("jax", "torch"))
+
+    def key(r):
+        t = r["trial"]
+        return (t["workload"], t["setting"], t["precision"], t["batch_size"], t["repeat"])
+
+    by_key = {key(r): r for r in b.values()}
+    pairs = [(r, by_key[key(r)]) for r in a.values() if r["status"] == "ok" and by_key[key(r)]["status"] == "ok"]
+    assert len(pairs) == 3  # none, l2, dropout at float32
+    for ra, rb in pairs:
+        ta, tb = dict(ra["trial"]), dict(rb["trial"])
+        assert ta.pop("backend") == "jax" and tb.pop("backend") == "torch"
+        assert ta.pop("cell_id") != tb.pop("cell_id")  # backend is part of the identity...
+        assert ta == tb  # ...and nothing else differs
+        assert ra["trial_id"] != rb["trial_id"]
+        for section in ("timing", "memory", "energy", "compute", "convergence"):
+            assert set(ra[section]) == set(rb[section]), section  # same columns for analysis
+        # Same model, same data, same budget: same work, similar learning.
+        assert ra["compute"]["flops_per_sample"] == rb["compute"]["flops_per_sample"] > 0
+        assert ra["timing"]["steps_run"] == rb["timing"]["steps_run"]
+        assert len(ra["convergence"]["curve"]) == len(rb["convergence"]["curve"]) == 3
+        assert abs(ra["convergence"]["best_val_accuracy"] - rb["convergence"]["best_val_accuracy"]) < 0.08
+
+
+# ---- units ------------------------------------------------------------------------------------
+
+def test_configure_process_per_backend(monkeypatch):
+    from bench import backends
+
+    for var in ("KERAS_BACKEND", "XLA_FLAGS", "JAX_PLATFORMS", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    backends.configure_process("jax", 2, gpu=False)
+    assert os.environ["KERAS_BACKEND"] == "jax" and os.environ["JAX_PLATFORMS"] == "cpu"
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "" and os.environ["OMP_NUM_THREADS"] == "2"
+    assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    assert "intra_op_parallelism_threads=2" in os.environ["XLA_FLAGS"]
+    backends.configure_process("jax", 2, gpu=False)  # idempotent: flags not doubled
+    assert os.environ["XLA_FLAGS"].count("intra_op") == 1
+    monkeypatch.delenv("JAX_PLATFORMS")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    backends.configure_process("jax", None, gpu=None)  # a GPU trial leaves the platform alone
+    assert "JAX_PLATFORMS" not in os.environ and "CUDA_VISIBLE_DEVICES" not in os.environ
+    assert os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
+    with pytest.raises(ValueError, match="unknown backend"):
+        backends.configure_process("mxnet", None)
+
+
+def test_jit_setting_and_record():
+    from bench import backends
+
+    assert backends.jit_setting("auto", "jax", "cpu") is True
+    assert backends.jit_setting("auto", "torch", "gpu") is False
+    assert backends.jit_setting("auto", "tensorflow", "cpu") is False
+    assert backends.jit_setting("auto", "tensorflow", "gpu") is True
+    assert backends.jit_setting("off", "jax", "gpu") is False
+    assert backends.compile_arg("auto") == "auto" and backends.compile_arg("on") is True
+
+    class Layer:
+        def __init__(self, jit):
+            self.supports_jit = jit
+
+    class RandomTranslation(Layer):
+        pass
+
+    class Model:
+        jit_compile = False
+
+        def _flatten_layers(self):
+            return [Layer(True), RandomTranslation(False)]
+
+    rec = backends.jit_record(Model(), "auto")
+    assert rec == {"jit_compile": False, "jit_compile_requested": "auto", "jit_disabled_by": ["RandomTranslation"]}
+
+
+def test_memory_tracker_on_cpu_is_null_with_reason():
+    from bench.measure.memory import MemoryTracker
+
+    m = MemoryTracker("jax", gpu=False)
+    m.start()
+    m.stop()
+    out = m.result()
+    assert out["host_peak_bytes"] > 10 * 2**20
+    assert out["device_peak_bytes"] is None and out["device_reserved_peak_bytes"] is None
+    assert "no GPU" in out["null_reasons"]["device_peak_bytes"]
+
+
+def test_nvml_absent_or_no_gpu_is_null_with_reason(monkeypatch):
+    from bench.measure.energy import NvmlSampler
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    s = NvmlSampler()
+    s.start()
+    s.stop()
+    e = s.energy_result(1000)
+    assert e["energy_j"] is None and e["input_bound"] is None and e["null_reasons"]["energy_j"]
+    assert s.memory_result()["nvml_used_peak_bytes"] is None
+
+
+# ---- the GPU check script, on the CPU ---------------------------------------------------------
+
+def test_gpu_check_script_on_cpu(tmp_path, no_tf_no_ray):
+    """Every step of bench/gpu_check.sh except the wheel install (tested by hand in a venv with the
+    GPU machine's package set, see the report), on a one-trial CPU suite, with TF and Ray blocked."""
+    _need("jax")
+    suite = tmp_path / "tiny.yaml"
+    suite.write_text("name: tiny\nworkloads: [digits_mlp]\nregularizers: [none]\nprecisions: [float32]\n"
+                     "batch_sizes: [64]\nrepeats: 1\nepochs: 2\nisolation: cpu\ncpus_per_trial: 1\n")
+    out = tmp_path / "out"
+    env = {**os.environ, **no_tf_no_ray, "OUT": str(out), "PYTHON": sys.executable, "GPUCHECK_WHEELS": "skip",
+           "GPUCHECK_SUITE": str(suite), "GPUCHECK_BACKENDS": "jax nosuchbackend", "GPUCHECK_SYNC": "0",
+           "GPUCHECK_BUDGET_S": "200", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh")], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    dest = out / "gpucheck"
+    files = sorted(p.name for p in dest.iterdir())
+    assert files == ["env.json", "log.txt", "run-jax.tar.gz", "summary.txt"], files
+    assert all(p.relative_to(out).parts.__len__() <= 3 for p in out.rglob("*"))  # $OUT/a/b/file at most
+    summary = (dest / "summary.txt").read_text()
+    assert "device: cpu" in summary and "jax: exit 0" in summary and "-> results/reference/cpu-jax/" in summary
+    assert "nosuchbackend: not installed" in summary
+    unpacked = tmp_path / "reference" / "cpu-jax"
+    unpacked.mkdir(parents=True)
+    with tarfile.open(dest / "run-jax.tar.gz") as tar:
+        tar.extractall(unpacked)
+    recs = _records(unpacked)
+    assert [r["status"] for r in recs.values()] == ["ok"]
+    assert json.loads((unpacked / "manifest.json").read_text())["status"] == "complete"
+    if CHECK_RUN.exists():
+        assert check_run(unpacked, "--backend", "jax").returncode == 0
+
+
+def test_gpu_check_script_stops_at_its_budget(tmp_path):
+    """A backend started with too little budget left is not run; the summary says so."""
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "GPUCHECK_WHEELS": "skip",
+           "GPUCHECK_BACKENDS": "jax", "GPUCHECK_BUDGET_S": "0", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh")], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert "jax: not run (budget)" in (out / "gpucheck" / "summary.txt").read_text()
+
+
+def test_gpu_check_script_without_wheels_says_how_to_get_them(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path), "GPUCHECK_WHEELS": str(tmp_path / "none")}
+    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh")], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 3 and "no keras wheel" in proc.stdout
