@@ -13,8 +13,10 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 # Re-install when the project's dependencies change.
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e ".[dev]"
+# jax (CPU) and torch 2.13.0 (the CPU build the wheel mirror holds; an unpinned torch pulls a
+# multi-GB CUDA build) let the tests run the smoke suite on every Keras backend.
+$(STAMP): pyproject.toml Makefile | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[dev,jax]" "torch==2.13.0"
 	touch $(STAMP)
 
 install: $(STAMP)
