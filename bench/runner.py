@@ -207,7 +207,8 @@ def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
     record["timing"] = {"data_s": data_s, "build_s": build_s, **timing,
                         **backends.jit_record(model, trial.jit_compile)}
     record["memory"] = mem
-    record["energy"] = nvml.energy_result(samples_seen)
+    record["energy"] = nvml.energy_result(samples_seen, timer.steady_spans(),
+                                          timing["steady_state_steps"] * trial.batch_size)
     record["compute"] = compute
     record["convergence"] = convergence
     record["process"] = process

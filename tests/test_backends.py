@@ -240,3 +240,89 @@ def test_gpu_check_script_without_wheels_says_how_to_get_them(tmp_path):
     proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh")], env=env, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 3 and "no keras wheel" in proc.stdout
+
+
+# ---- NVML energy over the steady-state window (a fake NVML: the real one needs a GPU) ---------
+
+class _FakeNvml:
+    """Just enough of pynvml: 200 W and 90% busy, 1 GiB used, 300 MiB of it by this process."""
+
+    def __init__(self):
+        import time
+
+        self.t0 = time.perf_counter()
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlDeviceGetCount(self):
+        return 1
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return ("gpu", i)
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, h):  # mJ since an arbitrary origin
+        import time
+
+        return int((time.perf_counter() - self.t0) * 200_000)
+
+    def nvmlDeviceGetPowerUsage(self, h):  # mW
+        return 200_000
+
+    def nvmlDeviceGetUtilizationRates(self, h):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(gpu=90, memory=40)
+
+    def nvmlDeviceGetMemoryInfo(self, h):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(used=2**30, total=2**34)
+
+    def nvmlDeviceGetComputeRunningProcesses(self, h):
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(pid=os.getpid(), usedGpuMemory=300 * 2**20)]
+
+
+def test_nvml_sampler_energy_power_util_and_process_memory(monkeypatch):
+    import time
+
+    from bench.measure.energy import NvmlSampler
+
+    monkeypatch.setitem(sys.modules, "pynvml", _FakeNvml())
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    s = NvmlSampler(interval_s=0.01)
+    assert s.available, s.reason
+    s.start()
+    time.sleep(0.3)
+    mid = time.perf_counter()
+    time.sleep(0.2)
+    s.stop()
+    e = s.energy_result(1000, steady_spans=[(mid, mid + 0.1)], steady_samples=100)
+    assert e["energy_j"] == pytest.approx(200 * (s.t[1] - s.t[0]), rel=0.1)
+    assert e["mean_power_w"] == pytest.approx(200, rel=0.1)
+    assert e["steady_energy_j"] == pytest.approx(20, rel=1e-6) and e["steady_mean_power_w"] == pytest.approx(200)
+    assert e["energy_per_sample_j"] == pytest.approx(0.2)  # steady energy / steady samples
+    assert e["gpu_util_mean"] == pytest.approx(90) and e["input_bound"] is False
+    m = s.memory_result()
+    assert m["nvml_used_peak_bytes"] == 300 * 2**20 and m["nvml_used_is_process"] is True
+    assert m["nvml_device_used_peak_bytes"] == 2**30
+
+
+def test_input_bound_flag_uses_the_steady_state_not_the_compile():
+    """Utilization 0% during a 5 s compile, 95% while training: busy, not input-bound."""
+    from bench.measure.energy import NvmlSampler, integrate
+
+    s = NvmlSampler.__new__(NvmlSampler)
+    s.handle, s.reason = object(), None
+    s.samples = [(t, 100.0 if t >= 5 else 50.0, 95.0 if t >= 5 else 0.0, 0, None) for t in range(11)]
+    s.energy_mj, s.t = [None, None], [0.0, 10.0]
+    e = s.energy_result(640, steady_spans=[(6.0, 8.0), (8.0, 10.0)], steady_samples=256)
+    assert e["gpu_util_mean"] < 80 and e["steady_gpu_util_mean"] == pytest.approx(95)
+    assert e["input_bound"] is False
+    assert e["steady_energy_j"] == pytest.approx(400) and e["energy_per_sample_j"] == pytest.approx(400 / 256)
+    assert integrate([0, 1], [0, 10], [(0.0, 1.0)]) == pytest.approx(5)
+    assert integrate([0, 1], [0, 10], [(2.0, 3.0)]) == pytest.approx(10)  # held beyond the last sample
+    e = s.energy_result(640, steady_spans=[])
+    assert e["input_bound"] is True and e["null_reasons"]["steady_energy_j"] == "no steady-state steps"

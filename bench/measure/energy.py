@@ -100,26 +100,50 @@ class NvmlSampler:
         self._sample()
         self.energy_mj[1], self.t[1] = self._energy(), time.perf_counter()
 
-    def energy_result(self, samples_seen: int | None) -> dict:
-        keys = ("energy_j", "mean_power_w", "gpu_util_mean", "energy_per_sample_j", "input_bound")
+    def energy_result(self, samples_seen: int | None, steady_spans=None, steady_samples: int | None = None) -> dict:
+        """Energy over the whole fit() window, and over the steady-state steps.
+
+        energy_j / mean_power_w / gpu_util_mean: the whole window (first step's compile and the
+        validation passes included). steady_*: only the steady-state steps (`steady_spans`, from
+        StepTimer), integrated from the sampled power and utilization; energy_per_sample_j and
+        input_bound use them when given, so compile time at 0% utilization does not flag a short
+        trial as input-bound.
+        """
+        keys = ("energy_j", "mean_power_w", "gpu_util_mean", "energy_per_sample_j", "input_bound",
+                "steady_energy_j", "steady_mean_power_w", "steady_gpu_util_mean")
         if not self.available or len(self.samples) < 2:
             reason = self.reason or "too few NVML samples"
             return {**{k: None for k in keys}, "null_reasons": {k: reason for k in keys}}
         t0, t1 = self.t
+        s = self.samples
+        times = [x[0] for x in s]
         if None not in self.energy_mj:
             energy_j = (self.energy_mj[1] - self.energy_mj[0]) / 1000.0
         else:  # trapezoid integral of sampled power
-            s = self.samples
-            energy_j = sum((b[0] - a[0]) * (a[1] + b[1]) / 2 for a, b in zip(s, s[1:]))
-        util = sum(x[2] for x in self.samples) / len(self.samples)
-        return {
+            energy_j = integrate(times, [x[1] for x in s], [(times[0], times[-1])])
+        util = integrate(times, [x[2] for x in s], [(times[0], times[-1])]) / max(times[-1] - times[0], 1e-9)
+        out = {
             "energy_j": energy_j,
             "mean_power_w": energy_j / (t1 - t0),
             "gpu_util_mean": util,
             "energy_per_sample_j": energy_j / samples_seen if samples_seen else None,
             "input_bound": util < INPUT_BOUND_UTIL_PERCENT,
+            "steady_energy_j": None, "steady_mean_power_w": None, "steady_gpu_util_mean": None,
             "null_reasons": {},
         }
+        spans = [(a, b) for a, b in (steady_spans or []) if b > a]
+        steady_s = sum(b - a for a, b in spans)
+        if steady_s > 0:
+            steady_j = integrate(times, [x[1] for x in s], spans)
+            steady_util = integrate(times, [x[2] for x in s], spans) / steady_s
+            out.update(steady_energy_j=steady_j, steady_mean_power_w=steady_j / steady_s,
+                       steady_gpu_util_mean=steady_util, input_bound=steady_util < INPUT_BOUND_UTIL_PERCENT)
+            if steady_samples:
+                out["energy_per_sample_j"] = steady_j / steady_samples
+        else:
+            for k in ("steady_energy_j", "steady_mean_power_w", "steady_gpu_util_mean"):
+                out["null_reasons"][k] = "no steady-state steps"
+        return out
 
     def memory_result(self) -> dict:
         """nvml_used_peak_bytes: this process's peak when NVML reports it, else the device's."""
@@ -131,3 +155,18 @@ class NvmlSampler:
         return {"nvml_used_peak_bytes": max(mine) if mine else device,
                 "nvml_used_is_process": bool(mine),
                 "nvml_device_used_peak_bytes": device, "null_reasons": {}}
+
+
+def integrate(times: list[float], values: list[float], spans) -> float:
+    """Integral over `spans` [(start, end)] of the piecewise-linear curve through (times, values),
+    held constant beyond the first and last sample. Units: value x seconds (W -> J)."""
+    import numpy as np
+
+    t, v = np.asarray(times, dtype=float), np.asarray(values, dtype=float)
+    total = 0.0
+    for a, b in spans:
+        inner = t[(t > a) & (t < b)]
+        grid = np.concatenate(([a], inner, [b]))
+        y = np.interp(grid, t, v)
+        total += float(np.sum((grid[1:] - grid[:-1]) * (y[1:] + y[:-1]) / 2))
+    return total

@@ -37,6 +37,7 @@ class StepTimer(keras.callbacks.Callback):
         self.first_step_s = None
         self.validation_s = 0.0
         self.steps = []  # (epoch, step-in-epoch, seconds)
+        self.spans = []  # (start, end) perf_counter of each entry of self.steps (energy windows)
         self.steps_run = 0
         self.epoch_wall_s = []  # wall time since train begin at each epoch end (validation included)
         self.epoch_validation_s = []
@@ -68,6 +69,7 @@ class StepTimer(keras.callbacks.Callback):
             self.first_step_s = now - self._batch_begin
         elif self._last_end is not None:
             self.steps.append((self._epoch, batch, now - self._last_end))
+            self.spans.append((self._last_end, now))
         self._last_end = now
         if self.guard_nan and not math.isfinite(loss):
             self.nonfinite = f"training loss became {loss} at epoch {self._epoch + 1}, step {batch + 1}"
@@ -94,13 +96,25 @@ class StepTimer(keras.callbacks.Callback):
         self._val_this_epoch += dt
 
     # -- result ------------------------------------------------------------
-    def steady_step_times_s(self) -> np.ndarray:
+    def _steady_indices(self) -> list[int]:
         epochs = {e for e, _, _ in self.steps}
         if len(epochs) > 1:
-            times = [t for e, _, t in self.steps if e >= 1]
-        else:
-            times = [t for _, _, t in self.steps][self.warmup_steps:]
-        return np.asarray(times, dtype=float)
+            return [i for i, (e, _, _) in enumerate(self.steps) if e >= 1]
+        return list(range(len(self.steps)))[self.warmup_steps:]
+
+    def steady_step_times_s(self) -> np.ndarray:
+        return np.asarray([self.steps[i][2] for i in self._steady_indices()], dtype=float)
+
+    def steady_spans(self) -> list[tuple[float, float]]:
+        """(start, end) perf_counter times of the steady-state steps, adjacent ones merged."""
+        merged: list[list[float]] = []
+        for i in self._steady_indices():
+            start, end = self.spans[i]
+            if merged and start - merged[-1][1] < 1e-9:
+                merged[-1][1] = end
+            else:
+                merged.append([start, end])
+        return [(a, b) for a, b in merged]
 
     def result(self, batch_size: int) -> dict:
         t = self.steady_step_times_s()
