@@ -13,11 +13,15 @@ What it builds (all of it removed again at the end, processes by pid):
     the same version as this one, reusing this project's installed dependencies through a .pth
     file (no network), pip configured offline (no index, no build isolation), and a per-node
     RAY_TMPDIR. The YAML's own setup_commands then `pip install -e` the project into it;
-  * a loopback YAML generated from clusters/onprem.yaml by substituting only addresses, user, key,
-    cluster name and the node's ulimit-free defaults stay as shipped.
+  * a loopback YAML generated from clusters/onprem.yaml by substituting only the addresses, the
+    ssh user and key, and the cluster name; setup and start commands stay as shipped.
 
-Then: `ray up`, a placement probe over both nodes, `ray submit clusters/regbench_job.py` of the
-smoke suite, `ray rsync-down` of the run directory, `regbench report` on it here, `ray down`.
+Then: `ray up` (two nodes), a probe (both nodes alive with their `regbench_node_slot`, SPREAD tasks
+land on each, a wrong token is refused), `ray submit clusters/regbench_job.py -- --suite smoke`,
+`ray rsync-down` of the run directory, `regbench report` on it here, `ray down`.
+
+If this project's venv is somewhere the user cannot read (under /root), its site-packages are
+bind-mounted read-only into the test's temp dir for the length of the test.
 """
 
 from __future__ import annotations
@@ -226,10 +230,14 @@ class Loopback:
                     raise RuntimeError(f"sshd on {address}:{port} does not accept the key: {probe.stdout[-500:]}")
                 time.sleep(0.3)
 
-    def prepare_node_environment(self) -> None:
-        python = _user_python()
+    def share_dependencies(self) -> None:
+        """Pick the user's Python and make this project's site-packages readable to the user.
+
+        Runs before the sshd start: the worker's sshd gets its own mount namespace, which must
+        already contain the bind mount (if one is needed)."""
+        self.python = _user_python()
         site_packages = sysconfig.get_paths()["purelib"]
-        readable = self.run_as_user([python, "-c", f"import sys; sys.path.append({site_packages!r}); import ray"],
+        readable = self.run_as_user([self.python, "-c", f"import sys; sys.path.append({site_packages!r}); import ray"],
                                     check=False, timeout=120)
         if readable.returncode != 0 or os.environ.get("REGBENCH_E2E_FORCE_BIND"):
             # This project's venv sits where the user cannot reach (e.g. under /root): show the
@@ -240,6 +248,10 @@ class Loopback:
             self.mounts.append(shared)
             subprocess.run(["mount", "-o", "remount,bind,ro", str(shared)], check=True)
             site_packages = str(shared)
+        self.site_packages = site_packages
+
+    def prepare_node_environment(self) -> None:
+        python, site_packages = self.python, self.site_packages
         venv = self.home / "regbench-venv"
         self.run_as_user([python, "-m", "venv", "--without-pip", str(venv)])
         version = f"python{sys.version_info.major}.{sys.version_info.minor}"
@@ -361,6 +373,7 @@ def loopback():
     cluster = Loopback()
     try:
         cluster.create_user()
+        cluster.share_dependencies()
         cluster.start_sshd(_free_port())
         cluster.prepare_node_environment()
         cluster.cluster_yaml = cluster.write_cluster_yaml()
