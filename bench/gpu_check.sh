@@ -14,17 +14,20 @@
 #
 # The device call (the `run` tool), verbatim:
 #   carry:     [".whl"]
-#   command:   bash bench/gpu_check.sh
-#   timeout_s: 480
+#   command:   GPUCHECK_COMMIT=<git rev-parse HEAD> bash bench/gpu_check.sh
+#   timeout_s: 580
+# Worst case 10 s set-up + 330 s budget (+20 s to stop) + 150 s sync test; about 1-2 min more to
+# start the machine: under 11 of the 15 device minutes.
 # Files come back under <files_at>/gpucheck/: log.txt, env.json, summary.txt, sync.txt,
 # run-jax.tar.gz, run-torch.tar.gz. Commit a run as the reference:
 #   mkdir -p results/reference/h200-jax && tar xzf <files_at>/gpucheck/run-jax.tar.gz -C results/reference/h200-jax
 # (summary.txt names the folder, from the GPU model).
 #
 # Knobs (environment): GPUCHECK_BACKENDS ("jax torch"), GPUCHECK_SUITE (gpu; a name or YAML file),
-# GPUCHECK_BUDGET_S (360: seconds for all suite runs together), GPUCHECK_MIN_S (60: do not start a
+# GPUCHECK_BUDGET_S (330: seconds for all suite runs together), GPUCHECK_MIN_S (60: do not start a
 # backend with less left), GPUCHECK_SYNC (1: run tests/test_sync.py between backends), GPUCHECK_SITE
-# (/tmp/site), GPUCHECK_WHEELS (.whl; "skip" uses the Keras already importable), PYTHON (python3).
+# (/tmp/site), GPUCHECK_WHEELS (.whl; "skip" uses the Keras already importable), PYTHON (python3),
+# GPUCHECK_COMMIT (the commit the tree was sent from: the copy there has no .git; goes in manifest).
 # Tested on the CPU: tests/test_backends.py::test_gpu_check_script_on_cpu forces a CPU suite.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +36,7 @@ OUT=${OUT:-/tmp/regbench-gpucheck}
 PY=${PYTHON:-python3}
 BACKENDS=${GPUCHECK_BACKENDS:-jax torch}
 SUITE=${GPUCHECK_SUITE:-gpu}
-BUDGET_S=${GPUCHECK_BUDGET_S:-360}
+BUDGET_S=${GPUCHECK_BUDGET_S:-330}
 MIN_S=${GPUCHECK_MIN_S:-60}
 SITE=${GPUCHECK_SITE:-/tmp/site}
 WHEELS=${GPUCHECK_WHEELS:-.whl}
@@ -102,6 +105,13 @@ for backend in $BACKENDS; do
   rc=$?
   run_dir=$(ls -d "$RUNS/$backend"/*/ 2>/dev/null | head -1)
   if [ -n "$run_dir" ]; then
+    GPUCHECK_COMMIT=${GPUCHECK_COMMIT:-} "$PY" - "$run_dir" <<'EOF' || say "could not record the commit"
+import os, pathlib, sys
+from bench.store import RunStore
+store = RunStore.open(pathlib.Path(sys.argv[1]))
+if os.environ["GPUCHECK_COMMIT"] and not store.manifest().get("git_commit"):
+    store.update_manifest(git_commit=os.environ["GPUCHECK_COMMIT"])
+EOF
     tar czf "$DEST/run-$backend.tar.gz" -C "$run_dir" .
     "$PY" - "$run_dir" "$backend" "$rc" "$folder" >> "$DEST/summary.txt" <<'EOF'
 import json, pathlib, sys

@@ -202,7 +202,7 @@ def test_gpu_check_script_on_cpu(tmp_path, no_tf_no_ray):
     out = tmp_path / "out"
     env = {**os.environ, **no_tf_no_ray, "OUT": str(out), "PYTHON": sys.executable, "GPUCHECK_WHEELS": "skip",
            "GPUCHECK_SUITE": str(suite), "GPUCHECK_BACKENDS": "jax nosuchbackend", "GPUCHECK_SYNC": "0",
-           "GPUCHECK_BUDGET_S": "200", "CUDA_VISIBLE_DEVICES": ""}
+           "GPUCHECK_BUDGET_S": "200", "CUDA_VISIBLE_DEVICES": "", "GPUCHECK_COMMIT": "abc123"}
     proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh")], env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
@@ -219,7 +219,8 @@ def test_gpu_check_script_on_cpu(tmp_path, no_tf_no_ray):
         tar.extractall(unpacked)
     recs = _records(unpacked)
     assert [r["status"] for r in recs.values()] == ["ok"]
-    assert json.loads((unpacked / "manifest.json").read_text())["status"] == "complete"
+    manifest = json.loads((unpacked / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["git_commit"]  # from git, or GPUCHECK_COMMIT without .git
     if CHECK_RUN.exists():
         assert check_run(unpacked, "--backend", "jax").returncode == 0
 
