@@ -246,6 +246,24 @@ def joins_cluster() -> bool:
         return True
 
 
+def _check_reachable(where: str) -> None:
+    """ray.init() retries a dead GCS address for minutes: refuse it in seconds instead."""
+    try:
+        from ray._private import services
+
+        addr = services.canonicalize_bootstrap_address(None)
+    except Exception:  # noqa: BLE001 - "ray://" client addresses and the like: let ray.init judge
+        return
+    if not addr or "://" in addr or ":" not in addr:
+        return
+    host, port = addr.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot join the Ray cluster at {where} ({addr}: {e.strerror or e}); start it, fix "
+                        "RAY_ADDRESS, or set RAY_ADDRESS=local to start a private instance") from None
+
+
 def connect() -> bool:
     """Join the cluster (or start a private local instance). True when we started it."""
     import logging
@@ -259,7 +277,13 @@ def connect() -> bool:
     if _flag(SHIP_CODE_ENV):
         kwargs["runtime_env"] = {"py_modules": [str(pathlib.Path(__file__).resolve().parent)]}
     if joins_cluster():
-        ray.init(**kwargs)
+        where = os.environ.get("RAY_ADDRESS") or "the address in /tmp/ray/ray_current_cluster (last `ray start`)"
+        _check_reachable(where)
+        try:
+            ray.init(**kwargs)
+        except (ConnectionError, TimeoutError) as e:
+            raise UserError(f"cannot join the Ray cluster at {where}: {str(e).splitlines()[0][:200]}; "
+                            "set RAY_ADDRESS=local to start a private instance instead") from None
         return False
     ray.init(include_dashboard=False, resources={NODE_SLOT: 1}, object_store_memory=128 * 2**20, **kwargs)
     return True

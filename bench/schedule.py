@@ -1,9 +1,14 @@
 """Executors: place trials on resources, stream results into the store as they land.
 
 `execute` is the one entry point the CLI calls. The `process` executor runs one subprocess per
-trial on this machine (bench.local_executor); the `ray` executor runs one Ray task per trial.
+trial on this machine (bench.local_executor); the `ray` executor (the default) runs one Ray task
+per trial on every node of the Ray cluster it joins or starts (bench.ray_executor). Both start the
+same fresh trial process (`bench.worker`), so their numbers are comparable; both write each record
+the moment it lands and retry only trials whose process died.
 """
 from __future__ import annotations
+
+from bench.errors import UserError
 
 EXECUTORS = ("ray", "process")
 
@@ -17,6 +22,11 @@ def execute(suite, trials, store, executor: str, progress) -> None:
         store.update_manifest(nodes={fp["fingerprint_id"]: fp})
         run_local(trials, store, suite, progress)
     elif executor == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise UserError("the ray executor needs Ray (pip install 'ray[default]'); "
+                            "without it use --executor process") from None
         from bench.ray_executor import run_ray
 
         run_ray(trials, store, suite, progress)

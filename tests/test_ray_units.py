@@ -112,3 +112,24 @@ def test_duration_format(value, expected):
     from bench.progress import _hms
 
     assert _hms(value) == expected
+
+
+def test_unreachable_cluster_address_fails_in_seconds(monkeypatch):
+    import time
+
+    from bench.errors import UserError
+
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+    t0 = time.monotonic()
+    with pytest.raises(UserError, match="cannot join the Ray cluster at 127.0.0.1:1"):
+        rx.connect()
+    assert time.monotonic() - t0 < 15
+
+
+def test_ray_executor_without_ray_is_a_clear_error(monkeypatch):
+    from bench import schedule
+    from bench.errors import UserError
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(UserError, match="--executor process"):
+        schedule.execute(suite(), [], None, "ray", None)
