@@ -14,7 +14,11 @@ per run, not per trial) and reports:
   efficiency_run_trial  the same with run_trial's own wall_s (excludes interpreter start and
                    module imports before run_trial; TensorFlow's import is inside run_trial)
   sched_fixed_s    per trial: slot time outside trial processes (Ray dispatch, lease, result
-                   return, store write, the tail where fewer trials than slots are left)
+                   return, store write, the tail where fewer trials than slots are left, and the
+                   run's own start and end amortized over its trials)
+  gap_per_trial_s  the same between the first trial's start and the last trial's end only
+  run_startup_s    once per run: run_ray called -> first trial starts (feasibility check, node
+                   fingerprint, submission); run_teardown_s: last trial ends -> run_ray returns
   process_fixed_s  per trial: trial process wall - run_trial wall (python start, bench imports,
                    record write; interpreter teardown is skipped with os._exit)
   tf_import_s      median `import tensorflow, keras` in a fresh interpreter (inside run_trial)
@@ -61,7 +65,8 @@ def run_once(suite, trials, slots: int, label: str) -> dict:
         progress = Progress(len(trials), stream=io.StringIO(), live=False)
         t0 = time.time()
         run_ray(trials, store, suite, progress)
-        makespan = time.time() - t0
+        t_end = time.time()
+        makespan = t_end - t0
         records = store.records()
     bad = [r for r in records if r["status"] != "ok"]
     if bad:
@@ -69,6 +74,9 @@ def run_once(suite, trials, slots: int, label: str) -> dict:
     process = [r["node"]["ray"]["process_s"] for r in records]
     wall = [r["wall_s"] for r in records]
     n = len(records)
+    first_start = min(r["node"]["ray"]["t_start"] for r in records)
+    last_end = max(r["node"]["ray"]["t_end"] for r in records)
+    steady = last_end - first_start
     return {
         "mode": label, "trials": n, "slots": slots, "nodes": len({r["node"]["ray"]["node_id"] for r in records}),
         "makespan_s": round(makespan, 2),
@@ -78,6 +86,10 @@ def run_once(suite, trials, slots: int, label: str) -> dict:
         "efficiency": round(sum(process) / slots / makespan, 3),
         "efficiency_run_trial": round(sum(wall) / slots / makespan, 3),
         "sched_fixed_s": round((makespan * slots - sum(process)) / n, 3),
+        # once per run: run_ray start -> first trial starts, last trial ends -> run_ray returns
+        "run_startup_s": round(first_start - t0, 2), "run_teardown_s": round(t_end - last_end, 2),
+        # per trial between the first start and the last end: slot time outside trial processes
+        "gap_per_trial_s": round((steady * slots - sum(process)) / n, 3),
         "process_fixed_s": round(statistics.mean(p - w for p, w in zip(process, wall)), 3),
         "train_s_mean": round(statistics.mean(r["timing"].get("train_s") or 0 for r in records), 2),
     }
@@ -198,7 +210,8 @@ def main(argv=None) -> int:
     results["load_average_after"] = load_average()
 
     cols = ("mode", "trials", "slots", "makespan_s", "ideal_s", "efficiency", "efficiency_run_trial",
-            "trial_process_s_mean", "run_trial_wall_s_mean", "sched_fixed_s", "process_fixed_s", "ray_init_s")
+            "trial_process_s_mean", "run_trial_wall_s_mean", "sched_fixed_s", "gap_per_trial_s", "run_startup_s",
+            "run_teardown_s", "process_fixed_s", "ray_init_s")
     print(f"cpus {results['cpu_count']}, load average {results['load_average_before']} -> "
           f"{results['load_average_after']}, import tensorflow+keras {results['tf_import_s']} s (median of 3)")
     for run in results["runs"]:
