@@ -158,8 +158,11 @@ def trial_task(trial_dict: dict, gpu: bool | None, ledger, options: dict) -> dic
         "gpu_ids": [str(g) for g in ctx.get_accelerator_ids().get("GPU", [])],
         "code_hash": code_hash(),
     }
-    if ledger is not None:
-        ledger.started.remote(trial.trial_id, dict(info))
+    if ledger is not None:  # wait for it: the driver counts attempts from these
+        try:
+            ray.get(ledger.started.remote(trial.trial_id, dict(info)), timeout=30)
+        except ray.exceptions.RayError:
+            pass
 
     t_task = time.time()
     with tempfile.TemporaryDirectory(prefix="regbench-ray-") as tmp:
@@ -501,10 +504,14 @@ def _run(trials, store, suite, progress, ray) -> None:
             ready, _ = ray.wait(list(out), num_returns=1, timeout=0.5)
             if ready:
                 ready, _ = ray.wait(list(out), num_returns=len(out), timeout=0)
-            # attempts that started since the last look
-            if drain_ref is not None and ray.wait([drain_ref], timeout=0)[0]:
+            # attempts that started since the last look; before writing results, a drain asked
+            # for after they landed (each attempt registered its start before its trial ran)
+            if drain_ref is not None and (ready or ray.wait([drain_ref], timeout=0)[0]):
                 try:
-                    for trial_id, t_start, _info in ray.get(drain_ref):
+                    events = ray.get(drain_ref, timeout=30)
+                    if ready:
+                        events += ray.get(ledger.drain.remote(), timeout=30)
+                    for trial_id, t_start, _info in events:
                         o = by_trial.get(trial_id)
                         if o is not None:
                             o.attempts += 1
