@@ -384,8 +384,10 @@ def infeasible_reason(req: dict, nodes: list[dict], suite_name: str) -> str | No
             f"({summary})")
 
 
-def check_feasible(requests: dict, suite_name: str) -> list[dict]:
-    """Fail fast (UserError) when a request fits no node; wait REGBENCH_NODE_WAIT_S first if set."""
+def check_feasible(requests: dict, suite_name: str, note=None) -> list[dict]:
+    """Fail fast (UserError) when a request fits no node. REGBENCH_NODE_WAIT_S (default 0) first
+    waits that long for such a node to join: set it where nodes are still coming (right after
+    `ray up`, autoscaling node types with min_workers: 0)."""
     wait_s = float(os.environ.get(NODE_WAIT_ENV) or 0)
     deadline = time.monotonic() + wait_s
     while True:
@@ -396,6 +398,9 @@ def check_feasible(requests: dict, suite_name: str) -> list[dict]:
         if time.monotonic() >= deadline:
             waited = f" (after waiting {wait_s:g} s for nodes)" if wait_s else ""
             raise UserError(reasons[0] + waited)
+        if note is not None:
+            note(f"waiting up to {deadline - time.monotonic():.0f} s more ({NODE_WAIT_ENV}) for a node: {reasons[0]}")
+            note = None
         time.sleep(2.0)
 
 
@@ -442,7 +447,7 @@ def _run(trials, store, suite, progress, ray) -> None:
     for t in trials:
         req = request_for(t, suite, gpu)
         requests.setdefault(json.dumps(req, sort_keys=True), req)
-    check_feasible(requests, suite.name)
+    nodes = check_feasible(requests, suite.name, progress.note)
 
     driver_fp = env.fingerprint()
     my_hash = code_hash()

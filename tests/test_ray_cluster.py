@@ -119,9 +119,11 @@ def test_infeasible_accelerator_type_fails_fast(cluster, tmp_path):
     suite = tmp_path / "h100only.yaml"
     suite.write_text(SUITE.format(name="h100only", regularizers="[none]", extra="accelerator_types: [H100]"))
     t0 = time.monotonic()
-    rc, out, err = run_cli(suite, tmp_path / "out", cluster.address)
+    rc, out, err = run_cli(suite, tmp_path / "out", cluster.address, {"REGBENCH_NODE_WAIT_S": "3"})
     assert rc == 2, err
     assert "pinned to accelerator_type H100 but no node of this Ray cluster offers it (offered: A100)" in err
+    assert "waiting up to 3 s more (REGBENCH_NODE_WAIT_S) for a node" in err
+    assert err.strip().splitlines()[-1].endswith("(after waiting 3 s for nodes)")
     assert time.monotonic() - t0 < 60
 
 
