@@ -104,6 +104,8 @@ class RunStore:
             raise UserError(f"{path}: not a regbench run (no manifest.json)")
         store.manifest()  # validates
         store.trials_dir.mkdir(exist_ok=True)
+        for stale in store.trials_dir.glob(".*.tmp"):  # a write cut short by a killed driver
+            stale.unlink(missing_ok=True)
         return store
 
     # -- manifest ------------------------------------------------------------

@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     if "RAY_AUTH_MODE" not in env and token_available():
         env["RAY_AUTH_MODE"] = "token"
+    # Right after `ray up` (or with min_workers: 0) GPU nodes may still be joining: wait up to
+    # 15 minutes for a node that can take the trials before calling a request infeasible.
+    env.setdefault("REGBENCH_NODE_WAIT_S", "900")
     # `bench` importable even where the project was copied but not pip-installed.
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(project), env.get("PYTHONPATH", "")) if p
