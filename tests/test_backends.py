@@ -118,7 +118,17 @@ def test_same_trial_on_two_backends_is_comparable(backend_smoke):
 
 # ---- units ------------------------------------------------------------------------------------
 
-def test_configure_process_per_backend(monkeypatch):
+@pytest.fixture
+def restored_environ():
+    """configure_process writes os.environ directly; put every variable back afterwards, or a
+    leaked CUDA_VISIBLE_DEVICES="" / KERAS_BACKEND=jax changes the tests that run later."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def test_configure_process_per_backend(monkeypatch, restored_environ):
     from bench import backends
 
     for var in ("KERAS_BACKEND", "XLA_FLAGS", "JAX_PLATFORMS", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS"):

@@ -40,8 +40,12 @@ max_retries: 2
 
 
 @pytest.fixture
-def cluster():
+def cluster(monkeypatch):
     from ray.cluster_utils import Cluster
+
+    # Fake GPU nodes: a raylet refuses num_gpus when CUDA_VISIBLE_DEVICES hides every GPU (as it
+    # does on CPU-only machines that export CUDA_VISIBLE_DEVICES="").
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
 
     c = Cluster(initialize_head=True, connect=False, head_node_args={
         "num_cpus": 0, "include_dashboard": False,
