@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import pathlib
+import shutil
 import sys
 
 from bench.errors import UserError
@@ -108,6 +109,13 @@ def cmd_run(args) -> int:
     try:
         store.update_manifest(status="running", executor=executor)
         schedule.execute(suite, todo, store, executor, progress)
+    except UserError:
+        progress.close()
+        if not args.resume and not any(store.trials_dir.iterdir()):
+            shutil.rmtree(store.path)  # refused before any trial ran: leave no empty run behind
+        else:
+            store.update_manifest(status="interrupted", finished_at=now_iso())
+        raise
     except KeyboardInterrupt:
         progress.close()
         store.update_manifest(status="interrupted", finished_at=now_iso())

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from bench import env
+from bench.errors import UserError
 from bench.runner import node_record, now_iso, precheck
 from bench.trial import result_skeleton
 
@@ -30,7 +31,8 @@ def slots_for(suite) -> list[str | None]:
         if ids:
             return ids[:1] if suite.isolation == "node" else ids
     if suite.device == "gpu":
-        raise RuntimeError("suite asks for device: gpu but this machine has no GPU visible to NVML")
+        raise UserError(f"suite {suite.name} asks for device: gpu but this machine has no GPU visible to NVML; "
+                        "use device: cpu or a machine with a GPU")
     if suite.isolation == "node":
         return [None]
     return [None] * max(1, (os.cpu_count() or 1) // suite.cpus_per_trial)

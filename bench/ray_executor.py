@@ -288,6 +288,10 @@ def connect() -> bool:
             raise UserError(f"cannot join the Ray cluster at {where}: {str(e).splitlines()[0][:200]}; "
                             "set RAY_ADDRESS=local to start a private instance instead") from None
         return False
+    # A new local instance gets Ray's default token auth (a token in ~/.ray/auth_token is made on
+    # first use); Ray announces that with a warning on every run, which we keep off stderr.
+    # RAY_AUTH_MODE=disabled still opts out.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     ray.init(include_dashboard=False, resources={NODE_SLOT: 1}, object_store_memory=128 * 2**20, **kwargs)
     return True
 
