@@ -5,10 +5,11 @@ import pathlib
 from tests.conftest import check_run, regbench, write_suite
 
 
-def one_line_error(proc, *needles):
+def one_line_error(proc, *needles, progress_lines: int = 0):
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
+    lines = proc.stderr.strip().splitlines()[progress_lines:]
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("regbench: error: "), lines[0]
     for n in needles:
         assert n in lines[0], lines[0]
     return lines[0]
@@ -61,6 +62,10 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
     one_line_error(regbench("report", tmp_path / "nope"), "not a directory")
     one_line_error(regbench("validate", tmp_path / "missing.yaml"), "missing.yaml: file not found")
     one_line_error(regbench("run", "--suite", "smoke", "--only", "zzz", "--out", tmp_path / "o2"), "--only")
+    # a GPU suite on a machine without one is refused before any trial runs, leaving no empty run dir
+    one_line_error(regbench("run", "--suite", "gpu", "--executor", "process", "--out", tmp_path / "o3"),
+                   "device: gpu", "no GPU", progress_lines=1)
+    assert not any((tmp_path / "o3").iterdir())
 
 
 def test_failures_are_results_and_the_run_goes_on(tmp_path):
