@@ -53,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("file")
 
     sc = sub.add_parser("selfcheck", help="harness overhead vs bare model.fit, and the noise floor")
-    sc.add_argument("--repeats", type=int, default=5)
+    sc.add_argument("--repeats", type=int, default=5, help="fresh-process baseline trials for the noise floor")
+    sc.add_argument("--rounds", type=int, default=15, help="alternating bare/harness rounds for the overhead")
     sc.add_argument("--epochs", type=int, default=6)
     sc.add_argument("--json", action="store_true")
     return ap
@@ -249,7 +250,7 @@ def cmd_validate(args) -> int:
 def cmd_selfcheck(args) -> int:
     from bench.selfcheck import main as selfcheck
 
-    return selfcheck(repeats=args.repeats, epochs=args.epochs, as_json=args.json)
+    return selfcheck(repeats=args.repeats, epochs=args.epochs, as_json=args.json, rounds=args.rounds)
 
 
 COMMANDS = {"run": cmd_run, "plan": cmd_plan, "report": cmd_report, "compare": cmd_compare, "env": cmd_env,
