@@ -100,3 +100,12 @@ def test_resume_runs_only_missing_trials(smoke_run, tmp_path):
     assert names == set(kept) | {v.name for v in victims}
     for name, text in kept.items():  # finished trials are never rewritten
         assert (copy / "trials" / name).read_text() == text
+
+
+def test_selfcheck_measures_overhead_and_noise():
+    proc = regbench("selfcheck", "--rounds", 1, "--repeats", 2, "--epochs", 2, "--json", check=True)
+    out = json.loads(proc.stdout)
+    h, n = out["harness"], out["noise"]
+    for key in ("bare_step_s", "noop_callback_step_s", "with_harness_step_s", "reported_step_mean_s"):
+        assert 0 < h[key] < 1, key
+    assert n["trials"] == 2 and len(n["step_time_p50_s"]) == 2 and n["across_trial_cv_of_p50"] >= 0
