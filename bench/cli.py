@@ -216,14 +216,15 @@ def cmd_suites(args) -> int:
     from bench import suite as suite_mod
 
     cpus = os.cpu_count() or 1
-    print(f"{'suite':<8} {'trials':>6} {'settings':>8} {'precisions':>10} {'repeats':>7}  {'expected here':>13}  description")
+    print(f"{'suite':<8} {'trials':>6} {'settings':>8} {'precisions':>10} {'repeats':>7}  {'expected':>15}  description")
     for name in suite_mod.builtin_names():
         s = suite_mod.load(name)
         r = s.resolved
-        workers = 1 if s.isolation == "node" else max(1, cpus // s.cpus_per_trial)
+        workers = 1 if s.isolation == "node" or s.device == "gpu" else max(1, cpus // s.cpus_per_trial)
         minutes = len(s.trials) * s.expected_trial_s / workers / 60
+        where = "1 GPU" if s.device == "gpu" else "here"
         print(f"{name:<8} {len(s.trials):>6} {len(r['settings']):>8} {len(r['precisions']):>10} {r['repeats']:>7}  "
-              f"{minutes:>9.1f} min  {s.description}")
+              f"{minutes:>6.1f} min {where:<5}  {s.description}")
     return 0
 
 
