@@ -429,7 +429,11 @@ def run_ray(trials, store, suite, progress) -> None:
     started_here = connect()
     reaper = _start_reaper() if started_here else None
     try:
-        _run(trials, store, suite, progress, ray)
+        # A private instance is torn down by ray.shutdown(), which stops every task; force-cancelling
+        # tasks first races with replies from workers that Ctrl-C already hit and can abort the
+        # driver inside Ray ("Tried to complete task that was not pending"). Only a joined
+        # cluster, which outlives this driver, needs its tasks cancelled.
+        _run(trials, store, suite, progress, ray, cancel_on_exit=not started_here)
     finally:
         if started_here:
             ray.shutdown()
@@ -438,7 +442,7 @@ def run_ray(trials, store, suite, progress) -> None:
             reaper.wait()
 
 
-def _run(trials, store, suite, progress, ray) -> None:
+def _run(trials, store, suite, progress, ray, cancel_on_exit: bool = True) -> None:
     from ray.exceptions import RayTaskError, TaskCancelledError
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -560,7 +564,7 @@ def _run(trials, store, suite, progress, ray) -> None:
             progress.set_running(sum(1 for o in out.values() if o.started_at is not None))
             flush()
     finally:
-        if out:
+        if out and cancel_on_exit:
             for ref in list(out):
                 try:
                     ray.cancel(ref, force=True)
