@@ -6,6 +6,7 @@ so two identical machines share it.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -94,7 +95,9 @@ def accelerator_type(gpu_name: str | None) -> str | None:
     return gpu_name.split()[-1]
 
 
+@functools.lru_cache(maxsize=1)
 def fingerprint() -> dict:
+    """This node's fingerprint; computed once per process (treat the result as read-only)."""
     gpu_list, gpu_reason = gpus()
     fp = {
         "hostname": socket.gethostname(),

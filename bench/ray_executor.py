@@ -123,11 +123,9 @@ def code_hash() -> str:
 
 
 def _node_fingerprint() -> dict:
-    if "fingerprint" not in _NODE_CACHE:
-        from bench import env
+    from bench import env
 
-        _NODE_CACHE["fingerprint"] = env.fingerprint()
-    return _NODE_CACHE["fingerprint"]
+    return env.fingerprint()  # cached per process by env
 
 
 def _tail(path: pathlib.Path, n: int = 3) -> str:

@@ -26,15 +26,15 @@ def now_iso() -> str:
 
 
 def node_record(backend: str, executor: str, gpu: bool, cpu_threads: int | None) -> dict:
-    gpu_list, _ = env.gpus() if gpu else ([], None)
+    fp = env.fingerprint()
+    gpu_list = fp["gpus"] if gpu else []
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     index = int(visible.split(",")[0]) if visible.split(",")[0].isdigit() else 0
     gpu_info = next((g for g in gpu_list if g["index"] == index), gpu_list[0] if gpu_list else None)
-    fp = env.fingerprint()
     return {
         "hostname": socket.gethostname(),
         "device_kind": "gpu" if gpu else "cpu",
-        "device_name": gpu_info["name"] if gpu_info else env.cpu_model(),
+        "device_name": gpu_info["name"] if gpu_info else fp["cpu"],
         "executor": executor,
         "fingerprint_id": fp["fingerprint_id"],
         "accelerator_type": env.accelerator_type(gpu_info["name"]) if gpu_info else None,
@@ -54,7 +54,11 @@ def classify_failure(exc: BaseException) -> str:
 
 def precheck(trial: Trial, executor: str, gpu: bool) -> dict | None:
     """A `skipped` record when this device should not run the trial (no framework import), else None."""
-    node = node_record(trial.backend, executor, gpu, trial.cpu_threads)
+    return skip_record(trial, node_record(trial.backend, executor, gpu, trial.cpu_threads))
+
+
+def skip_record(trial: Trial, node: dict) -> dict | None:
+    """A `skipped` record when `node`'s device should not run the trial, else None."""
     jit = backends.jit_setting(trial.jit_compile, trial.backend, node["device_kind"])
     cc = tuple(node["compute_capability"]) if node.get("compute_capability") else None
     reason = precision.skip_reason(trial.precision, node["device_kind"], trial.backend, jit, cc,
@@ -72,10 +76,10 @@ def run_trial(trial: Trial, executor: str = "process", gpu: bool | None = None) 
     backends.configure_process(trial.backend, trial.cpu_threads, gpu=gpu)
     if gpu is None:
         gpu = backends.gpu_visible(trial.backend)
-    skipped = precheck(trial, executor, gpu)
+    node = node_record(trial.backend, executor, gpu, trial.cpu_threads)
+    skipped = skip_record(trial, node)
     if skipped:
         return skipped
-    node = node_record(trial.backend, executor, gpu, trial.cpu_threads)
     try:
         record = _measure(trial, node, gpu)
     except Exception as exc:  # noqa: BLE001 - a failure is a result
