@@ -94,6 +94,17 @@ def _empty(message: str) -> Figure:
     return fig
 
 
+def _bars_with_ci(ax, y, rows: pd.DataFrame, column: str, h: float, color, label: str) -> np.ndarray:
+    """Horizontal bars of rows[column] at y with whiskers from rows' ci_low/ci_high; returns x."""
+    x = rows[column].to_numpy(dtype=float)
+    lo, hi = rows["ci_low"].to_numpy(dtype=float), rows["ci_high"].to_numpy(dtype=float)
+    good = np.isfinite(x)
+    ax.barh(y[good], x[good], height=h * 0.9, color=color, label=label)
+    ci = good & np.isfinite(lo) & np.isfinite(hi)
+    ax.errorbar(x[ci], y[ci], xerr=[x[ci] - lo[ci], hi[ci] - x[ci]], fmt="none", ecolor="0.15", capsize=2.5)
+    return x
+
+
 def overhead_bars(table: pd.DataFrame, metrics=("step_time",), title: str | None = None) -> Figure:
     """Horizontal bars of percent change vs baseline per setting, rows of workloads, columns of precisions.
 
@@ -258,12 +269,7 @@ def speedup_bars(speedup: pd.DataFrame, title: str = "Mixed-precision speedup ov
         for k, precision in enumerate(precisions):
             rows = df[(df["panel"] == panel) & (df["precision"] == precision)].set_index("setting").reindex(settings)
             y = np.arange(len(settings)) - 0.4 + h * (k + 0.5)
-            x = rows["speedup"].to_numpy(dtype=float)
-            lo, hi = rows["ci_low"].to_numpy(dtype=float), rows["ci_high"].to_numpy(dtype=float)
-            good = np.isfinite(x)
-            ax.barh(y[good], x[good], height=h * 0.9, color=palette[precision], label=precision)
-            ci = good & np.isfinite(lo) & np.isfinite(hi)
-            ax.errorbar(x[ci], y[ci], xerr=[x[ci] - lo[ci], hi[ci] - x[ci]], fmt="none", ecolor="0.15", capsize=2.5)
+            x = _bars_with_ci(ax, y, rows, "speedup", h, palette[precision], precision)
             for yy, xx, verdict in zip(y, x, rows["verdict"].fillna("")):
                 if verdict == "erases the mixed-precision gain":
                     ax.text(xx, yy, "  gain erased", va="center", fontsize=7, color="firebrick")
@@ -332,12 +338,7 @@ def throughput_bars(throughput: pd.DataFrame, title: str = "Baseline throughput 
         for k, p in enumerate(precisions):
             rows = sub[sub["precision"] == p].groupby("device").first().reindex(devices)
             y = np.arange(len(devices)) - 0.4 + h * (k + 0.5)
-            x = rows["samples_per_s"].to_numpy(dtype=float)
-            lo, hi = rows["ci_low"].to_numpy(dtype=float), rows["ci_high"].to_numpy(dtype=float)
-            good = np.isfinite(x)
-            ax.barh(y[good], x[good], height=h * 0.9, color=palette[p], label=p)
-            ci = good & np.isfinite(lo) & np.isfinite(hi)
-            ax.errorbar(x[ci], y[ci], xerr=[x[ci] - lo[ci], hi[ci] - x[ci]], fmt="none", ecolor="0.15", capsize=2.5)
+            _bars_with_ci(ax, y, rows, "samples_per_s", h, palette[p], p)
         ax.set_yticks(np.arange(len(devices)), devices)
         ax.invert_yaxis()
         ax.set_title(w, fontsize=9)
