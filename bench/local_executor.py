@@ -124,7 +124,7 @@ def run_local(trials, store, suite, progress) -> None:
                         progress.note(f"worker for {r.trial.trial_id} exited with code {code} "
                                       f"without a result; retrying ({attempts[r.trial.trial_id]}/{suite.max_retries})")
                         pending.insert(0, r.trial)
-                        progress.running -= 1
+                        progress.set_running(len(running))
                         continue
                     else:
                         record = failure_record(
