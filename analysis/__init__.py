@@ -1,19 +1,24 @@
-"""Read regbench runs, compute overheads with bootstrap CIs, compare hardware, draw plots, write reports.
+"""Read regbench runs, compute overheads with confidence intervals, compare runs, draw plots, write reports.
 
-Notebook use::
+Notebook use (the same numbers as the report)::
 
     import analysis
-    data = analysis.load(["results/run-a", "results/run-b"])   # RunData: trials, curves, problems
-    table = analysis.overhead(data.trials)                      # one row per cell x setting x metric
-    side_by_side = analysis.compare(data.trials)                # hardware comparison tables
-    analysis.plots.overhead_bars(table)                         # matplotlib Figure
+    data = analysis.load("results/<run-id>")        # RunData: trials, curves, problems, manifests
+    table = analysis.overhead(data.trials)           # one row per cell x setting x metric, with 95% CIs
+    speed = analysis.precision_speedup(data.trials)  # mixed precision vs float32, per setting
+    side = analysis.compare(analysis.load([run_a, run_b]).trials)
+    fig = analysis.plots.overhead_bars(table)        # a matplotlib Figure
 
-CLI entry points: `analysis.report.write_report(run_dir)` and
-`analysis.compare.write_compare(run_dirs, out_dir)`.
+Writers used by the CLI: `write_report(run_dir)` and `write_compare(run_dirs, out_dir)`.
 """
+from analysis import plots, stats
+from analysis.comparison import Comparison, compare, write_compare
 from analysis.errors import AnalysisInputError
-from analysis import load, stats, overhead, precision, compare, plots, report  # noqa: E402  (callable modules)
-from analysis.load import RunData, SCHEMA_VERSION_READ
+from analysis.overheads import METRICS, format_estimate, overhead
+from analysis.report import write_report
+from analysis.runs import SCHEMA_VERSION_READ, RunData, load
+from analysis.speedups import precision_speedup
 
-__all__ = ["AnalysisInputError", "RunData", "SCHEMA_VERSION_READ", "load", "stats", "overhead",
-           "precision", "compare", "plots", "report"]
+__all__ = ["AnalysisInputError", "Comparison", "METRICS", "RunData", "SCHEMA_VERSION_READ", "compare",
+           "format_estimate", "load", "overhead", "plots", "precision_speedup", "stats", "write_compare",
+           "write_report"]

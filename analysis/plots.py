@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from analysis import stats
-from analysis.overhead import BASELINE, METRIC_BY_NAME
+from analysis.overheads import BASELINE, METRIC_BY_NAME
 
 MAX_PANELS = 6  # rows of facets drawn; the rest are in the tables
 PRECISION_ORDER = ["float32", "mixed_bfloat16", "mixed_float16"]

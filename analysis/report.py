@@ -7,10 +7,9 @@ import numpy as np
 import pandas as pd
 
 from analysis import plots, render, stats
-from analysis._callable import make_module_callable
-from analysis.load import RunData, load
-from analysis.overhead import BASELINE, CELL_KEYS, METRIC_BY_NAME, format_estimate, overhead
-from analysis.precision import ERASES, precision_speedup
+from analysis.runs import RunData, load
+from analysis.overheads import BASELINE, CELL_KEYS, METRIC_BY_NAME, format_estimate, overhead
+from analysis.speedups import ERASES, precision_speedup
 
 METHOD_NOTE = (
     "Each regularized trial is paired with the baseline (setting 'none') of the same run, workload, precision, "
@@ -246,6 +245,5 @@ def html_report(title, meta, facts, wide, sp, base, fails, figs) -> str:
     return render.html_page(title, body)
 
 
-make_module_callable(__name__, write_report)
 
-__all__ = ["write_report", "overhead_wide", "speedup_display", "failures", "baselines", "findings"]
+

@@ -20,46 +20,73 @@ import time
 BACKENDS = ("tensorflow", "jax", "torch")
 
 
-def configure_process(backend: str, cpu_threads: int | None, gpu: bool | None = None) -> None:
-    """Environment for a fresh trial process: backend, allocator behaviour, thread counts.
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
+               "TF_NUM_INTEROP_THREADS")
 
-    cpu_threads: the CPU threads this trial may use (None: leave the framework default).
-    gpu=False hides GPUs (CUDA_VISIBLE_DEVICES="", and JAX_PLATFORMS=cpu for JAX) so a CPU trial
-    never touches one.
+
+def process_environment(backend: str, cpu_threads: int | None, gpu: bool | None = None) -> dict:
+    """Environment variables of a trial process, set before the framework initialises a device.
+
+    Returns {name: value}; a value of None means "remove it" (e.g. Ray's OMP_NUM_THREADS=1 on a
+    GPU trial without a thread cap). cpu_threads: threads the trial may use (None: framework
+    default, every core it may run on). gpu=False hides GPUs (CUDA_VISIBLE_DEVICES="", and
+    JAX_PLATFORMS=cpu so JAX starts no CUDA plugin). CUDA numbers GPUs fastest-first unless told
+    otherwise, NVML by PCI bus: CUDA_DEVICE_ORDER=PCI_BUS_ID makes the two agree.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
-    os.environ["KERAS_BACKEND"] = backend
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"  # TF allocator peak means something
-    os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # JAX peak_bytes_in_use means something
+    out: dict = {
+        "KERAS_BACKEND": backend,
+        "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+        "TF_FORCE_GPU_ALLOW_GROWTH": "true",  # TF allocator peak means something
+        "XLA_PYTHON_CLIENT_PREALLOCATE": "false",  # JAX peak_bytes_in_use means something
+        "PYTORCH_NVML_BASED_CUDA_CHECK": "1",  # torch.cuda.is_available() without initialising CUDA
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+    }
     if gpu is False:
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        out["CUDA_VISIBLE_DEVICES"] = ""
         if backend == "jax":
-            os.environ["JAX_PLATFORMS"] = "cpu"  # no CUDA plugin start-up (and its warning) on CPU trials
-    if cpu_threads:
-        n = str(cpu_threads)
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                    "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
-            os.environ[var] = n
-        if backend == "jax":
-            flags = os.environ.get("XLA_FLAGS", "")
-            if "xla_cpu_multi_thread_eigen" not in flags:
-                os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false "
-                                           f"intra_op_parallelism_threads={n}").strip()
-        if backend == "tensorflow":
-            import tensorflow as tf
+            out["JAX_PLATFORMS"] = "cpu"
+    for var in THREAD_VARS:
+        out[var] = str(cpu_threads) if cpu_threads else None
+    return out
 
-            tf.config.threading.set_intra_op_parallelism_threads(cpu_threads)
-            tf.config.threading.set_inter_op_parallelism_threads(cpu_threads)
-        if backend == "torch":
-            import torch
 
-            torch.set_num_threads(cpu_threads)
-            try:
-                torch.set_num_interop_threads(max(1, cpu_threads))
-            except RuntimeError:  # already set (torch allows it once, before any parallel work)
-                pass
+def configure_process(backend: str, cpu_threads: int | None, gpu: bool | None = None) -> None:
+    """Set up this (fresh) trial process: environment, then in-process thread counts.
+
+    Call before the framework runs its first op. The executors start the trial process with the
+    same environment (`process_environment`), so this is idempotent there; called on its own it
+    makes a plain Python process a trial process (selfcheck, tests).
+    """
+    for var, value in process_environment(backend, cpu_threads, gpu).items():
+        if value is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = value
+    if not cpu_threads:
+        return
+    try:  # NumPy's BLAS and OpenMP pools may be loaded already (a zygote child)
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(cpu_threads)
+    except ImportError:
+        pass
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(cpu_threads)
+        tf.config.threading.set_inter_op_parallelism_threads(cpu_threads)
+    elif backend == "torch":
+        import torch
+
+        torch.set_num_threads(cpu_threads)
+        try:
+            torch.set_num_interop_threads(cpu_threads)
+        except RuntimeError:  # already set (torch allows it once, before any parallel work)
+            pass
+    # JAX/XLA on CPU sizes its thread pool from the CPUs this process may run on
+    # (sched_getaffinity): the executors pin a CPU trial to `cpu_threads` cores before JAX starts.
 
 
 def gpu_visible(backend: str) -> bool:
@@ -133,11 +160,6 @@ def device_memory(backend: str) -> dict:
     if "peak_bytes_in_use" not in stats:
         raise RuntimeError(f"JAX device {jax.local_devices()[0]} reports no peak_bytes_in_use")
     return {"device_peak_bytes": int(stats["peak_bytes_in_use"]), "device_reserved_peak_bytes": None}
-
-
-def device_peak_bytes(backend: str) -> int:
-    """Framework allocator peak on the first visible GPU, in bytes."""
-    return device_memory(backend)["device_peak_bytes"]
 
 
 def jit_setting(requested: str, backend: str, device_kind: str) -> bool:

@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default=None)
     run.add_argument("--only", metavar="PATTERN", help="run only trials whose id matches this glob/substring")
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    run.add_argument("--trial-start", choices=("zygote", "interpreter"), default=None,
+                     help="how trial processes start: forked from a pre-imported zygote (default) or a "
+                          "plain fresh interpreter each (also REGBENCH_TRIAL_START)")
 
     plan = sub.add_parser("plan", help="list the trials a run would do")
     plan.add_argument("--suite", default=DEFAULT_SUITE)
@@ -75,7 +78,7 @@ def main(argv=None) -> int:
 # ---- commands ---------------------------------------------------------------
 
 def cmd_run(args) -> int:
-    from bench import schedule, suite as suite_mod
+    from bench import executors, suite as suite_mod
     from bench.progress import Progress
     from bench.store import RunStore, now_iso
 
@@ -109,7 +112,7 @@ def cmd_run(args) -> int:
     progress = Progress(len(todo))
     try:
         store.update_manifest(status="running", executor=executor)
-        schedule.execute(suite, todo, store, executor, progress)
+        executors.execute(suite, todo, store, executor, progress, args.trial_start)
     except UserError:
         progress.close()
         if not args.resume and not any(store.trials_dir.iterdir()):
@@ -135,12 +138,9 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _report(run_dir: pathlib.Path) -> pathlib.Path | None:
-    try:
-        from analysis.report import write_report
-    except ImportError:
-        print("report skipped: the analysis package is not installed", file=sys.stderr)
-        return None
+def _report(run_dir: pathlib.Path) -> pathlib.Path:
+    from analysis import write_report
+
     index = write_report(pathlib.Path(run_dir))
     print(f"report: {index}", file=sys.stderr)
     return index
@@ -168,7 +168,7 @@ def cmd_report(args) -> int:
     import analysis
 
     try:
-        index = analysis.report.write_report(run_dir)
+        index = analysis.write_report(run_dir)
     except analysis.AnalysisInputError as e:
         raise UserError(str(e)) from None
     print(index)
@@ -183,7 +183,7 @@ def cmd_compare(args) -> int:
     runs = [pathlib.Path(p) for p in args.run_dirs]
     out = pathlib.Path(args.out) if args.out else pathlib.Path("results") / f"compare-{dt.datetime.now():%Y%m%d-%H%M%S}"
     try:
-        index = analysis.compare.write_compare(runs, out)
+        index = analysis.write_compare(runs, out)
     except analysis.AnalysisInputError as e:
         raise UserError(str(e)) from None
     print(index)
@@ -233,11 +233,9 @@ def cmd_validate(args) -> int:
 
     path = pathlib.Path(args.file)
     data = suite_mod.load_yaml(path)
-    try:
-        from bench import clustercheck
-    except ImportError:
-        clustercheck = None
-    if clustercheck is not None and clustercheck.is_cluster_file(data):
+    from bench import clustercheck
+
+    if clustercheck.is_cluster_file(data):
         print(clustercheck.validate_cluster_file(path))
         return 0
     s = suite_mod.parse(data, str(path))

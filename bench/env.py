@@ -46,8 +46,25 @@ def memory_bytes() -> int | None:
         return None
 
 
+def _mig_uuids(pynvml, handle) -> list[str]:
+    """UUIDs of the MIG instances of a GPU (empty when MIG is off or not supported)."""
+    try:
+        current, _pending = pynvml.nvmlDeviceGetMigMode(handle)
+        if current != pynvml.NVML_DEVICE_MIG_ENABLE:
+            return []
+        out = []
+        for j in range(pynvml.nvmlDeviceGetMaxMigDeviceCount(handle)):
+            try:
+                out.append(pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, j)))
+            except pynvml.NVMLError:
+                continue  # an empty MIG slot
+        return out
+    except Exception:  # noqa: BLE001 - pre-Ampere boards and old drivers have no MIG calls
+        return []
+
+
 def gpus() -> tuple[list[dict], str | None]:
-    """GPUs seen by NVML (all of them, regardless of CUDA_VISIBLE_DEVICES), or ([], reason)."""
+    """GPUs seen by NVML, in NVML (PCI bus) order, regardless of CUDA_VISIBLE_DEVICES; or ([], reason)."""
     try:
         import pynvml
 
@@ -68,10 +85,51 @@ def gpus() -> tuple[list[dict], str | None]:
                         "uuid": pynvml.nvmlDeviceGetUUID(h),
                         "memory_bytes": int(pynvml.nvmlDeviceGetMemoryInfo(h).total),
                         "compute_capability": cc, "driver": driver,
-                        "cuda_driver": f"{cuda // 1000}.{cuda % 1000 // 10}"})
+                        "cuda_driver": f"{cuda // 1000}.{cuda % 1000 // 10}",
+                        "mig_uuids": _mig_uuids(pynvml, h)})
     finally:
         pynvml.nvmlShutdown()
     return out, None if out else "NVML reports no GPU"
+
+
+def visible_gpu_tokens(value: str | None = None) -> list[str] | None:
+    """CUDA_VISIBLE_DEVICES (or `value`) as a list of tokens: None when unset (every GPU is
+    visible), [] when empty (no GPU). A token is a CUDA index, a GPU UUID or a MIG UUID."""
+    if value is None:
+        value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return None
+    return [t.strip() for t in value.split(",") if t.strip()]
+
+
+def resolve_gpu(token: str, gpu_list: list[dict]) -> dict | None:
+    """The NVML record of a CUDA_VISIBLE_DEVICES token, or None when no GPU matches.
+
+    An index is read in PCI bus order (every trial process sets CUDA_DEVICE_ORDER=PCI_BUS_ID,
+    which is NVML's order); `GPU-...` matches a GPU's UUID; `MIG-...` matches a MIG instance and
+    returns its parent GPU with `mig_uuid` set (energy and utilization are then the parent's,
+    shared with the other instances)."""
+    token = token.strip()
+    if token.isdigit():
+        match = next((g for g in gpu_list if g["index"] == int(token)), None)
+        return dict(match, mig_uuid=None) if match else None
+    for g in gpu_list:
+        if g.get("uuid") == token:
+            return dict(g, mig_uuid=None)
+        if token in (g.get("mig_uuids") or []) or (token.startswith("MIG-GPU-") and token[4:].split("/")[0] == g.get("uuid")):
+            return dict(g, mig_uuid=token)
+    return None
+
+
+def trial_gpu(gpu_list: list[dict] | None = None) -> dict | None:
+    """The NVML record of the GPU this process uses (the first visible one), or None."""
+    tokens = visible_gpu_tokens()
+    gpu_list = fingerprint()["gpus"] if gpu_list is None else gpu_list
+    if tokens == []:
+        return None
+    if tokens is None:
+        return dict(gpu_list[0], mig_uuid=None) if gpu_list else None
+    return resolve_gpu(tokens[0], gpu_list)
 
 
 def versions() -> dict:

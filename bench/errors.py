@@ -1,2 +1,14 @@
+"""User-facing errors and the helpers that word them."""
+from __future__ import annotations
+
+import difflib
+
+
 class UserError(Exception):
     """A problem with the user's input; the CLI prints str(e) as one line and exits 2."""
+
+
+def did_you_mean(word, options) -> str:
+    """' (did you mean 'l2'?)' for a near miss, else ' (known: a, b, c)'."""
+    match = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.5)
+    return f" (did you mean {match[0]!r}?)" if match else f" (known: {', '.join(map(str, options))})"

@@ -40,7 +40,6 @@ class Progress:
         self._last_line = self.t0
         self._last_draw = 0.0
         self._ran = 0  # finished trials that were not skipped before running
-        self.done_s: list[float] = []
 
     @property
     def done(self) -> int:
@@ -64,7 +63,6 @@ class Progress:
             self.running = max(0, self.running - 1)
         if status != "skipped" or was_running:
             self._ran += 1
-            self.done_s.append(time.monotonic() - self.t0)
         if self.live:
             self._draw()
         else:
@@ -115,10 +113,6 @@ class Progress:
             self._print(f"[{self.done}/{self.total}] {_hms(now - self.t0)} elapsed: ok {c['ok']}, running "
                         f"{self.running}, failed {c['failed'] + c['diverged']}, skipped {c['skipped']}"
                         f"{self._tail_text()}")
-
-    def tick(self) -> None:
-        """Call now and then from a wait loop: keeps the elapsed time and ETA moving."""
-        self._refresh()
 
     def _draw(self) -> None:
         self._last_draw = time.monotonic()

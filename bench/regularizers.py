@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from bench.errors import UserError
+from bench.errors import UserError, did_you_mean
 
 
 @dataclasses.dataclass
@@ -142,10 +142,8 @@ def known_names() -> list[str]:
 
 def normalize(name: str, params: dict | None, where: str) -> tuple[str, dict]:
     """Validate one (name, params) and fill defaults. `where` names the file and field for errors."""
-    from bench.suite import closest  # local: suite imports this module
-
     if name not in REGISTRY:
-        raise UserError(f"{where}: unknown regularizer {name!r}{closest(name, known_names())}")
+        raise UserError(f"{where}: unknown regularizer {name!r}{did_you_mean(name, known_names())}")
     spec = REGISTRY[name]
     params = dict(params or {})
     for key in params:

@@ -5,12 +5,12 @@ then load data, build, train under the trackers, evaluate, and assemble the reco
 inside a trial (exception, OOM, NaN) becomes a record with a status and a reason; only the
 executor's timeout and a killed process are recorded from outside.
 
-Call `run_trial` only in a process that has not imported Keras yet (the executors guarantee it):
-the global dtype policy, XLA caches, RNG state and allocator peaks cannot be reset in place.
+Call `run_trial` only in a fresh trial process (bench/executors/trial_process.py): one that has
+imported the framework at most, never run an op. The global dtype policy, XLA caches, RNG state
+and allocator peaks cannot be reset in place.
 """
 from __future__ import annotations
 
-import datetime as dt
 import os
 import socket
 import time
@@ -18,19 +18,13 @@ import traceback
 
 from bench import backends, env, precision
 from bench.regularizers import recipe_for
-from bench.trial import Trial, result_skeleton
+from bench.trial import Trial, now_iso, result_skeleton
 
 
-def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def node_record(backend: str, executor: str, gpu: bool, cpu_threads: int | None) -> dict:
+def node_record(executor: str, gpu: bool, cpu_threads: int | None) -> dict:
+    """Where this trial runs: host, device (the GPU it was given, or the CPU), executor."""
     fp = env.fingerprint()
-    gpu_list = fp["gpus"] if gpu else []
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    index = int(visible.split(",")[0]) if visible.split(",")[0].isdigit() else 0
-    gpu_info = next((g for g in gpu_list if g["index"] == index), gpu_list[0] if gpu_list else None)
+    gpu_info = env.trial_gpu(fp["gpus"]) if gpu else None
     return {
         "hostname": socket.gethostname(),
         "device_kind": "gpu" if gpu else "cpu",
@@ -39,6 +33,8 @@ def node_record(backend: str, executor: str, gpu: bool, cpu_threads: int | None)
         "fingerprint_id": fp["fingerprint_id"],
         "accelerator_type": env.accelerator_type(gpu_info["name"]) if gpu_info else None,
         "compute_capability": gpu_info["compute_capability"] if gpu_info else None,
+        "gpu_uuid": gpu_info["uuid"] if gpu_info else None,
+        "mig_uuid": gpu_info.get("mig_uuid") if gpu_info else None,
         "cpu_threads": cpu_threads,
         "cpu": fp["cpu"],
     }
@@ -54,7 +50,7 @@ def classify_failure(exc: BaseException) -> str:
 
 def precheck(trial: Trial, executor: str, gpu: bool) -> dict | None:
     """A `skipped` record when this device should not run the trial (no framework import), else None."""
-    return skip_record(trial, node_record(trial.backend, executor, gpu, trial.cpu_threads))
+    return skip_record(trial, node_record(executor, gpu, trial.cpu_threads))
 
 
 def skip_record(trial: Trial, node: dict) -> dict | None:
@@ -76,7 +72,7 @@ def run_trial(trial: Trial, executor: str = "process", gpu: bool | None = None) 
     backends.configure_process(trial.backend, trial.cpu_threads, gpu=gpu)
     if gpu is None:
         gpu = backends.gpu_visible(trial.backend)
-    node = node_record(trial.backend, executor, gpu, trial.cpu_threads)
+    node = node_record(executor, gpu, trial.cpu_threads)
     skipped = skip_record(trial, node)
     if skipped:
         return skipped
@@ -89,34 +85,21 @@ def run_trial(trial: Trial, executor: str = "process", gpu: bool | None = None) 
     return record
 
 
-def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
-    import keras
-    import numpy as np
-
-    from bench.measure.compute import compute_section
-    from bench.measure.convergence import curve_rows, summarize
-    from bench.measure.energy import NvmlSampler
-    from bench.measure.memory import MemoryTracker
-    from bench.measure.timing import StepTimer
-    from bench.workloads import WORKLOADS
-    from bench.workloads.common import pipeline_augment
-
-    workload = WORKLOADS[trial.workload]
-    recipe = recipe_for(trial.regularizers)
-
-    # 1. data (partial last batch dropped: a smaller batch would retrace/recompile the step)
-    t = time.perf_counter()
+def load_data(trial: Trial, workload):
+    """The workload's data with the partial last training batch dropped (a smaller batch would
+    retrace/recompile the step). Returns (data, x_train, y_train)."""
     data = workload.load(trial.seed, trial.max_train_samples)
     n = len(data.x_train) // trial.batch_size * trial.batch_size
     if n == 0:
         raise ValueError(f"batch_size {trial.batch_size} exceeds the {len(data.x_train)} training samples")
-    x_train, y_train = data.x_train[:n], data.y_train[:n]
-    data_s = time.perf_counter() - t
+    return data, data.x_train[:n], data.y_train[:n]
 
-    # 2. model
-    t = time.perf_counter()
-    process = {"pid": os.getpid(), "dtype_policy_at_start": keras.config.dtype_policy().name,
-               "keras_backend": keras.config.backend()}
+
+def build_model(trial: Trial, workload, recipe, data):
+    """Seed, set the trial's dtype policy, build and compile the model: the one way every timed
+    model is made (trials, paired sessions and selfcheck alike)."""
+    import keras
+
     keras.utils.set_random_seed(trial.seed)
     precision.set_policy(trial.precision)
     model = workload.build(recipe, data)
@@ -126,51 +109,62 @@ def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
         metrics=["accuracy", keras.metrics.SparseCategoricalCrossentropy(name="xent_loss")],
         jit_compile=backends.compile_arg(trial.jit_compile),
     )
+    return model
+
+
+def early_stopping_callback(recipe):
+    """Keras EarlyStopping as the recipe asks (on an unpenalized metric), or None."""
+    if not recipe.early_stopping:
+        return None
+    import keras
+
+    es = recipe.early_stopping
+    return keras.callbacks.EarlyStopping(
+        monitor=es["monitor"], patience=es["patience"], min_delta=es["min_delta"],
+        mode="max" if es["monitor"].endswith("accuracy") else "min",
+        restore_best_weights=es["restore_best_weights"])
+
+
+def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
+    import keras
+
+    from bench.inputs import fit_inputs
+    from bench.measure.compute import compute_section, node_peak_flops_per_s
+    from bench.measure.convergence import curve_rows, summarize
+    from bench.measure.energy import NvmlSampler
+    from bench.measure.memory import MemoryTracker
+    from bench.measure.timing import StepTimer
+    from bench.workloads import WORKLOADS
+
+    workload = WORKLOADS[trial.workload]
+    recipe = recipe_for(trial.regularizers)
+    process = {"dtype_policy_at_start": keras.config.dtype_policy().name, "keras_backend": keras.config.backend()}
+
+    # 1. data
+    t = time.perf_counter()
+    data, x_train, y_train = load_data(trial, workload)
+    data_s = time.perf_counter() - t
+
+    # 2. model
+    t = time.perf_counter()
+    model = build_model(trial, workload, recipe, data)
     build_s = time.perf_counter() - t
 
-    # 3. input: arrays, or a PyDataset that augments batch by batch on the input side
-    if recipe.augmentation == "pipeline":
-        class Augmented(keras.utils.PyDataset):
-            def __init__(self):
-                super().__init__()
-                self.rng = np.random.default_rng(trial.seed)
-                self.order = np.arange(n)
-
-            def __len__(self):
-                return n // trial.batch_size
-
-            def __getitem__(self, i):
-                idx = self.order[i * trial.batch_size:(i + 1) * trial.batch_size]
-                return pipeline_augment(x_train[idx], data.kind, recipe.augment_strength, self.rng), y_train[idx]
-
-            def on_epoch_end(self):
-                self.rng.shuffle(self.order)
-
-        fit_inputs = dict(x=Augmented())
-    else:
-        fit_inputs = dict(x=x_train, y=y_train, batch_size=trial.batch_size, shuffle=True)
-
-    # 4. timed training
+    # 3. timed training: arrays, or a PyDataset that augments batch by batch on the input side
+    inputs, input_pipeline = fit_inputs(recipe, x_train, y_train, trial.batch_size, data.kind, trial.seed)
     timer = StepTimer()
-    callbacks = [timer]
-    early = None
-    if recipe.early_stopping:
-        es = recipe.early_stopping
-        early = keras.callbacks.EarlyStopping(
-            monitor=es["monitor"], patience=es["patience"], min_delta=es["min_delta"],
-            mode="max" if es["monitor"].endswith("accuracy") else "min",
-            restore_best_weights=es["restore_best_weights"])
-        callbacks.append(early)
+    early = early_stopping_callback(recipe)
+    callbacks = [timer] + ([early] if early else [])
     memory, nvml = MemoryTracker(trial.backend, gpu), NvmlSampler()
     memory.start()
     nvml.start()
-    history = model.fit(**fit_inputs, epochs=trial.epochs, steps_per_epoch=trial.steps_per_epoch,
+    history = model.fit(**inputs, epochs=trial.epochs, steps_per_epoch=trial.steps_per_epoch,
                         validation_data=(data.x_val, data.y_val), callbacks=callbacks, verbose=0)
     nvml.stop()
     memory.stop()
     timing = timer.result(trial.batch_size)
 
-    # 5. after training, untimed: inference-mode accuracy of the final model, loss-scale skips
+    # 4. after training, untimed: inference-mode accuracy of the final model, loss-scale skips
     applicable = workload.CONVERGENCE
     final_train = final_val = None
     if applicable:
@@ -188,14 +182,12 @@ def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
     convergence = summarize(curve, target if applicable else None, applicable, stopped,
                             final_train, final_val, skipped)
 
-    # 6. compute: analytic FLOPs vs this node's measured matmul peak at this precision
-    try:
-        peak, peak_reason = backends.matmul_peak_flops_per_s(
-            trial.backend, precision.COMPUTE_DTYPE[trial.precision], gpu), None
-    except Exception as e:  # noqa: BLE001
-        peak, peak_reason = None, f"calibration failed: {type(e).__name__}: {e}"[:300]
-    compute = compute_section(model, timing["samples_per_s"], peak, peak_reason)
+    # 5. compute: analytic FLOPs vs this node's measured matmul peak at this precision
+    peak, peak_note = node_peak_flops_per_s(trial.backend, precision.COMPUTE_DTYPE[trial.precision], gpu,
+                                            node.get("gpu_uuid") or node["cpu"])
+    compute = compute_section(model, timing["samples_per_s"], peak, peak_note)
 
+    # 6. the record
     mem = memory.result()
     nv_mem = nvml.memory_result()
     mem.update({k: v for k, v in nv_mem.items() if k != "null_reasons"})
@@ -208,12 +200,12 @@ def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
         status, reason = "failed", (f"no steady-state steps ({timer.steps_run} steps run): "
                                     "raise epochs or steps_per_epoch")
     record = result_skeleton(trial, status, reason, node)
-    record["timing"] = {"data_s": data_s, "build_s": build_s, **timing,
+    record["timing"] = {"data_s": data_s, "build_s": build_s, **timing, "input_pipeline": input_pipeline,
                         **backends.jit_record(model, trial.jit_compile)}
     record["memory"] = mem
     record["energy"] = nvml.energy_result(samples_seen, timer.steady_spans(),
                                           timing["steady_state_steps"] * trial.batch_size)
     record["compute"] = compute
     record["convergence"] = convergence
-    record["process"] = process
+    record["process"] = {**process, "first_step_unix": timer.first_step_unix}
     return record

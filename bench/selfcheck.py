@@ -41,14 +41,13 @@ def overhead_in_process(rounds: int, short_steps: int = 100, long_steps: int = 5
 
     from bench.measure.timing import StepTimer
     from bench.regularizers import Recipe
+    from bench.runner import build_model
     from bench.workloads import digits_mlp
 
     data = digits_mlp.load(0)
     reps = -(-long_steps * 64 // len(data.x_train))
     x, y = np.tile(data.x_train, (reps, 1)), np.tile(data.y_train, reps)
-    keras.utils.set_random_seed(0)
-    model = digits_mlp.build(Recipe(), data)
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model = build_model(BASELINE, digits_mlp, Recipe(), data)  # the step the runner times
     model.fit(x[:64 * short_steps], y[:64 * short_steps], batch_size=64, epochs=1, verbose=0)  # warm up
 
     def fit_s(steps, callbacks):
@@ -83,19 +82,26 @@ def overhead_in_process(rounds: int, short_steps: int = 100, long_steps: int = 5
 
 
 def noise_floor(repeats: int, epochs: int) -> dict:
+    """Step-time p50 of `repeats` baseline trials, each in its own fresh trial process."""
     import numpy as np
+
+    from bench.executors.trial_process import Launcher, wait_and_collect
 
     p50, cv = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(repeats):
-            trial = Trial(**{**BASELINE.to_dict(), "regularizers": (), "repeat": r, "seed": r, "epochs": epochs})
-            tf_, out = Path(tmp) / f"t{r}.json", Path(tmp) / f"o{r}.json"
-            tf_.write_text(json.dumps(trial.to_dict()))
-            subprocess.run([sys.executable, "-m", "bench.worker", str(tf_), str(out), "--cpu"],
-                           check=True, capture_output=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
-            rec = json.loads(out.read_text())
-            p50.append(rec["timing"]["step_time_p50_s"])
-            cv.append(rec["timing"]["step_time_cv"])
+        launcher = Launcher(Path(tmp), "process")
+        try:
+            for r in range(repeats):
+                trial = Trial(**{**BASELINE.to_dict(), "regularizers": (), "repeat": r, "seed": r, "epochs": epochs})
+                proc = launcher.launch(trial, None)
+                rec = wait_and_collect(proc, "process").record
+                if rec is None or rec["status"] != "ok":
+                    raise RuntimeError(f"selfcheck baseline trial {r} failed: "
+                                       f"{(rec or {}).get('reason') or proc.log_tail()}")
+                p50.append(rec["timing"]["step_time_p50_s"])
+                cv.append(rec["timing"]["step_time_cv"])
+        finally:
+            launcher.close()
     p50 = np.asarray(p50)
     return {"trials": repeats, "step_time_p50_s": p50.tolist(),
             "across_trial_cv_of_p50": float(p50.std(ddof=1) / p50.mean()) if repeats > 1 else None,

@@ -15,14 +15,19 @@ import tempfile
 
 from bench import SCHEMA_VERSION
 from bench.errors import UserError
+from bench.trial import now_iso
+
+LOG_MAX_BYTES = 256 * 1024  # per trial: the end of its processes' output
 
 
-def write_json_atomic(path: pathlib.Path, obj) -> None:
+def write_text_atomic(path: pathlib.Path, text: str) -> None:
+    """Write to a temporary file in the same folder, fsync, rename, fsync the folder: a reader
+    (or a run killed at any moment) sees the old file or the whole new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, allow_nan=True, default=str)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -35,6 +40,10 @@ def write_json_atomic(path: pathlib.Path, obj) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def write_json_atomic(path: pathlib.Path, obj) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=1, allow_nan=True, default=str))
 
 
 def read_json(path: pathlib.Path) -> dict:
@@ -62,10 +71,6 @@ def git_commit() -> str | None:
         return out.stdout.strip() or None if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 class RunStore:
@@ -146,6 +151,18 @@ class RunStore:
             except UserError:
                 pass  # a corrupt leftover is replaced by the real result
         write_json_atomic(path, record)
+        return path
+
+    def log_path(self, trial_id: str) -> pathlib.Path:
+        return self.path / "logs" / f"{trial_id}.log"
+
+    def write_log(self, trial_id: str, text: str, header: str = "") -> pathlib.Path:
+        """Append one attempt's output to logs/<trial_id>.log (atomically; the file keeps its
+        last LOG_MAX_BYTES)."""
+        path = self.log_path(trial_id)
+        old = path.read_text(errors="replace") if path.exists() else ""
+        new = (old + (f"--- {header} ---\n" if header else "") + text.rstrip("\n") + "\n")[-LOG_MAX_BYTES:]
+        write_text_atomic(path, new)
         return path
 
     def records(self) -> list[dict]:

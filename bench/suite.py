@@ -6,13 +6,12 @@ Every problem is reported as one line naming the file and the field. See README 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import pathlib
 
 import yaml
 
 from bench import backends, precision, regularizers
-from bench.errors import UserError
+from bench.errors import UserError, did_you_mean
 from bench.trial import Trial
 
 SUITES_DIR = pathlib.Path(__file__).parent / "suites"
@@ -27,11 +26,6 @@ TOP_KEYS = {
     "learning_rate": "Adam learning rate",
 }
 WORKLOAD_KEYS = ("name", "max_train_samples", "steps_per_epoch", "target_val_accuracy", "epochs", "batch_sizes")
-
-
-def closest(word: str, options) -> str:
-    match = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.5)
-    return f" (did you mean {match[0]!r}?)" if match else f" (known: {', '.join(map(str, options))})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +64,7 @@ def _list(where, value):
 
 def _choice(where, value, options):
     if value not in options:
-        _fail(where, f"unknown value {value!r}{closest(value, options)}")
+        _fail(where, f"unknown value {value!r}{did_you_mean(value, options)}")
     return value
 
 
@@ -129,7 +123,7 @@ def resolve_path(name_or_file: str) -> pathlib.Path:
         return p
     builtin = SUITES_DIR / f"{name_or_file}.yaml"
     if not builtin.exists():
-        raise UserError(f"--suite: unknown suite {name_or_file!r}{closest(name_or_file, builtin_names())}")
+        raise UserError(f"--suite: unknown suite {name_or_file!r}{did_you_mean(name_or_file, builtin_names())}")
     return builtin
 
 
@@ -148,7 +142,7 @@ def parse(data: dict, source: str, backend_override: str | None = None) -> Suite
     f = source
     for key in data:
         if key not in TOP_KEYS:
-            _fail(f, f"unknown key {key!r}{closest(key, TOP_KEYS)}")
+            _fail(f, f"unknown key {key!r}{did_you_mean(key, TOP_KEYS)}")
     for key in ("workloads", "regularizers", "precisions", "batch_sizes"):
         if key not in data:
             _fail(f, f"missing required key {key!r}")
@@ -194,7 +188,7 @@ def parse(data: dict, source: str, backend_override: str | None = None) -> Suite
             _fail(where, f"expected a workload name or a mapping with 'name', got {w!r}")
         for key in spec:
             if key not in WORKLOAD_KEYS:
-                _fail(where, f"unknown key {key!r}{closest(key, WORKLOAD_KEYS)}")
+                _fail(where, f"unknown key {key!r}{did_you_mean(key, WORKLOAD_KEYS)}")
         _choice(f"{where}.name", spec["name"], list(WORKLOADS))
         for key in ("max_train_samples", "steps_per_epoch", "epochs"):
             if spec.get(key) is not None:

@@ -7,11 +7,18 @@ on every machine. `cell_id` is the same hash without the repeat index: analysis 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import json
 from typing import Any
 
 from bench import SCHEMA_VERSION
+from bench.regularizers import setting_label
+
+
+def now_iso() -> str:
+    """Current UTC time, ISO 8601 to the second (the timestamps of records and manifests)."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def canonical_json(obj: Any) -> str:
@@ -48,8 +55,6 @@ class Trial:
     @property
     def setting(self) -> str:
         """Readable label of the regularizer set: 'none', 'l2', 'dropout(rate=0.5)+batch_norm'."""
-        from bench.regularizers import setting_label
-
         return setting_label(self.regularizers)
 
     def _identity(self, with_repeat: bool) -> dict:

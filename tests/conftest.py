@@ -24,10 +24,11 @@ def regbench(*args, cwd=None, timeout=600, env=None, check=False):
 
 
 def run_worker(trial, tmp_path: pathlib.Path, name: str = "t") -> dict:
-    """Run one Trial through `python -m bench.worker` (a fresh process) and return its record."""
-    src, out = tmp_path / f"{name}.trial.json", tmp_path / f"{name}.out.json"
-    src.write_text(json.dumps(trial.to_dict()))
-    proc = subprocess.run([sys.executable, "-m", "bench.worker", str(src), str(out), "--cpu"],
+    """Run one Trial as a CPU trial in a fresh interpreter (`python -m bench.executors.child`) and
+    return its record."""
+    src, out = tmp_path / f"{name}.request.json", tmp_path / f"{name}.out.json"
+    src.write_text(json.dumps({"kind": "trial", "unit": trial.to_dict(), "executor": "process", "gpu": False}))
+    proc = subprocess.run([sys.executable, "-m", "bench.executors.child", str(src), str(out)],
                           capture_output=True, text=True, timeout=600,
                           env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

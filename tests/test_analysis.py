@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 
 import analysis
-from analysis import stats, synthetic
-from analysis.precision import ERASES, KEEPS
+from analysis import stats
+from analysis.speedups import ERASES, KEEPS
+from tests.fixtures import synthetic_runs as synthetic
 
 KNOWN = {"none": (1.0, 1.0, 0.0), "l2": (1.2, 1.0, 0.02), "same": (1.0, 1.0, 0.0)}
 
@@ -49,7 +50,7 @@ def test_no_true_overhead_is_marked_noise(known_run):
     st = _row(table, "same", "step_time")
     assert st["ci_low"] <= 1.0 <= st["ci_high"]
     assert st["mark"] == stats.NOISE
-    assert "~noise" in analysis.overhead.format_estimate(st)
+    assert "~noise" in analysis.format_estimate(st)
     # null metrics (no GPU: device memory, energy) are 'no data', not zero and not a crash
     assert _row(table, "l2", "device_memory")["mark"] == stats.NO_DATA
 
@@ -60,8 +61,8 @@ def test_single_repeat_is_too_few(tmp_path):
     st = _row(table, "l2", "step_time")
     assert st["mark"] == stats.TOO_FEW and st["n_repeats"] == 1
     assert np.isnan(st["ci_low"]) and st["estimate"] == pytest.approx(1.2, abs=0.05)
-    assert "too few repeats" in analysis.overhead.format_estimate(st)
-    index = analysis.report.write_report(run)
+    assert "too few repeats" in analysis.format_estimate(st)
+    index = analysis.write_report(run)
     assert "too few repeats" in (index.parent / "summary.md").read_text()
 
 
@@ -77,7 +78,7 @@ def test_missing_or_failed_baseline_is_marked(tmp_path):
     assert rows.loc["digits_mlp", "mark"] == stats.NO_BASELINE
     assert rows.loc["digits_mlp", "note"] == "no baseline trial in this run"
     assert rows.loc["w2", "mark"] == stats.NO_BASELINE and "failed" in rows.loc["w2", "note"]
-    index = analysis.report.write_report(run)
+    index = analysis.write_report(run)
     md = (index.parent / "summary.md").read_text()
     assert "no baseline" in md and "OOM when allocating" in md
 
@@ -91,13 +92,13 @@ def test_mixed_precision_gain_erased(tmp_path):
                 docs.append(synthetic.trial_doc(workload="w", setting=setting, precision=precision, repeat=r,
                                                 step_time_s=t * (1 + 0.01 * np.sin(r * 7 + len(setting)))))
     run = synthetic.write_run(tmp_path / "mp", settings={}, extra_docs=docs)
-    speed = analysis.precision(analysis.load(run).trials).set_index("setting")
+    speed = analysis.precision_speedup(analysis.load(run).trials).set_index("setting")
     assert speed.loc["none", "speedup"] == pytest.approx(2.0, rel=0.03)
     assert speed.loc["none", "ci_low"] <= 2.0 <= speed.loc["none", "ci_high"]
     assert speed.loc["l2", "verdict"] == KEEPS
     assert speed.loc["augment", "verdict"] == ERASES
     assert speed.loc["augment", "speedup"] == pytest.approx(1.0, rel=0.03)
-    index = analysis.report.write_report(run)
+    index = analysis.write_report(run)
     assert "augment erases the mixed_bfloat16 gain" in (index.parent / "summary.md").read_text()
 
 
@@ -146,7 +147,7 @@ def test_unreadable_files_are_listed_not_fatal(tmp_path, capsys):
     assert reasons["never-finished.json"].startswith("planned but no result")
     assert len(data.trials) == 9  # the good ones are all there
 
-    index = analysis.report.write_report(run)
+    index = analysis.write_report(run)
     fails = pd.read_csv(index.parent / "failures.csv")
     assert set(fails.loc[fails["status"] == "unreadable", "trial_id"]) >= {"partial.json", "newer.json"}
     assert "schema_version 7 is newer" in index.read_text()
@@ -163,7 +164,7 @@ def test_not_a_run_is_one_clear_line(tmp_path, case):
         synthetic.write_run(path, settings=KNOWN, repeats=1)
         (path / "manifest.json").write_text(json.dumps({"schema_version": 7}))
     with pytest.raises(analysis.AnalysisInputError) as e:
-        analysis.report.write_report(path)
+        analysis.write_report(path)
     msg = str(e.value)
     assert "\n" not in msg and str(path) in msg
     if case == "newer_manifest":
@@ -178,12 +179,12 @@ def test_run_without_manifest_and_empty_run(tmp_path):
     assert len(data.trials) == 18 and "manifest.json missing" in data.problems["reason"].iloc[0]
     empty = tmp_path / "empty"
     (empty / "trials").mkdir(parents=True)
-    index = analysis.report.write_report(empty)  # a run that finished nothing yet still gets a page
+    index = analysis.write_report(empty)  # a run that finished nothing yet still gets a page
     assert index.exists() and "0 read" in index.read_text()
 
 
 def test_report_files_and_tables(known_run):
-    index = analysis.report.write_report(known_run)
+    index = analysis.write_report(known_run)
     out = index.parent
     for name in ("index.html", "summary.md", "overhead.csv", "precision_speedup.csv", "failures.csv", "trials.csv",
                  "curves.csv", "overhead_step_time.png", "overhead_memory.png", "accuracy_vs_time.png",
@@ -209,21 +210,19 @@ def test_compare_puts_devices_side_by_side(tmp_path):
     assert st.loc["Intel Xeon · tensorflow", "estimate"] == pytest.approx(1.2, abs=0.02)
     assert st.loc["H100 80GB HBM3 · jax", "estimate"] == pytest.approx(1.02, abs=0.02)
     assert {"Intel Xeon · tensorflow", "H100 80GB HBM3 · jax"} <= set(c.overhead_by_device.columns)
-    index = analysis.compare.write_compare([cpu, gpu], tmp_path / "cmp")
+    index = analysis.write_compare([cpu, gpu], tmp_path / "cmp")
     assert index == tmp_path / "cmp" / "index.html"
     for name in ("summary.md", "throughput.csv", "overhead.csv", "hardware_step_time.png",
                  "hardware_throughput.png"):
         assert (index.parent / name).stat().st_size > 0
     with pytest.raises(analysis.AnalysisInputError):
-        analysis.compare.write_compare([cpu, tmp_path / "nope"], tmp_path / "cmp2")
+        analysis.write_compare([cpu, tmp_path / "nope"], tmp_path / "cmp2")
 
 
 def test_notebook_api():
     assert callable(analysis.load) and callable(analysis.overhead) and callable(analysis.compare)
-    assert callable(analysis.compare.write_compare) and callable(analysis.report.write_report)
-    from analysis.compare import write_compare  # the CLI's import path
-
-    assert write_compare is analysis.compare.write_compare
+    assert callable(analysis.write_compare) and callable(analysis.write_report)
+    assert analysis.precision_speedup.__module__ == "analysis.speedups"  # plain functions, plain modules
     assert analysis.plots.pareto_front([0, 10, 5, 20], [0, 2, 1, 1]).tolist() == [True, True, True, False]
 
 
@@ -237,5 +236,5 @@ def test_a_run_mixing_pairing_keys_gets_separate_panels(tmp_path):
         shutil.copy(p, a / "trials" / p.name)
     table = analysis.overhead(analysis.load(a).trials)
     assert set(table["epochs"]) == {5, 7}
-    index = analysis.report.write_report(a)
+    index = analysis.write_report(a)
     assert index.exists()

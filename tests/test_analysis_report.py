@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def smoke_report(smoke_run) -> Path:
-    return analysis.report.write_report(smoke_run)
+    return analysis.write_report(smoke_run)
 
 
 def test_smoke_run_loads_and_reports(smoke_run, smoke_report):

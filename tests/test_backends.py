@@ -137,13 +137,14 @@ def test_configure_process_per_backend(monkeypatch, restored_environ):
     assert os.environ["KERAS_BACKEND"] == "jax" and os.environ["JAX_PLATFORMS"] == "cpu"
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "" and os.environ["OMP_NUM_THREADS"] == "2"
     assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
-    assert "intra_op_parallelism_threads=2" in os.environ["XLA_FLAGS"]
-    backends.configure_process("jax", 2, gpu=False)  # idempotent: flags not doubled
-    assert os.environ["XLA_FLAGS"].count("intra_op") == 1
+    assert os.environ["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"  # CUDA numbers GPUs as NVML does
+    assert "XLA_FLAGS" not in os.environ  # JAX's CPU threads follow the cores the trial is pinned to
     monkeypatch.delenv("JAX_PLATFORMS")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as Ray sets it for a 1-CPU task
     backends.configure_process("jax", None, gpu=None)  # a GPU trial leaves the platform alone
     assert "JAX_PLATFORMS" not in os.environ and "CUDA_VISIBLE_DEVICES" not in os.environ
+    assert "OMP_NUM_THREADS" not in os.environ  # no thread cap: not Ray's 1 either
     assert os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
     with pytest.raises(ValueError, match="unknown backend"):
         backends.configure_process("mxnet", None)
@@ -213,7 +214,7 @@ def test_gpu_check_script_on_cpu(tmp_path, no_tf_no_ray):
     env = {**os.environ, **no_tf_no_ray, "OUT": str(out), "PYTHON": sys.executable, "GPUCHECK_WHEELS": "skip",
            "GPUCHECK_SUITE": str(suite), "GPUCHECK_BACKENDS": "jax nosuchbackend", "GPUCHECK_SYNC": "0",
            "GPUCHECK_BUDGET_S": "200", "CUDA_VISIBLE_DEVICES": "", "GPUCHECK_COMMIT": "abc123"}
-    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh")], env=env, capture_output=True,
+    proc = subprocess.run(["bash", str(ROOT / "tests" / "benchmarks" / "gpu_check.sh")], env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     dest = out / "gpucheck"
@@ -240,7 +241,7 @@ def test_gpu_check_script_stops_at_its_budget(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "GPUCHECK_WHEELS": "skip",
            "GPUCHECK_BACKENDS": "jax", "GPUCHECK_BUDGET_S": "0", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh")], env=env, capture_output=True,
+    proc = subprocess.run(["bash", str(ROOT / "tests" / "benchmarks" / "gpu_check.sh")], env=env, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert "jax: not run (budget)" in (out / "gpucheck" / "summary.txt").read_text()
@@ -248,7 +249,7 @@ def test_gpu_check_script_stops_at_its_budget(tmp_path):
 
 def test_gpu_check_script_without_wheels_says_how_to_get_them(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path), "GPUCHECK_WHEELS": str(tmp_path / "none")}
-    proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh")], env=env, capture_output=True,
+    proc = subprocess.run(["bash", str(ROOT / "tests" / "benchmarks" / "gpu_check.sh")], env=env, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 3 and "no keras wheel" in proc.stdout
 

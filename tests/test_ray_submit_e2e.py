@@ -442,7 +442,7 @@ def _up_submit_rsync_down_report_down(loopback, tmp_path):
     assert "PROBE wrong token refused True" in out, out[-3000:]
 
     # The benchmark itself, through the shipped entry script.
-    executor = "ray" if importlib.util.find_spec("bench.ray_executor") else "process"
+    executor = "ray" if importlib.util.find_spec("ray") else "process"
     out = loopback.ray("submit", cluster_yaml, "clusters/regbench_job.py", "--",
                        "--suite", "smoke", "--executor", executor, "--no-report", timeout=300)
     match = re.search(r"regbench-job: results in (\S+)", out)

@@ -1,4 +1,4 @@
-"""The runner on real TensorFlow, one fresh process per trial (python -m bench.worker)."""
+"""The runner on real TensorFlow, one fresh process per trial (python -m bench.executors.child)."""
 import pytest
 
 from bench.trial import Trial

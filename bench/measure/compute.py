@@ -6,7 +6,13 @@ backward for activations and weights).
 """
 from __future__ import annotations
 
+import fcntl
+import json
 import math
+import os
+import time
+
+CALIBRATION_DIR_ENV = "REGBENCH_CALIBRATION_DIR"
 
 
 def forward_flops_per_sample(model) -> float:
@@ -27,14 +33,52 @@ def forward_flops_per_sample(model) -> float:
 
 
 def compute_section(model, samples_per_s: float | None, peak_flops_per_s: float | None,
-                    peak_reason: str | None = None) -> dict:
+                    peak_note: str | None = None) -> dict:
+    """FLOPs per sample, achieved FLOP/s at `samples_per_s`, the peak and MFU; peak_note says
+    where the peak came from (or why it is missing)."""
     flops = 3.0 * forward_flops_per_sample(model)
     achieved = flops * samples_per_s if samples_per_s else None
     out = {"flops_per_sample": flops, "achieved_flops_per_s": achieved,
-           "peak_flops_per_s": peak_flops_per_s,
+           "peak_flops_per_s": peak_flops_per_s, "peak_flops_source": peak_note,
            "mfu": achieved / peak_flops_per_s if achieved and peak_flops_per_s else None,
            "null_reasons": {}}
     if peak_flops_per_s is None:
-        out["null_reasons"]["peak_flops_per_s"] = peak_reason or "not measured"
+        out["null_reasons"]["peak_flops_per_s"] = peak_note or "not measured"
         out["null_reasons"]["mfu"] = out["null_reasons"]["peak_flops_per_s"]
     return out
+
+
+def node_peak_flops_per_s(backend: str, dtype: str, gpu: bool, device_key: str) -> tuple[float | None, str]:
+    """This device's measured matmul peak at `dtype` (FLOP/s) and a note saying where it came from.
+
+    Measured once per run and node for each (backend, dtype, device): the executors point
+    $REGBENCH_CALIBRATION_DIR at a per-run folder on each node, the first trial that needs a
+    figure measures it under a file lock (after its own timed window) and later trials read it.
+    Without the variable every trial measures its own. Returns (None, reason) when it fails.
+    """
+    from bench import backends
+
+    folder = os.environ.get(CALIBRATION_DIR_ENV)
+
+    def measure() -> float:
+        return backends.matmul_peak_flops_per_s(backend, dtype, gpu)
+
+    try:
+        if not folder:
+            return measure(), "measured in this trial"
+        os.makedirs(folder, exist_ok=True)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{backend}-{dtype}-{device_key}")[:150]
+        path = os.path.join(folder, f"{safe}.json")
+        with open(path + ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if os.path.exists(path):
+                with open(path) as f:
+                    cached = json.load(f)
+                return cached["peak_flops_per_s"], f"measured once per run on this node (pid {cached['pid']})"
+            peak = measure()
+            with open(path + ".tmp", "w") as f:
+                json.dump({"peak_flops_per_s": peak, "pid": os.getpid(), "unix": time.time()}, f)
+            os.replace(path + ".tmp", path)
+            return peak, "measured once per run on this node (this trial)"
+    except Exception as e:  # noqa: BLE001 - a failed calibration is a null with a reason
+        return None, f"calibration failed: {type(e).__name__}: {e}"[:300]

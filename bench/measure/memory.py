@@ -18,10 +18,12 @@ def host_peak_bytes() -> int:
 
 
 class MemoryTracker:
-    """Device allocator peak over the window (GPU only) and host peak RSS at its end."""
+    """Device allocator peak over the window (GPU only) and host peak RSS at its end (read at
+    stop(), so what the process allocates afterwards, e.g. evaluation, does not count)."""
 
     def __init__(self, backend: str, gpu: bool):
         self.backend, self.gpu = backend, gpu
+        self.host_peak_bytes = None
         self.device = {"device_peak_bytes": None, "device_reserved_peak_bytes": None}
         self.reason = None if gpu else "no GPU on this node: allocator peak is tracked for GPUs only"
 
@@ -33,6 +35,7 @@ class MemoryTracker:
                 self.reason = f"allocator peak unavailable: {type(e).__name__}: {e}"[:300]
 
     def stop(self) -> None:
+        self.host_peak_bytes = host_peak_bytes()
         if self.gpu and self.reason is None:
             try:
                 backends.synchronize(self.backend)
@@ -41,7 +44,8 @@ class MemoryTracker:
                 self.reason = f"allocator peak unavailable: {type(e).__name__}: {e}"[:300]
 
     def result(self) -> dict:
-        out = {"host_peak_bytes": host_peak_bytes(), **self.device, "null_reasons": {}}
+        host = self.host_peak_bytes if self.host_peak_bytes is not None else host_peak_bytes()
+        out = {"host_peak_bytes": host, **self.device, "null_reasons": {}}
         for key, value in self.device.items():
             if value is None:
                 out["null_reasons"][key] = self.reason or (

@@ -28,19 +28,20 @@ class StepTimer(keras.callbacks.Callback):
     # the host would not wait for the step before the timestamp.
     async_safe = False
 
-    def __init__(self, warmup_steps: int = 10, guard_nan: bool = True):
+    def __init__(self, warmup_steps: int = 10):
         super().__init__()
         self.warmup_steps = warmup_steps
-        self.guard_nan = guard_nan
         self.train_begin = None
         self.train_end = None
         self.first_step_s = None
+        self.first_step_unix = None  # wall-clock time the first step began (process start-up studies)
         self.validation_s = 0.0
         self.steps = []  # (epoch, step-in-epoch, seconds)
         self.spans = []  # (start, end) perf_counter of each entry of self.steps (energy windows)
         self.steps_run = 0
         self.epoch_wall_s = []  # wall time since train begin at each epoch end (validation included)
         self.epoch_validation_s = []
+        self.epoch_train_s = []  # per epoch: its wall time without validation
         self.nonfinite = None  # "loss became nan at epoch 2, step 5"
         self._epoch = 0
         self._last_end = None
@@ -56,10 +57,12 @@ class StepTimer(keras.callbacks.Callback):
         self._epoch = epoch
         self._last_end = None
         self._val_this_epoch = 0.0
+        self._epoch_begin = time.perf_counter()
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.first_step_s is None:
             self._batch_begin = time.perf_counter()
+            self.first_step_unix = time.time()
 
     def on_train_batch_end(self, batch, logs=None):
         loss = _as_float((logs or {}).get("loss", 0.0))  # the host waits for this step here
@@ -71,13 +74,15 @@ class StepTimer(keras.callbacks.Callback):
             self.steps.append((self._epoch, batch, now - self._last_end))
             self.spans.append((self._last_end, now))
         self._last_end = now
-        if self.guard_nan and not math.isfinite(loss):
+        if not math.isfinite(loss):
             self.nonfinite = f"training loss became {loss} at epoch {self._epoch + 1}, step {batch + 1}"
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
-        self.epoch_wall_s.append(time.perf_counter() - self.train_begin)
+        now = time.perf_counter()
+        self.epoch_wall_s.append(now - self.train_begin)
         self.epoch_validation_s.append(self._val_this_epoch)
+        self.epoch_train_s.append(now - self._epoch_begin - self._val_this_epoch)
         val = (logs or {}).get("val_xent_loss")
         if val is not None and not math.isfinite(val) and self.nonfinite is None:
             self.nonfinite = f"validation loss became {val} at epoch {epoch + 1}"
@@ -116,16 +121,33 @@ class StepTimer(keras.callbacks.Callback):
                 merged.append([start, end])
         return [(a, b) for a, b in merged]
 
+    def per_epoch_overhead_s(self) -> float | None:
+        """Median, over epochs after the first, of an epoch's training time not spent between two
+        of its batch ends: iterator start, the first batch, callbacks at epoch end (per-epoch cost)."""
+        inside = {}
+        for e, _, dt in self.steps:
+            inside[e] = inside.get(e, 0.0) + dt
+        extra = [self.epoch_train_s[e] - inside.get(e, 0.0) for e in range(1, len(self.epoch_train_s))]
+        return float(np.median(extra)) if extra else None
+
     def result(self, batch_size: int) -> dict:
+        """The timing section. Two throughputs, named apart:
+        samples_per_s: steady-state step throughput (batch / step time over the steady window);
+        end_to_end_samples_per_s: samples over training wall time after the first step, validation
+        excluded (so per-epoch costs count: iterator start, input pipeline, callbacks)."""
         t = self.steady_step_times_s()
         train_s = (self.train_end - self.train_begin) - self.validation_s
+        after_first_s = train_s - (self.first_step_s or 0.0)
+        end_to_end = ((self.steps_run - 1) * batch_size / after_first_s
+                      if self.steps_run > 1 and after_first_s > 0 else None)
         if len(t) == 0:
-            stats = dict(steady_state_steps=0, step_time_p50_s=None, step_time_p95_s=None,
+            stats = dict(steady_state_steps=0, steady_state_s=0.0, step_time_p50_s=None, step_time_p95_s=None,
                          step_time_mean_s=None, step_time_cv=None, samples_per_s=None)
         else:
             mean = float(t.mean())
             stats = dict(
                 steady_state_steps=int(len(t)),
+                steady_state_s=float(t.sum()),
                 step_time_p50_s=float(np.percentile(t, 50)),
                 step_time_p95_s=float(np.percentile(t, 95)),
                 step_time_mean_s=mean,
@@ -133,4 +155,5 @@ class StepTimer(keras.callbacks.Callback):
                 samples_per_s=float(batch_size * len(t) / t.sum()),
             )
         return dict(first_step_s=self.first_step_s, train_s=train_s, validation_s=self.validation_s,
-                    steps_run=self.steps_run, **stats)
+                    steps_run=self.steps_run, **stats, end_to_end_samples_per_s=end_to_end,
+                    per_epoch_overhead_s=self.per_epoch_overhead_s())

@@ -1,10 +1,10 @@
 """Scheduling benchmark of the Ray executor: makespan vs the ideal, and the fixed cost per trial.
 
-    python -m bench.bench_schedule                     # local Ray + simulated 2-node cluster + micro
-    python -m bench.bench_schedule --mode local --trials 8 --epochs 12 --json out.json
+    python -m tests.benchmarks.schedule                     # local Ray + simulated 2-node cluster + micro
+    python -m tests.benchmarks.schedule --mode local --trials 8 --epochs 12 --json out.json
 
 For each mode it runs N real trials (digits MLP, float32, CPU, one CPU each) through
-`bench.ray_executor.run_ray` on an already connected Ray (ray.init is timed apart: it is paid once
+`bench.executors.ray.run_ray` on an already connected Ray (ray.init is timed apart: it is paid once
 per run, not per trial) and reports:
 
   slots            trials that can run at once (CPU slots of the cluster / cpus_per_trial)
@@ -57,7 +57,7 @@ def make_suite(trials: int, epochs: int):
 def run_once(suite, trials, slots: int, label: str) -> dict:
     """Run the trials through run_ray on the current Ray connection; summarize."""
     from bench.progress import Progress
-    from bench.ray_executor import run_ray
+    from bench.executors.ray import run_ray
     from bench.store import RunStore
 
     with tempfile.TemporaryDirectory(prefix="regbench-bench-") as tmp:
@@ -104,7 +104,7 @@ def cpu_slots() -> int:
 def bench_local(trials: int, epochs: int) -> dict:
     import ray
 
-    from bench.ray_executor import connect
+    from bench.executors.ray.connect import connect
 
     os.environ["RAY_ADDRESS"] = "local"
     t = time.time()
@@ -189,7 +189,7 @@ def load_average() -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.bench_schedule", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m tests.benchmarks.schedule", description=__doc__.splitlines()[0])
     ap.add_argument("--mode", choices=("local", "cluster", "both"), default="both")
     ap.add_argument("--trials", type=int, default=8, help="trials per mode (default 8)")
     ap.add_argument("--epochs", type=int, default=12, help="epochs per trial; 12 is ~10 s here (default)")

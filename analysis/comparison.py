@@ -13,11 +13,10 @@ import numpy as np
 import pandas as pd
 
 from analysis import plots, render, stats
-from analysis._callable import make_module_callable
 from analysis.errors import AnalysisInputError
-from analysis.load import load
-from analysis.overhead import BASELINE, format_estimate, overhead
-from analysis.precision import precision_speedup
+from analysis.runs import load
+from analysis.overheads import BASELINE, format_estimate, overhead
+from analysis.speedups import precision_speedup
 from analysis.report import METHOD_NOTE, failures, format_speedup, write_csv
 
 _THROUGHPUT_KEYS = ["workload", "batch_size", "precision", "device", "device_name", "backend"]
@@ -152,4 +151,3 @@ def write_compare(run_dirs, out_dir) -> Path:
     return index
 
 
-make_module_callable(__name__, compare)

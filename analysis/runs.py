@@ -17,7 +17,6 @@ from typing import Iterable
 
 import pandas as pd
 
-from analysis._callable import make_module_callable
 from analysis.errors import AnalysisInputError
 
 SCHEMA_VERSION_READ = 1
@@ -266,4 +265,3 @@ def load(paths, *, warn: bool = True) -> RunData:
     return RunData(trials=trials, curves=curves, problems=problem_frame, manifests=manifests, run_dirs=run_dirs)
 
 
-make_module_callable(__name__, load)

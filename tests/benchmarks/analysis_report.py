@@ -1,4 +1,4 @@
-"""Benchmark the analysis: `python -m analysis.benchmark --trials 10000`.
+"""Benchmark the analysis: `python -m tests.benchmarks.analysis_report --trials 10000`.
 
 Generates a synthetic run of N trial files (several devices, 10-epoch curves) in a temp directory,
 then, in a fresh child process, times analysis.load, overhead, precision speedup and
@@ -27,7 +27,7 @@ BATCHES = (64, 256)  # 5 workloads x 10 settings x 2 precisions x 5 devices x 2 
 
 
 def generate(out: Path, trials: int) -> Path:
-    from analysis import synthetic
+    from tests.fixtures import synthetic_runs as synthetic
 
     per_repeat = len(SETTINGS) * len(PRECISIONS) * len(WORKLOADS) * len(DEVICES) * len(BATCHES)
     repeats = max(1, math.ceil(trials / per_repeat))
@@ -51,7 +51,7 @@ def measure(run_dir: Path) -> dict:
 
     data = timed("load", analysis.load, run_dir)
     table = timed("overhead", analysis.overhead, data.trials)
-    speedup = timed("precision_speedup", analysis.precision, data.trials)
+    speedup = timed("precision_speedup", analysis.precision_speedup, data.trials)
     timed("plots (5 figures to PNG)", lambda: [plots.to_png(f) for _, _, f in report.figures(table, speedup,
                                                                                              data.curves)])
     timed("write_report (all of it again: load, stats, plots, CSV, HTML)", report.write_report, run_dir)
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
         n = len(list((run_dir / "trials").iterdir()))
         print(f"generated {n} trial files in {time.perf_counter() - t0:.1f} s: {run_dir}", file=sys.stderr)
         t0 = time.perf_counter()
-        child = subprocess.run([sys.executable, "-m", "analysis.benchmark", "--measure", str(run_dir)],
+        child = subprocess.run([sys.executable, "-m", "tests.benchmarks.analysis_report", "--measure", str(run_dir)],
                                capture_output=True, text=True)
         wall = time.perf_counter() - t0
         if child.returncode:

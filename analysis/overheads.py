@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 
 from analysis import stats
-from analysis._callable import make_module_callable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,4 +176,3 @@ def format_estimate(row, digits: int = 1) -> str:
     return s + (" ~noise" if row["mark"] == stats.NOISE else "")
 
 
-make_module_callable(__name__, overhead)

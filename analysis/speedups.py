@@ -9,8 +9,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import stats
-from analysis._callable import make_module_callable
-from analysis.overhead import BASELINE, CELL_KEYS, Metric, _paired, summarize, with_keys
+from analysis.overheads import BASELINE, CELL_KEYS, Metric, _paired, summarize, with_keys
 
 REFERENCE = "float32"
 _KEYS = [k for k in CELL_KEYS if k != "precision"] + ["setting"]
@@ -86,4 +85,3 @@ def precision_speedup(trials: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
     return joined[cols].reset_index(drop=True)
 
 
-make_module_callable(__name__, precision_speedup)

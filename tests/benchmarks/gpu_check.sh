@@ -14,7 +14,7 @@
 #
 # The device call (the `run` tool), verbatim:
 #   carry:     [".whl"]
-#   command:   GPUCHECK_COMMIT=<git rev-parse HEAD> bash bench/gpu_check.sh
+#   command:   GPUCHECK_COMMIT=<git rev-parse HEAD> bash tests/benchmarks/gpu_check.sh
 #   timeout_s: 580
 # Worst case 10 s set-up + 330 s budget (+20 s to stop) + 150 s sync test; about 1-2 min more to
 # start the machine: under 11 of the 15 device minutes.
@@ -30,7 +30,7 @@
 # GPUCHECK_COMMIT (the commit the tree was sent from: the copy there has no .git; goes in manifest).
 # Tested on the CPU: tests/test_backends.py::test_gpu_check_script_on_cpu forces a CPU suite.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 start=$(date +%s)
 OUT=${OUT:-/tmp/regbench-gpucheck}
 PY=${PYTHON:-python3}
@@ -71,7 +71,7 @@ for name in ("keras", "jax", "torch", "numpy", "pynvml", "pandas", "pyarrow", "y
         print(f"  {name:<10} present (not needed)")
     else:
         print(f"  {name:<10} {getattr(importlib.import_module(name), '__version__', '?')}")
-import bench.cli, bench.local_executor, bench.runner, bench.workloads  # noqa: F401  the process-executor path
+import bench.cli, bench.executors.local, bench.runner, bench.workloads  # noqa: F401  the process-executor path
 EOF
 "$PY" -m bench.cli env --json > "$DEST/env.json" 2>>"$DEST/log.txt" || say "regbench env failed"
 nvidia-smi --query-gpu=name,memory.total,driver_version,power.limit,clocks.max.sm --format=csv 2>/dev/null || say "no nvidia-smi"

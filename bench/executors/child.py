@@ -1,0 +1,81 @@
+"""The trial process: runs ONE unit of work (a trial or a paired session) and writes its record.
+
+    python -m bench.executors.child REQUEST_JSON OUT_JSON
+
+Both start methods end here: a plain fresh interpreter runs this module; a zygote child (see
+zygote.py) calls `main` right after the fork. The record is written atomically; exit code 0
+whenever a record was written, whatever its status. The process dies with its parent
+(PR_SET_PDEATHSIG), so a killed executor, Ray worker or zygote leaves no orphan behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+import time
+
+FRAMEWORKS = ("keras", "tensorflow", "jax", "torch")
+
+
+def die_with_parent(expected_parent: int | None = None) -> bool:
+    """SIGKILL this process when its parent dies (Linux); False when the parent is already gone."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    except (OSError, AttributeError):
+        pass
+    return expected_parent is None or os.getppid() == expected_parent
+
+
+def run_unit(request: dict) -> dict:
+    """Run the request's unit (a trial, or a paired session) in this process and return its record."""
+    if request["kind"] == "trial":
+        from bench.runner import run_trial
+        from bench.trial import Trial
+
+        return run_trial(Trial.from_dict(request["unit"]), executor=request["executor"], gpu=request["gpu"])
+    if request["kind"] == "session":
+        from bench.paired import Session, run_session
+
+        return run_session(Session.from_dict(request["unit"]), executor=request["executor"], gpu=request["gpu"])
+    raise ValueError(f"unknown unit kind {request['kind']!r}")
+
+
+def main(argv: list[str], start_method: str = "interpreter") -> int:
+    entered_unix = time.time()
+    request_path, out_path = pathlib.Path(argv[0]), pathlib.Path(argv[1])
+    request = json.loads(request_path.read_text())
+    if not die_with_parent(request.get("parent_pid")):
+        return 137  # the parent died before PR_SET_PDEATHSIG took effect
+    if start_method == "interpreter":
+        early = [m for m in FRAMEWORKS if m in sys.modules]
+        if early:
+            print(f"regbench: {early} imported before the trial set its backend", file=sys.stderr)
+            return 3
+    cores = None
+    if request.get("pin_cores"):
+        from bench.executors.cores import claim
+
+        cores = claim(request["pin_cores"], request.get("core_lock_dir"))
+    record = run_unit(request)
+    record.setdefault("process", {}).update({
+        "cpu_cores": cores,
+        "pid": os.getpid(), "parent_pid": os.getppid(), "start_method": start_method,
+        "start_note": request.get("start_note"),
+        "launched_unix": request.get("launched_unix"), "entered_unix": entered_unix,
+        "finished_unix": time.time()})
+    from bench.store import write_json_atomic
+
+    write_json_atomic(out_path, record)
+    return 0
+
+
+if __name__ == "__main__":
+    code = main(sys.argv[1:])
+    # The record is written and fsynced: skip the interpreter's teardown (TensorFlow's atexit
+    # handlers and thread joins take 1-3 s of CPU that would delay the next trial on this slot).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

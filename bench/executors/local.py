@@ -1,0 +1,94 @@
+"""The `process` executor: trial processes on this machine, no Ray.
+
+Slots: one per visible GPU for GPU suites (the trial sees only its GPU), otherwise
+cpu_count // cpus_per_trial CPU slots; isolation "node" runs one trial at a time. A trial process
+that dies without writing its record (killed, segfault) is retried up to max_retries times; a
+trial that raised is recorded once (the record says why). A trial past its timeout is killed
+and recorded as failed.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from bench import env
+from bench.errors import UserError
+from bench.executors.trial_process import Launcher, collect, failure_record, read_log_tail
+from bench.runner import precheck
+
+
+def slots_for(suite) -> list[list[str] | None]:
+    """One entry per slot: the GPU tokens it owns, or None for a CPU slot."""
+    gpus, _ = env.gpus()
+    if suite.device != "cpu" and gpus:
+        tokens = env.visible_gpu_tokens()
+        ids = tokens if tokens is not None else [str(g["index"]) for g in gpus]
+        if ids:
+            return [[i] for i in (ids[:1] if suite.isolation == "node" else ids)]
+    if suite.device == "gpu":
+        raise UserError(f"suite {suite.name} asks for device: gpu but this machine has no GPU visible to NVML; "
+                        "use device: cpu or a machine with a GPU")
+    if suite.isolation == "node":
+        return [None]
+    return [None] * max(1, (os.cpu_count() or 1) // suite.cpus_per_trial)
+
+
+def run_local(trials, store, suite, progress, start_method: str | None = None) -> None:
+    slots = slots_for(suite)
+    free = list(range(len(slots)))
+    pending = list(trials)
+    running: list = []  # (TrialProcess, slot index, attempt)
+    attempts: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="regbench-work-") as tmp:
+        workdir = Path(tmp)
+        launcher = Launcher(workdir, "process", start_method, extra_env={
+            "REGBENCH_CALIBRATION_DIR": str(workdir / "calibration"),
+            "REGBENCH_CORE_LOCK_DIR": str(workdir / "cores")})
+        try:
+            while pending or running:
+                while pending and free:
+                    trial = pending.pop(0)
+                    slot = free[0]
+                    skipped = precheck(trial, "process", gpu=slots[slot] is not None)
+                    if skipped:
+                        store.write_trial(skipped)
+                        progress.finished(skipped, was_running=False)
+                        continue
+                    free.pop(0)
+                    attempts[trial.trial_id] = attempts.get(trial.trial_id, 0) + 1
+                    proc = launcher.launch(trial, slots[slot], attempts[trial.trial_id])
+                    running.append((proc, slot))
+                    progress.started()
+                time.sleep(0.05)
+                progress.set_running(len(running))  # also keeps the heartbeat going in plain logs
+                for entry in list(running):
+                    proc, slot = entry
+                    code = proc.poll()
+                    if code is None and time.monotonic() > proc.deadline:
+                        proc.timed_out = True
+                        proc.kill()
+                    elif code is None:
+                        continue
+                    running.remove(entry)
+                    free.append(slot)
+                    n = attempts[proc.trial.trial_id]
+                    outcome = collect(proc, "process")
+                    store.write_log(proc.trial.trial_id, read_log_tail(proc.log_path),
+                                    f"attempt {n}: pid {proc.pid}, {proc.start_method}")
+                    proc.log_path.unlink(missing_ok=True)
+                    record = outcome.record
+                    if record is None and n <= suite.max_retries:
+                        progress.note(f"{outcome.died} ({proc.trial.trial_id}); retrying ({n}/{suite.max_retries})")
+                        pending.insert(0, proc.trial)
+                        continue
+                    if record is None:
+                        record = failure_record(proc.trial, f"{outcome.died} (after {n} attempts)", proc.gpu, "process")
+                    record.setdefault("attempts", n)
+                    store.write_trial(record)
+                    progress.finished(record)
+        finally:
+            for proc, _ in running:
+                proc.kill()
+            launcher.close()
