@@ -12,6 +12,7 @@ import pathlib
 import shutil
 import sys
 
+from bench import SCHEMA_VERSION
 from bench.errors import UserError
 
 DEFAULT_SUITE = "quick"
@@ -49,8 +50,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("suites", help="built-in suites with their size and expected duration")
 
-    v = sub.add_parser("validate", help="check a suite YAML or a cluster YAML offline")
-    v.add_argument("file")
+    v = sub.add_parser("validate", help="check a run, a trial file, a suite YAML or a cluster YAML offline")
+    v.add_argument("file", metavar="PATH", help="RUN_DIR, trials/<id>.json, manifest.json, suite or cluster YAML")
 
     sc = sub.add_parser("selfcheck", help="harness overhead vs bare model.fit, and the noise floor")
     sc.add_argument("--repeats", type=int, default=5, help="fresh-process baseline trials for the noise floor")
@@ -232,6 +233,8 @@ def cmd_validate(args) -> int:
     from bench import suite as suite_mod
 
     path = pathlib.Path(args.file)
+    if path.is_dir() or path.suffix == ".json":
+        return _validate_results(path)
     data = suite_mod.load_yaml(path)
     try:
         from bench import clustercheck
@@ -245,6 +248,30 @@ def cmd_validate(args) -> int:
     print(f"{path}: valid suite {s.name!r}: {len(s.trials)} trials = {len(r['workloads'])} workloads x "
           f"{len(r['settings'])} regularizer settings x {len(r['precisions'])} precisions x "
           f"{len(r['batch_sizes'])} batch sizes x {r['repeats']} repeats")
+    return 0
+
+
+def _validate_results(path: pathlib.Path) -> int:
+    """A run directory, a trial file or a manifest against the contract (bench/schema): one line per
+    problem on stdout, then exit 2; or one summary line and exit 0."""
+    from bench import schema
+
+    if not path.exists():
+        raise UserError(f"{path}: file not found")
+    if path.is_dir():
+        check = schema.check_run(path)
+        problems, summary = check.problems, check.summary()
+    else:
+        manifest = path.name == "manifest.json"
+        problems = schema.check_manifest_file(path) if manifest else schema.check_trial_file(path)
+        n = len(problems)
+        summary = (f"{path}: {n} problem{'s' if n != 1 else ''}" if problems else
+                   f"{path}: valid {'manifest' if manifest else 'trial file'} (schema_version {SCHEMA_VERSION})")
+    if problems:
+        for problem in problems:
+            print(problem)
+        raise UserError(summary)
+    print(summary)
     return 0
 
 
