@@ -108,28 +108,38 @@ def check_manifest(manifest: Any, file: str = "") -> list[Problem]:
 
 
 def _schema_problems(kind: str, doc: dict, file: str) -> list[Problem]:
+    return validator_problems(_validator(kind, doc["schema_version"]), doc, file)
+
+
+def validator_problems(validator, doc: Any, file: str = "") -> list[Problem]:
+    """Every problem a jsonschema validator finds in `doc`, one Problem each, in document order."""
+    out: list[Problem] = []
+    for error in validator.iter_errors(doc):
+        out += [p for p in error_problems(error, file) if p not in out]
+    return out
+
+
+def error_problems(error, file: str = "") -> list[Problem]:
+    """One-line Problems from one jsonschema ValidationError: the most specific cause of an anyOf,
+    one per missing field of a `required`, and the schema's own `x-error` text where it has one
+    (`x-when` says when a required field is required)."""
     import jsonschema.exceptions
 
-    out, seen = [], set()
-    for error in _validator(kind, doc["schema_version"]).iter_errors(doc):
-        if error.validator in ("anyOf", "oneOf") and error.context:
-            error = jsonschema.exceptions.best_match(error.context) or error
-        path = list(error.absolute_path)
+    sub = error.schema if isinstance(error.schema, dict) else {}
+    if error.validator in ("anyOf", "oneOf") and error.context and "x-error" not in sub:
+        error = jsonschema.exceptions.best_match(error.context) or error
         sub = error.schema if isinstance(error.schema, dict) else {}
-        if error.validator == "required":
-            when = f" (required when {sub['x-when']})" if "x-when" in sub else ""
-            for name in error.validator_value:
-                if isinstance(error.instance, dict) and name not in error.instance and (tuple(path), name) not in seen:
-                    seen.add((tuple(path), name))
-                    out.append(Problem(file, field_path(path + [name]), f"missing{when}"))
-            continue
-        message = sub.get("x-error") or " ".join(error.message.split())
-        if len(message) > 200:
-            message = message[:197] + "..."
-        problem = Problem(file, field_path(path), message)
-        if problem not in out:
-            out.append(problem)
-    return out
+    path = list(error.absolute_path)
+    if error.validator == "required" and isinstance(error.instance, dict):
+        when = f" (required when {sub['x-when']})" if "x-when" in sub else ""
+        missing = [Problem(file, field_path(path + [name]), f"missing{when}")
+                   for name in error.validator_value if name not in error.instance]
+        if missing:
+            return missing
+    message = sub.get("x-error") or " ".join(error.message.split())
+    if len(message) > 200:
+        message = message[:197] + "..."
+    return [Problem(file, field_path(path), message)]
 
 
 def _resolve(sub: dict, root: dict) -> dict:
