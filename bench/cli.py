@@ -76,7 +76,7 @@ def main(argv=None) -> int:
 # ---- commands ---------------------------------------------------------------
 
 def cmd_run(args) -> int:
-    from bench import schedule, suite as suite_mod
+    from bench import schedule, suite as suite_mod, yamlfile
     from bench.progress import Progress
     from bench.store import RunStore, now_iso
 
@@ -95,7 +95,7 @@ def cmd_run(args) -> int:
         print(f"resuming {store.path}: {len(done)} finished, {len(todo)} to run", file=sys.stderr)
     else:
         path = suite_mod.resolve_path(args.suite)
-        raw = suite_mod.load_yaml(path)
+        raw = yamlfile.load_mapping(path, "suite fields")
         suite = suite_mod.parse(raw, str(path), backend_override=args.backend)
         todo = suite_mod.filter_trials(suite.trials, args.only)
         if not todo:
@@ -230,17 +230,13 @@ def cmd_suites(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from bench import suite as suite_mod
+    from bench import clustercheck, suite as suite_mod, yamlfile
 
     path = pathlib.Path(args.file)
     if path.is_dir() or path.suffix == ".json":
         return _validate_results(path)
-    data = suite_mod.load_yaml(path)
-    try:
-        from bench import clustercheck
-    except ImportError:
-        clustercheck = None
-    if clustercheck is not None and clustercheck.is_cluster_file(data):
+    data = yamlfile.load_mapping(path, "suite fields")
+    if clustercheck.is_cluster_file(data):
         print(clustercheck.validate_cluster_file(path))
         return 0
     s = suite_mod.parse(data, str(path))

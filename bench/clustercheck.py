@@ -26,8 +26,7 @@ import pathlib
 import re
 from typing import Any
 
-import yaml
-
+from bench import yamlfile
 from bench.errors import UserError
 
 # Kubernetes resource quantity ("4", "500m", "16Gi", 1) as in the CRD's int-or-string fields.
@@ -325,20 +324,6 @@ def _field_in(message: str) -> str:
     return f"provider.{name}" if name in _PROVIDER_FIELDS else name
 
 
-def _load_yaml(path: pathlib.Path) -> Any:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"{path}: not valid YAML{where}: {problem}") from None
-
-
 def _validate_launcher(path: pathlib.Path, config: dict) -> str:
     import jsonschema
     import ray.autoscaler
@@ -415,7 +400,7 @@ def _validate_kuberay(path: pathlib.Path, manifest: dict) -> str:
 def validate_cluster_file(path: pathlib.Path) -> str:
     """Check a cluster file offline; return a one-line summary or raise UserError (one line)."""
     path = pathlib.Path(path)
-    data = _load_yaml(path)
+    data = yamlfile.load(path)
     if not isinstance(data, dict):
         raise UserError(f"{path}: invalid field (top level): expected a mapping, got {type(data).__name__}")
     if data.get("kind") == "RayCluster" or "apiVersion" in data:

@@ -145,7 +145,7 @@ def test_not_yaml_and_missing_file(tmp_path):
     broken = tmp_path / "broken.yaml"
     broken.write_text("cluster_name: [\n")
     assert "not valid YAML at line" in error_of(broken)
-    assert "cannot read" in error_of(tmp_path / "absent.yaml")
+    assert "absent.yaml: file not found" in error_of(tmp_path / "absent.yaml")
 
 
 def test_kuberay_type_error_names_the_field(tmp_path):
