@@ -230,15 +230,17 @@ def cmd_suites(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from bench import clustercheck, suite as suite_mod, yamlfile
+    from bench import clusterfiles, suite as suite_mod, yamlfile
 
     path = pathlib.Path(args.file)
     if path.is_dir() or path.suffix == ".json":
         return _validate_results(path)
-    data = yamlfile.load_mapping(path, "suite fields")
-    if clustercheck.is_cluster_file(data):
-        print(clustercheck.validate_cluster_file(path))
+    data = yamlfile.load(path)
+    if clusterfiles.is_cluster_file(data):
+        print(clusterfiles.validate_cluster_file(path, data))
         return 0
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of suite fields at the top level")
     s = suite_mod.parse(data, str(path))
     r = s.resolved
     print(f"{path}: valid suite {s.name!r}: {len(s.trials)} trials = {len(r['workloads'])} workloads x "
