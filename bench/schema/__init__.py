@@ -112,7 +112,7 @@ def _schema_problems(kind: str, doc: dict, file: str) -> list[Problem]:
 
 
 def validator_problems(validator, doc: Any, file: str = "") -> list[Problem]:
-    """Every problem a jsonschema validator finds in `doc`, one Problem each, in document order."""
+    """Every problem a jsonschema validator finds in `doc`, one Problem each (duplicates dropped)."""
     out: list[Problem] = []
     for error in validator.iter_errors(doc):
         out += [p for p in error_problems(error, file) if p not in out]
