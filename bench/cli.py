@@ -12,6 +12,7 @@ import pathlib
 import shutil
 import sys
 
+from bench import SCHEMA_VERSION
 from bench.errors import UserError
 
 DEFAULT_SUITE = "quick"
@@ -52,8 +53,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("suites", help="built-in suites with their size and expected duration")
 
-    v = sub.add_parser("validate", help="check a suite YAML or a cluster YAML offline")
-    v.add_argument("file")
+    v = sub.add_parser("validate", help="check a run, a trial file, a suite YAML or a cluster YAML offline")
+    v.add_argument("file", metavar="PATH", help="RUN_DIR, trials/<id>.json, manifest.json, suite or cluster YAML")
 
     sc = sub.add_parser("selfcheck", help="harness overhead vs bare model.fit, and the noise floor")
     sc.add_argument("--repeats", type=int, default=5, help="fresh-process baseline trials for the noise floor")
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
 # ---- commands ---------------------------------------------------------------
 
 def cmd_run(args) -> int:
-    from bench import executors, suite as suite_mod
+    from bench import executors, suite as suite_mod, yamlfile
     from bench.progress import Progress
     from bench.store import RunStore, now_iso
 
@@ -97,7 +98,7 @@ def cmd_run(args) -> int:
         print(f"resuming {store.path}: {len(done)} finished, {len(todo)} to run", file=sys.stderr)
     else:
         path = suite_mod.resolve_path(args.suite)
-        raw = suite_mod.load_yaml(path)
+        raw = yamlfile.load_mapping(path, "suite fields")
         suite = suite_mod.parse(raw, str(path), backend_override=args.backend)
         todo = suite_mod.filter_trials(suite.trials, args.only)
         if not todo:
@@ -229,20 +230,46 @@ def cmd_suites(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from bench import suite as suite_mod
+    from bench import clusterfiles, suite as suite_mod, yamlfile
 
     path = pathlib.Path(args.file)
-    data = suite_mod.load_yaml(path)
-    from bench import clustercheck
-
-    if clustercheck.is_cluster_file(data):
-        print(clustercheck.validate_cluster_file(path))
+    if path.is_dir() or path.suffix == ".json":
+        return _validate_results(path)
+    data = yamlfile.load(path)
+    if clusterfiles.is_cluster_file(data):
+        print(clusterfiles.validate_cluster_file(path, data))
         return 0
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of suite fields at the top level")
     s = suite_mod.parse(data, str(path))
     r = s.resolved
     print(f"{path}: valid suite {s.name!r}: {len(s.trials)} trials = {len(r['workloads'])} workloads x "
           f"{len(r['settings'])} regularizer settings x {len(r['precisions'])} precisions x "
           f"{len(r['batch_sizes'])} batch sizes x {r['repeats']} repeats")
+    return 0
+
+
+def _validate_results(path: pathlib.Path) -> int:
+    """A run directory, a trial file or a manifest against the contract (bench/schema): one line per
+    problem on stdout, then exit 2; or one summary line and exit 0."""
+    from bench import schema
+
+    if not path.exists():
+        raise UserError(f"{path}: file not found")
+    if path.is_dir():
+        check = schema.check_run(path)
+        problems, summary = check.problems, check.summary()
+    else:
+        manifest = path.name == "manifest.json"
+        problems = schema.check_manifest_file(path) if manifest else schema.check_trial_file(path)
+        n = len(problems)
+        summary = (f"{path}: {n} problem{'s' if n != 1 else ''}" if problems else
+                   f"{path}: valid {'manifest' if manifest else 'trial file'} (schema_version {SCHEMA_VERSION})")
+    if problems:
+        for problem in problems:
+            print(problem)
+        raise UserError(summary)
+    print(summary)
     return 0
 
 

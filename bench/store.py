@@ -15,6 +15,7 @@ import tempfile
 
 from bench import SCHEMA_VERSION
 from bench.errors import UserError
+from bench.schema import version_problem
 from bench.trial import now_iso
 
 LOG_MAX_BYTES = 256 * 1024  # per trial: the end of its processes' output
@@ -56,11 +57,9 @@ def read_json(path: pathlib.Path) -> dict:
         raise UserError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(obj, dict):
         raise UserError(f"{path}: expected a JSON object")
-    version = obj.get("schema_version")
-    if not isinstance(version, int):
-        raise UserError(f"{path}: schema_version missing or not an integer")
-    if version > SCHEMA_VERSION:
-        raise UserError(f"{path}: schema_version {version} is newer than this regbench reads ({SCHEMA_VERSION})")
+    why = version_problem(obj)
+    if why:
+        raise UserError(f"{path}: {why}")
     return obj
 
 

@@ -8,9 +8,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
-import yaml
-
-from bench import backends, precision, regularizers
+from bench import backends, precision, regularizers, yamlfile
 from bench.errors import UserError, did_you_mean
 from bench.trial import Trial
 
@@ -98,25 +96,6 @@ def _setting(where: str, item) -> tuple:
     return tuple(out)
 
 
-def load_yaml(path: pathlib.Path) -> dict:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise UserError(f"{path}: malformed YAML at {where}{problem}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping of suite fields at the top level")
-    return data
-
-
 def resolve_path(name_or_file: str) -> pathlib.Path:
     p = pathlib.Path(name_or_file)
     if p.suffix in (".yaml", ".yml") or p.exists() or "/" in name_or_file:
@@ -133,7 +112,7 @@ def builtin_names() -> list[str]:
 
 def load(name_or_file: str, backend: str | None = None) -> Suite:
     path = resolve_path(name_or_file)
-    return parse(load_yaml(path), str(path), backend_override=backend)
+    return parse(yamlfile.load_mapping(path, "suite fields"), str(path), backend_override=backend)
 
 
 def parse(data: dict, source: str, backend_override: str | None = None) -> Suite:

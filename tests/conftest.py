@@ -10,7 +10,6 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-CHECK_RUN = ROOT.parent / "shared" / "tools" / "check_run.py"
 
 
 def regbench(*args, cwd=None, timeout=600, env=None, check=False):
@@ -35,9 +34,9 @@ def run_worker(trial, tmp_path: pathlib.Path, name: str = "t") -> dict:
     return json.loads(out.read_text())
 
 
-def check_run(run_dir, *extra) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(CHECK_RUN), str(run_dir), *map(str, extra)],
-                          capture_output=True, text=True, timeout=120)
+def validate(path) -> subprocess.CompletedProcess:
+    """`regbench validate PATH`: a run directory or a trial file against the project's contract."""
+    return regbench("validate", path, timeout=120)
 
 
 @pytest.fixture(scope="session")

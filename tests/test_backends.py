@@ -21,7 +21,7 @@ def _need(module: str) -> None:
         pytest.skip(f"{module} is not installed (pip install -e '.[{module}]')")
 
 
-from conftest import CHECK_RUN, ROOT, check_run, regbench
+from conftest import ROOT, regbench, validate
 
 BLOCKED = ("tensorflow", "ray")
 
@@ -86,9 +86,8 @@ def test_smoke_suite_on_backend_without_tensorflow_or_ray(backend_smoke, backend
     statuses = sorted(r["status"] for r in recs.values())
     assert statuses == (["ok"] * 6 if backend == "jax" else ["ok"] * 3 + ["skipped"] * 3)
     assert (run / "trials.parquet").exists()
-    if CHECK_RUN.exists():
-        proc = check_run(run, "--backend", backend)
-        assert proc.returncode == 0, proc.stdout[-2000:]
+    proc = validate(run)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-500:]
 
 
 def test_same_trial_on_two_backends_is_comparable(backend_smoke):
@@ -232,8 +231,8 @@ def test_gpu_check_script_on_cpu(tmp_path, no_tf_no_ray):
     assert [r["status"] for r in recs.values()] == ["ok"]
     manifest = json.loads((unpacked / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["git_commit"]  # from git, or GPUCHECK_COMMIT without .git
-    if CHECK_RUN.exists():
-        assert check_run(unpacked, "--backend", "jax").returncode == 0
+    proc = validate(unpacked)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-500:]
 
 
 def test_gpu_check_script_stops_at_its_budget(tmp_path):

@@ -2,7 +2,7 @@ import json
 import pathlib
 
 
-from tests.conftest import check_run, regbench, write_suite
+from tests.conftest import regbench, validate, write_suite
 
 
 def one_line_error(proc, *needles, progress_lines: int = 0):
@@ -16,12 +16,16 @@ def one_line_error(proc, *needles, progress_lines: int = 0):
 
 
 def test_smoke_run_meets_the_trial_file_contract(smoke_run):
-    proc = check_run(smoke_run, "--min-regs", 3)
-    assert proc.returncode == 0, proc.stdout
+    proc = validate(smoke_run)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip().splitlines() == [
+        f"{smoke_run}: valid run {smoke_run.name}: 6 trial files for 6 planned trials (3 ok, 3 skipped); "
+        "manifest status complete"]
     manifest = json.loads((smoke_run / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["nodes"]
     records = [json.loads(p.read_text()) for p in (smoke_run / "trials").glob("*.json")]
     assert len(records) == len(manifest["trial_ids"]) == 6
+    assert len({r["trial"]["setting"] for r in records if r["status"] == "ok"}) == 3
     statuses = {(r["trial"]["precision"], r["status"]) for r in records}
     assert statuses == {("float32", "ok"), ("mixed_float16", "skipped")}  # no fp16 on a CPU without XLA
     for r in (r for r in records if r["status"] == "ok"):
@@ -83,6 +87,8 @@ def test_failures_are_results_and_the_run_goes_on(tmp_path):
     assert recs["fashion_mnist_cnn"]["status"] == "failed" and recs["fashion_mnist_cnn"]["reason"]
     assert recs["digits_mlp"]["status"] == "diverged"
     assert "nan" in recs["digits_mlp"]["reason"].lower() or "inf" in recs["digits_mlp"]["reason"].lower()
+    checked = validate(run)  # failed and diverged records meet the contract too
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_resume_runs_only_missing_trials(smoke_run, tmp_path):

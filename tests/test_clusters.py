@@ -18,8 +18,7 @@ import pytest
 import ray
 import yaml
 
-from bench import clustercheck
-from bench.clustercheck import is_cluster_file, validate_cluster_file
+from bench.clusterfiles import is_cluster_file, kuberay, validate_cluster_file
 from bench.errors import UserError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -145,7 +144,7 @@ def test_not_yaml_and_missing_file(tmp_path):
     broken = tmp_path / "broken.yaml"
     broken.write_text("cluster_name: [\n")
     assert "not valid YAML at line" in error_of(broken)
-    assert "cannot read" in error_of(tmp_path / "absent.yaml")
+    assert "absent.yaml: file not found" in error_of(tmp_path / "absent.yaml")
 
 
 def test_kuberay_type_error_names_the_field(tmp_path):
@@ -359,4 +358,102 @@ def test_entry_script_prints_the_run_dir_last(job, tmp_path, monkeypatch, capsys
 def test_trimmed_crd_schema_is_itself_valid():
     import jsonschema
 
-    jsonschema.Draft7Validator.check_schema(clustercheck.RAYCLUSTER_SCHEMA)
+    jsonschema.Draft202012Validator.check_schema(kuberay.schema())
+
+
+# ----------------------------------------------------------------------------- KubeRay: strict where regbench relies
+
+
+def test_kuberay_accepts_valid_fields_regbench_does_not_use(tmp_path):
+    manifest = load("kuberay-gpu.yaml")
+    spec = manifest["spec"]
+    spec["enableInTreeAutoscaling"] = False
+    spec["headServiceAnnotations"] = {"service.beta.kubernetes.io/aws-load-balancer-internal": "true"}
+    spec["authOptions"] = {"mode": "token"}  # KubeRay >= 1.5
+    spec["gcsFaultToleranceOptions"] = {"redisAddress": "redis:6379"}
+    head = spec["headGroupSpec"]
+    head["template"]["spec"]["tolerations"] = [{"key": "dedicated", "operator": "Equal", "value": "ray",
+                                                "effect": "NoSchedule"}]
+    head["template"]["spec"]["containers"][0]["startupProbe"] = {"exec": {"command": ["true"]}}
+    worker = spec["workerGroupSpecs"][0]
+    worker["priority"] = 1
+    worker["labels"] = {"tier": "gpu"}
+    worker["template"]["spec"]["priorityClassName"] = "high"
+    worker["template"]["spec"]["topologySpreadConstraints"] = [{"maxSkew": 1, "topologyKey": "zone",
+                                                                "whenUnsatisfiable": "ScheduleAnyway"}]
+    spec["aFieldOfANewerKubeRay"] = {"x": 1}
+    summary = validate_cluster_file(write(tmp_path, manifest))
+    assert "valid KubeRay RayCluster (head + 2 worker groups)" in summary
+
+
+@pytest.mark.parametrize("change, field, message", [
+    (lambda s: s["headGroupSpec"]["rayStartParams"].update({"num-cpus": 2}),
+     "spec.headGroupSpec.rayStartParams.num-cpus", "2 is not of type 'string'"),
+    (lambda s: s["workerGroupSpecs"][1]["rayStartParams"].update(resources="regbench_node_slot=1"),
+     "spec.workerGroupSpecs[1].rayStartParams.resources", "is not a JSON object of resource amounts"),
+    (lambda s: s["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]["limits"].update(
+        {"nvidia.com/gpu": "0.5"}),
+     "spec.workerGroupSpecs[0].template.spec.containers[0].resources.limits.nvidia.com/gpu", "whole number of GPUs"),
+    (lambda s: s["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["resources"]["requests"].update(
+        {"nvidia.com/gpu": 2}),
+     "spec.workerGroupSpecs[0].template.spec.containers[0].resources.requests.nvidia.com/gpu",
+     "2 differs from limits 1"),
+    (lambda s: s["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]["env"][1]["valueFrom"][
+        "secretKeyRef"].update(key=5),
+     "spec.workerGroupSpecs[0].template.spec.containers[0].env[1].valueFrom.secretKeyRef.key",
+     "5 is not of type 'string'"),
+    (lambda s: s["workerGroupSpecs"][0]["template"]["spec"].update(tolerations={"key": "nvidia.com/gpu"}),
+     "spec.workerGroupSpecs[0].template.spec.tolerations", "is not of type 'array'"),
+    (lambda s: s["workerGroupSpecs"][0]["template"]["spec"].update(
+        toleration=s["workerGroupSpecs"][0]["template"]["spec"].pop("tolerations")),
+     "spec.workerGroupSpecs[0].template.spec.toleration", "unknown field; did you mean 'tolerations'?"),
+    (lambda s: s.update(enableInTreeAutoscaling="yes"), "spec.enableInTreeAutoscaling", "is not of type 'boolean'"),
+    (lambda s: s["workerGroupSpecs"][0].update(resources={"CPU": "8"}),
+     "spec.workerGroupSpecs[0].resources", "set in both rayStartParams and resources"),
+])
+def test_kuberay_fields_regbench_relies_on_stay_strict(tmp_path, change, field, message):
+    manifest = load("kuberay-gpu.yaml")
+    change(manifest["spec"])
+    line = error_of(write(tmp_path, manifest))
+    assert f": invalid field {field}: " in line and message in line, line
+
+
+def test_raycluster_schema_names_its_kuberay_source():
+    doc = kuberay.schema()
+    assert re.fullmatch(r"v\d+\.\d+\.\d+", doc["x-kuberay-version"])
+    assert re.fullmatch(r"[0-9a-f]{40}", doc["x-source-commit"])
+    assert doc["x-source"] == ("https://github.com/ray-project/kuberay/blob/" + doc["x-source-commit"]
+                               + "/ray-operator/config/crd/bases/ray.io_rayclusters.yaml")
+    assert "additionalProperties\": false" not in json.dumps(doc)  # unknown KubeRay fields are never rejected
+
+
+def test_schema_derivation_keeps_what_regbench_uses_and_types_the_rest():
+    spec = importlib.util.spec_from_file_location("derive", REPO / "tools" / "derive_raycluster_schema.py")
+    derive = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(derive)
+    crd_v1 = {"type": "object", "properties": {"spec": {"type": "object", "properties": {
+        "workerGroupSpecs": {"type": "array", "items": {
+            "type": "object", "required": ["groupName", "maxReplicas"],
+            "properties": {"groupName": {"type": "string", "description": "d"},
+                           "maxReplicas": {"type": "integer", "format": "int32", "default": 5},
+                           "scaleStrategy": {"type": "object", "properties": {"x": {"type": "string"}}},
+                           "rayStartParams": {"type": "object", "additionalProperties": {"type": "string"}}}}},
+        "status": {"type": "object"}}}}}
+    out = derive.derive(crd_v1, "")
+    group = out["properties"]["spec"]["properties"]["workerGroupSpecs"]["items"]
+    assert group["required"] == ["groupName"]  # maxReplicas has a default: the API server fills it in
+    assert group["properties"]["groupName"] == {"type": "string"}
+    assert group["properties"]["maxReplicas"] == {"type": "integer"}
+    assert group["properties"]["scaleStrategy"] == {"type": "object"}  # not used by regbench: its type only
+    assert group["properties"]["rayStartParams"] == {"type": "object", "additionalProperties": {"type": "string"}}
+
+
+def test_yaml_errors_read_the_same_for_suites_and_cluster_files(tmp_path):
+    from bench import suite
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [x\n")
+    with pytest.raises(UserError) as as_suite:
+        suite.load(str(broken))
+    assert str(as_suite.value) == error_of(broken)
+    assert re.fullmatch(rf"{re.escape(str(broken))}: not valid YAML at line 2, column 1: .+", error_of(broken))

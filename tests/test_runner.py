@@ -1,6 +1,7 @@
 """The runner on real TensorFlow, one fresh process per trial (python -m bench.executors.child)."""
 import pytest
 
+from bench import schema
 from bench.trial import Trial
 from tests.conftest import run_worker
 
@@ -49,6 +50,7 @@ def test_synthetic_workload_is_throughput_only(tmp_path):
     c = r["convergence"]
     assert c["applicable"] is False and c["best_val_accuracy"] is None and c["time_to_target_s"] is None
     assert "not applicable" in c["null_reasons"]["best_val_accuracy"]
+    assert [str(p) for p in schema.check_trial(r)] == []  # every null has its reason
     # analytic conv FLOPs: 32x32 input, 3x3 kernels, strides 1,2,2,2, filters 32,64,128,128; head 128->256->10
     convs = [(32, 32, 3, 32), (16, 16, 32, 64), (8, 8, 64, 128), (4, 4, 128, 128)]
     forward = sum(2 * h * w * 9 * cin * cout for h, w, cin, cout in convs) + 2 * (128 * 256 + 256 * 10)

@@ -53,7 +53,7 @@ def test_bad_input_is_one_line_naming_file_and_field(tmp_path, fields, expected)
 def test_malformed_yaml_and_missing_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nregularizers: [l2\n")
-    with pytest.raises(UserError, match=r"bad.yaml: malformed YAML at line \d+"):
+    with pytest.raises(UserError, match=r"bad.yaml: not valid YAML at line \d+, column \d+"):
         S.load(str(bad))
     with pytest.raises(UserError, match="nope.yaml: file not found"):
         S.load(str(tmp_path / "nope.yaml"))

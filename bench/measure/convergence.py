@@ -39,11 +39,12 @@ def summarize(curve: list[dict], target: float | None, applicable: bool, stopped
         "null_reasons": {},
     }
     if not applicable:
-        for k in ("best_val_accuracy", "final_val_accuracy", "final_train_accuracy",
+        for k in ("best_val_accuracy", "final_val_accuracy", "final_train_accuracy", "target_val_accuracy",
                   "time_to_target_s", "epochs_to_target", "generalization_gap"):
             out[k] = None
             out["null_reasons"][k] = "not applicable: synthetic data with random labels"
     elif hit is None:
-        out["null_reasons"]["time_to_target_s"] = (
-            "no target set" if target is None else f"val accuracy never reached {target}")
+        why = "no target set" if target is None else f"val accuracy never reached {target}"
+        for k in ("time_to_target_s", "epochs_to_target") + (("target_val_accuracy",) if target is None else ()):
+            out["null_reasons"][k] = why
     return out

@@ -1,0 +1,271 @@
+"""Paired step-time sessions: the baseline and every regularized model of one cell, timed in short
+alternating blocks inside ONE fresh process.
+
+Why: on a shared machine fresh processes differ by 7-19% CV in step time, so a ratio of two
+separate trials carries that whole between-process spread. Inside one process the baseline and
+the regularized model run under the same conditions, block after block, so their ratio does not.
+Memory, energy, convergence and end-to-end figures still come from isolated trials (runner.py);
+a session measures one thing: each setting's steady-state step time relative to the baseline.
+
+A session (one fresh process; `run_session`, read top to bottom):
+1. builds every model of the cell with the runner's own code (same data, same compile, same
+   input pipeline, same StepTimer), plus a second, identical baseline model (the A/A control:
+   its ratio to the baseline is the noise floor the session measured);
+2. warms each model up with one block (trace/compile) and sizes the blocks from the baseline's
+   step time: at least `block_min_steps` steps and `block_min_s` seconds of steps;
+3. runs `rounds` rounds; each round times one block of every model in a seeded random order
+   (recorded), a block being one `fit` epoch over the same tiled training batches;
+4. records each block's median step time (the first batch of a block, which waits for the
+   iterator, is excluded, exactly as in a trial's steady-state window).
+
+The ratio of a setting is formed per round (its block against the baseline block of that round);
+the session's estimate is the median over rounds, which resists blocks hit by a burst of steal
+time. Across sessions, `analysis` combines the session estimates (analysis/paired.py).
+
+Early stopping only acts at epoch ends (its cost is the validation pass), so its model here is
+the baseline model: its step-time ratio is a second A/A control, and its real cost shows in the
+end-to-end throughput of the isolated trials.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+import traceback
+
+from bench import SCHEMA_VERSION, backends
+from bench.regularizers import recipe_for, setting_label
+from bench.trial import Trial, canonical_json, now_iso
+
+AA_LABEL = "none (A/A)"  # the second baseline model: its ratio to the baseline is the noise floor
+
+
+@dataclasses.dataclass(frozen=True)
+class Session:
+    """One paired session: the cell's baseline `base` and the regularizer `settings` timed against it."""
+
+    base: Trial  # the cell's baseline trial (regularizers=()); its repeat is the session index
+    settings: tuple  # regularizer settings, each a tuple of (name, params); () is not listed
+    rounds: int = 12
+    block_min_steps: int = 50
+    block_min_s: float = 0.15
+
+    kind = "session"
+
+    @property
+    def backend(self) -> str:
+        return self.base.backend
+
+    @property
+    def cpu_threads(self) -> int | None:
+        return self.base.cpu_threads
+
+    @property
+    def timeout_s(self) -> float:
+        return self.base.timeout_s
+
+    @property
+    def labels(self) -> list[str]:
+        return [setting_label(s) for s in self.settings]
+
+    def trial_for(self, setting: tuple) -> Trial:
+        """The isolated trial this setting's block times (same cell id as the suite's trials)."""
+        return dataclasses.replace(self.base, regularizers=setting)
+
+    @property
+    def group_id(self) -> str:
+        """Id shared by every session of this cell group (all its repeats)."""
+        return hashlib.sha256(canonical_json(self._identity(False)).encode()).hexdigest()[:10]
+
+    @property
+    def unit_id(self) -> str:
+        b = self.base
+        slug = f"paired-{b.workload}-{b.precision}-b{b.batch_size}-{b.backend[:2]}-s{b.repeat}"
+        return f"{slug}-{hashlib.sha256(canonical_json(self._identity(True)).encode()).hexdigest()[:10]}"
+
+    session_id = unit_id
+
+    def _identity(self, with_repeat: bool) -> dict:
+        d = self.to_dict()
+        d["base"] = self.base._identity(with_repeat)
+        return d
+
+    def to_dict(self) -> dict:
+        return {"base": self.base.to_dict(), "settings": [[{"name": n, "params": dict(p)} for n, p in s]
+                                                           for s in self.settings],
+                "rounds": self.rounds, "block_min_steps": self.block_min_steps, "block_min_s": self.block_min_s}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Session":
+        settings = tuple(tuple((r["name"], dict(sorted(r.get("params", {}).items()))) for r in s)
+                         for s in d["settings"])
+        return cls(base=Trial.from_dict(d["base"]), settings=settings, rounds=d["rounds"],
+                   block_min_steps=d["block_min_steps"], block_min_s=d["block_min_s"])
+
+    def __hash__(self) -> int:
+        return hash(self.unit_id)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Session) and self.unit_id == other.unit_id
+
+
+def session_skeleton(session: Session, status: str, reason: str | None, node: dict) -> dict:
+    b = session.base
+    return {
+        "schema_version": SCHEMA_VERSION, "kind": "paired_session", "session_id": session.unit_id,
+        "status": status, "reason": reason,
+        "session": {**session.to_dict(), "group_id": session.group_id, "workload": b.workload,
+                    "precision": b.precision, "batch_size": b.batch_size, "backend": b.backend,
+                    "repeat": b.repeat, "seed": b.seed, "labels": [AA_LABEL, *session.labels],
+                    "cell_ids": {AA_LABEL: b.cell_id, **{setting_label(s): session.trial_for(s).cell_id
+                                                         for s in session.settings}}},
+        "node": node,
+    }
+
+
+def precheck(session: Session, executor: str, gpu: bool) -> dict | None:
+    """A `skipped` record when this device should not run the session's precision, else None."""
+    from bench.runner import node_record, skip_record
+
+    node = node_record(executor, gpu, session.cpu_threads)
+    skipped = skip_record(session.base, node)
+    if skipped is None:
+        return None
+    record = session_skeleton(session, "skipped", skipped["reason"], node)
+    record.update(started_at=now_iso(), finished_at=now_iso(), wall_s=0.0)
+    return record
+
+
+def run_session(session: Session, executor: str = "process", gpu: bool | None = None) -> dict:
+    """Time `session` in this fresh process and return its record."""
+    from bench.runner import classify_failure, node_record, skip_record
+
+    started, t_wall = now_iso(), time.perf_counter()
+    backends.configure_process(session.backend, session.cpu_threads, gpu=gpu)
+    if gpu is None:
+        gpu = backends.gpu_visible(session.backend)
+    node = node_record(executor, gpu, session.cpu_threads)
+    skipped = skip_record(session.base, node)
+    if skipped:
+        record = session_skeleton(session, "skipped", skipped["reason"], node)
+    else:
+        try:
+            record = _time_blocks(session, node)
+        except Exception as exc:  # noqa: BLE001 - a failure is a result
+            record = session_skeleton(session, "failed", classify_failure(exc), node)
+            record["traceback"] = traceback.format_exc()[-4000:]
+    record.update(started_at=started, finished_at=now_iso(), wall_s=time.perf_counter() - t_wall)
+    return record
+
+
+def _tile(x, rows: int):
+    import numpy as np
+
+    reps = -(-rows // len(x))
+    return np.concatenate([x] * reps)[:rows] if reps > 1 else x[:rows]
+
+
+def _time_blocks(session: Session, node: dict) -> dict:
+    import keras
+    import numpy as np
+
+    from bench.inputs import fit_inputs
+    from bench.measure.timing import StepTimer
+    from bench.runner import build_model, load_data
+    from bench.workloads import WORKLOADS
+
+    base = session.base
+    workload = WORKLOADS[base.workload]
+    policy_at_start = keras.config.dtype_policy().name
+
+    # 1. one dataset, every model built the runner's way (plus the A/A twin of the baseline)
+    t = time.perf_counter()
+    data, x_train, y_train = load_data(base, workload)
+    labels = [AA_LABEL, setting_label(()), *session.labels]
+    settings = [(), (), *session.settings]
+    models, recipes = {}, {}
+    for label, setting in zip(labels, settings):
+        recipes[label] = recipe_for(setting)
+        models[label] = build_model(session.trial_for(setting), workload, recipes[label], data)
+    build_s = time.perf_counter() - t
+
+    def block(label: str, x, y) -> tuple[np.ndarray, float]:
+        """One block: a fit epoch over (x, y); returns its step intervals and wall time."""
+        timer = StepTimer()
+        inputs, _ = fit_inputs(recipes[label], x, y, base.batch_size, data.kind, base.seed)
+        t0 = time.perf_counter()
+        models[label].fit(**inputs, epochs=1, verbose=0, callbacks=[timer])
+        wall = time.perf_counter() - t0
+        if timer.nonfinite:
+            raise FloatingPointError(f"{label}: {timer.nonfinite}")
+        return np.asarray([dt for _, _, dt in timer.steps], dtype=float), wall
+
+    # 2. warm up (trace/compile) and size the blocks from the baseline's step time
+    t = time.perf_counter()
+    steps = session.block_min_steps
+    x, y = _tile(x_train, steps * base.batch_size), _tile(y_train, steps * base.batch_size)
+    warmup = {label: float(np.median(block(label, x, y)[0])) for label in labels}
+    base_step_s = float(np.median(block(setting_label(()), x, y)[0]))
+    steps = max(session.block_min_steps, math.ceil(session.block_min_s / max(base_step_s, 1e-9)) + 1)
+    x, y = _tile(x_train, steps * base.batch_size), _tile(y_train, steps * base.batch_size)
+    warmup_s = time.perf_counter() - t
+
+    # 3. rounds of blocks in a seeded random order
+    rng = np.random.default_rng([base.seed, base.repeat, 7919])
+    order, step_time_s, block_wall_s, measured_s = [], {k: [] for k in labels}, {k: [] for k in labels}, 0.0
+    t = time.perf_counter()
+    for _ in range(session.rounds):
+        this_round = [labels[i] for i in rng.permutation(len(labels))]
+        order.append(this_round)
+        for label in this_round:
+            dts, wall = block(label, x, y)
+            step_time_s[label].append(float(np.median(dts)))
+            block_wall_s[label].append(wall)
+            measured_s += float(dts.sum())
+    rounds_s = time.perf_counter() - t
+
+    # 4. the record: raw block medians (the estimate is recomputed by analysis), per-session summaries
+    base_label = setting_label(())
+    base_blocks = np.asarray(step_time_s[base_label])
+    estimates = {}
+    for label in labels:
+        if label == base_label:
+            continue
+        log_ratio = np.log(np.asarray(step_time_s[label]) / base_blocks)
+        estimates[label] = {"log_ratio_median": float(np.median(log_ratio)),
+                            "ratio": float(np.exp(np.median(log_ratio))), "rounds": int(len(log_ratio))}
+    record = session_skeleton(session, "ok", None, node)
+    record["blocks"] = {"steps": steps, "order": order, "step_time_s": step_time_s, "wall_s": block_wall_s,
+                        "warmup_step_time_s": warmup}
+    record["estimates"] = estimates
+    record["timing"] = {"data_and_build_s": build_s, "warmup_s": warmup_s, "rounds_s": rounds_s,
+                        "measured_s": measured_s, "baseline_step_time_s": float(np.median(base_blocks))}
+    record["process"] = {"dtype_policy_at_start": policy_at_start, "keras_backend": keras.config.backend(),
+                         "jit_compile": {k: bool(m.jit_compile) for k, m in models.items()}}
+    return record
+
+
+def plan_sessions(trials, spec: dict) -> list[Session]:
+    """The sessions of a suite: one per cell group (trials that differ only in their regularizer
+    setting, repeat and seed) and session index, every setting of the group timed against its
+    baseline. Groups without a baseline setting get no session."""
+    groups: dict = {}
+    for t in trials:
+        key = json.dumps(dataclasses.replace(t, regularizers=(), repeat=0, seed=0).to_dict(), sort_keys=True)
+        groups.setdefault(key, []).append(t)
+    sessions = []
+    for members in groups.values():
+        by_label = {setting_label(t.regularizers): t.regularizers for t in members}
+        settings = list(by_label.values())
+        if () not in settings or len(settings) < 2:
+            continue
+        first = members[0]
+        suite_seed = first.seed - first.repeat  # trials use suite seed + repeat; sessions + 1000 + index
+        timed = tuple(s for s in settings if s != ())
+        for i in range(spec["sessions"]):
+            base = dataclasses.replace(first, regularizers=(), repeat=i, seed=suite_seed + 1000 + i)
+            sessions.append(Session(base=base, settings=timed, rounds=spec["rounds"],
+                                    block_min_steps=spec["block_min_steps"], block_min_s=spec["block_min_s"]))
+    return sessions
