@@ -428,7 +428,7 @@ def test_raycluster_schema_names_its_kuberay_source():
 
 
 def test_schema_derivation_keeps_what_regbench_uses_and_types_the_rest():
-    spec = importlib.util.spec_from_file_location("derive", REPO / "tools" / "derive_raycluster_schema.py")
+    spec = importlib.util.spec_from_file_location("derive", REPO / "tests" / "tools" / "derive_raycluster_schema.py")
     derive = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(derive)
     crd_v1 = {"type": "object", "properties": {"spec": {"type": "object", "properties": {
