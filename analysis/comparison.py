@@ -1,7 +1,7 @@
 """`regbench compare RUN_DIR...`: hardware (and backends) side by side.
 
 A device is the device model plus backend (`device` column). Throughput, overhead and
-mixed-precision speedup use the same pairing and bootstrap CIs as a single-run report; runs on
+mixed-precision speedup use the same pairing and t intervals as a single-run report; runs on
 the same device model pool their repeats.
 """
 from __future__ import annotations
@@ -41,8 +41,8 @@ def device_labels(df: pd.DataFrame) -> pd.Series:
     return label
 
 
-def throughput(trials: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
-    """Baseline throughput (samples/s, mean over repeats with 95% bootstrap CI) per device and precision,
+def throughput(trials: pd.DataFrame) -> pd.DataFrame:
+    """Baseline throughput (samples/s, mean over repeats with a 95% t interval) per device and precision,
     and the ratio to the first device listed (vs_first_device, x)."""
     ok = trials[(trials["status"] == "ok") & (trials["setting"] == BASELINE)].copy()
     if ok.empty:
@@ -51,7 +51,7 @@ def throughput(trials: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
     ok["device"] = device_labels(ok)
     groups = ok.groupby(_THROUGHPUT_KEYS, sort=False, dropna=False).indices
     values = ok["samples_per_s"].to_numpy(dtype=float)
-    res = stats.mean_ci([values[i] for i in groups.values()], seed=seed)
+    res = stats.mean_ci([values[i] for i in groups.values()])
     out = pd.DataFrame(list(groups.keys()), columns=_THROUGHPUT_KEYS)
     out["samples_per_s"], out["ci_low"], out["ci_high"], out["n_repeats"] = res.T
     out["n_repeats"] = out["n_repeats"].astype(int)
@@ -70,23 +70,23 @@ def _by_device(df: pd.DataFrame, keys: list[str], text: pd.Series) -> pd.DataFra
     return wide.reset_index().rename_axis(columns=None)
 
 
-def compare(trials: pd.DataFrame, *, seed: int = 0) -> Comparison:
+def compare(trials: pd.DataFrame, sessions: list | None = None) -> Comparison:
     """Side-by-side tables of trials from one or more runs (analysis.load(...).trials)."""
-    table = overhead(trials, seed=seed)
+    table = overhead(trials, sessions=sessions)
     if not table.empty:
         table.insert(0, "device", device_labels(table))
     step = table[table["metric"] == "step_time"] if not table.empty else table
     by_device = _by_device(step, ["workload", "batch_size", "precision", "setting"],
                            pd.Series([format_estimate(r) for r in step.to_dict("records")], index=step.index,
                                      dtype=object)) if not step.empty else pd.DataFrame()
-    speed = precision_speedup(trials, seed=seed)
+    speed = precision_speedup(trials)
     if not speed.empty:
         speed.insert(0, "device", device_labels(speed))
         text = pd.Series([format_speedup(r) for r in speed.to_dict("records")], index=speed.index, dtype=object)
         speed_by_device = _by_device(speed, ["workload", "batch_size", "precision", "setting"], text)
     else:
         speed_by_device = pd.DataFrame()
-    return Comparison(throughput(trials, seed=seed), table, by_device, speed, speed_by_device)
+    return Comparison(throughput(trials), table, by_device, speed, speed_by_device)
 
 
 def write_compare(run_dirs, out_dir) -> Path:
@@ -100,7 +100,7 @@ def write_compare(run_dirs, out_dir) -> Path:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise AnalysisInputError(f"{out}: cannot create output directory ({e.strerror})") from None
-    c = compare(data.trials)
+    c = compare(data.trials, data.sessions)
     fails = failures(data)
     write_csv(c.throughput, out / "throughput.csv")
     write_csv(c.overhead, out / "overhead.csv")

@@ -1,10 +1,16 @@
-"""Overhead of each regularizer against its paired baseline, with bootstrap 95% CIs over repeats.
+"""Overhead of each regularizer against its baseline, with 95% confidence intervals.
 
-A regularized trial is paired with the baseline (setting "none") of the same run, workload,
-precision, batch size, backend, device model, epoch budget, learning rate and repeat. Per pair we take the
-ratio (step time, throughput, memory, energy per sample, time to target) or the difference
-(best val accuracy, generalization gap); a cell's estimate is the geometric mean of its ratios
-(mean of its differences) with a bootstrap CI over repeats.
+Two sources, named in the `method` column:
+- "paired sessions" (step time, when the run has them): the baseline and the regularized model
+  alternate in short blocks inside one process; analysis/paired.py.
+- "isolated trials" (everything else, and step time when there are no sessions): a regularized
+  trial is paired with the baseline (setting "none") of the same run, workload, precision, batch
+  size, backend, device model, epoch budget, learning rate, thread cap and repeat. Per pair we take
+  the ratio (throughputs, memory, energy per sample, time to target) or the difference (best val
+  accuracy, generalization gap); a cell's estimate is the geometric mean of its ratios (mean of
+  its differences) with a Student t interval over repeats.
+Time to target scores a repeat that never reached the target as its whole training time, marked
+(AlgoPerf's rule): a regularizer that sometimes fails to converge does not look faster for it.
 """
 from __future__ import annotations
 
@@ -27,13 +33,14 @@ class Metric:
 
 
 METRICS = (
-    Metric("step_time", "step_time_p50_s", "ratio", "s", "step time (p50)", True),
-    Metric("throughput", "samples_per_s", "ratio", "samples/s", "throughput", False),
-    Metric("train_time", "train_s", "ratio", "s", "training time", True),
+    Metric("step_time", "step_time_p50_s", "ratio", "s", "step time, steady state", True),
+    Metric("end_to_end_throughput", "end_to_end_samples_per_s", "ratio", "samples/s",
+           "end-to-end training throughput", False),
+    Metric("steady_throughput", "samples_per_s", "ratio", "samples/s", "steady-state throughput", False),
     Metric("device_memory", "device_peak_bytes", "ratio", "bytes", "peak device memory", True),
     Metric("host_memory", "host_peak_bytes", "ratio", "bytes", "peak host memory", True),
     Metric("energy_per_sample", "energy_per_sample_j", "ratio", "J/sample", "energy per sample", True),
-    Metric("time_to_target", "time_to_target_s", "ratio", "s", "time to target", True),
+    Metric("time_to_target", "time_to_target_or_budget_s", "ratio", "s", "time to target", True),
     Metric("best_val_accuracy", "best_val_accuracy", "delta", "accuracy (0-1)", "best val accuracy", False),
     Metric("generalization_gap", "generalization_gap", "delta", "accuracy (0-1)", "generalization gap", True),
 )
@@ -42,11 +49,13 @@ BASELINE = "none"
 
 # What must match for two trials to be compared ("budget" columns are optional in trial files).
 CELL_KEYS = ["workload", "precision", "batch_size", "backend", "device_name", "epochs", "learning_rate",
-             "steps_per_epoch", "max_train_samples"]
+             "steps_per_epoch", "max_train_samples", "cpu_threads"]
 PAIR_KEYS = ["run"] + CELL_KEYS + ["repeat"]
-OVERHEAD_COLUMNS = CELL_KEYS + ["setting", "metric", "kind", "unit", "n_repeats", "estimate", "ci_low", "ci_high",
-                                "change_pct", "ci_low_pct", "ci_high_pct", "mark", "baseline_mean",
+OVERHEAD_COLUMNS = CELL_KEYS + ["setting", "metric", "method", "kind", "unit", "n_repeats", "estimate", "ci_low",
+                                "ci_high", "change_pct", "ci_low_pct", "ci_high_pct", "mark", "baseline_mean",
                                 "regularized_mean", "note"]
+ISOLATED = "isolated trials"
+PAIRED = "paired sessions"
 
 
 def with_keys(trials: pd.DataFrame, keys=CELL_KEYS + ["repeat", "run"]) -> pd.DataFrame:
@@ -88,8 +97,8 @@ def paired_values(pairs: pd.DataFrame, column: str, kind: str) -> np.ndarray:
     return x - r
 
 
-def summarize(pairs: pd.DataFrame, group_keys: list[str], metrics, *, seed: int = 0) -> pd.DataFrame:
-    """One row per group and metric: estimate with bootstrap CI and mark. `pairs` from `_paired`."""
+def summarize(pairs: pd.DataFrame, group_keys: list[str], metrics) -> pd.DataFrame:
+    """One row per group and metric: estimate with t interval and mark. `pairs` from `_paired`."""
     if pairs.empty:
         return pd.DataFrame(columns=group_keys + ["metric"])
     groups = pairs.groupby(group_keys, sort=True, dropna=False).indices
@@ -102,7 +111,7 @@ def summarize(pairs: pd.DataFrame, group_keys: list[str], metrics, *, seed: int 
         v = paired_values(pairs, m.column, m.kind)
         x = pd.to_numeric(pairs[m.column], errors="coerce").to_numpy(dtype=float)
         r = pd.to_numeric(pairs[f"{m.column}_ref"], errors="coerce").to_numpy(dtype=float)
-        res = stats.mean_ci([v[i] for i in index], seed=seed)
+        res = stats.mean_ci([v[i] for i in index])
         est, lo, hi, n = res.T
         if m.kind == "ratio":
             est, lo, hi = np.exp(est), np.exp(lo), np.exp(hi)
@@ -131,13 +140,14 @@ def summarize(pairs: pd.DataFrame, group_keys: list[str], metrics, *, seed: int 
     return pd.concat(frames, ignore_index=True)
 
 
-def overhead(trials: pd.DataFrame, metrics=METRICS, *, seed: int = 0) -> pd.DataFrame:
+def overhead(trials: pd.DataFrame, metrics=METRICS, *, sessions: list | None = None) -> pd.DataFrame:
     """Overhead table: one row per cell (CELL_KEYS), regularizer setting and metric.
 
     estimate/ci_low/ci_high: ratio (regularized / baseline) or difference; change_pct: the same as a
     percent change (ratios) or percentage points (accuracy deltas). mark: significant | noise (CI
-    includes 1 or 0) | too few repeats (< stats.MIN_REPEATS_FOR_CI pairs) | no baseline | no data.
-    Only trials with status ok are used; note says why a cell has no baseline.
+    includes 1 or 0) | too few repeats | no baseline | no data. method: "paired sessions" for step
+    time when `sessions` (RunData.sessions) cover the cell, else "isolated trials". Only records
+    with status ok are used; note says why a cell has no baseline, or how often the target was hit.
     """
     if isinstance(metrics, str):
         metrics = [METRIC_BY_NAME[metrics]]
@@ -146,10 +156,11 @@ def overhead(trials: pd.DataFrame, metrics=METRICS, *, seed: int = 0) -> pd.Data
     ok = df[df["status"] == "ok"]
     columns = [m.column for m in metrics]
     pairs = _paired(ok, "setting", BASELINE, columns, PAIR_KEYS)
-    table = summarize(pairs, CELL_KEYS + ["setting"], metrics, seed=seed)
+    table = summarize(pairs, CELL_KEYS + ["setting"], metrics)
     if table.empty:
         return pd.DataFrame(columns=OVERHEAD_COLUMNS)
     table["note"] = ""
+    table["method"] = ISOLATED
     no_base = table["mark"] == stats.NO_BASELINE
     if no_base.any():
         base_all = df[df["setting"] == BASELINE]
@@ -161,7 +172,61 @@ def overhead(trials: pd.DataFrame, metrics=METRICS, *, seed: int = 0) -> pd.Data
                 f"baseline trials are {st}, none ok" if st else "no baseline trial in this run")
     missing = (table["mark"] == stats.NO_DATA)
     table.loc[missing, "note"] = "metric not recorded (null) in these trials"
+    if "target_reached" in ok:
+        _note_target_hits(table, ok)
+    if sessions:
+        table = _with_paired_step_time(table, df, sessions)
     return table[OVERHEAD_COLUMNS].reset_index(drop=True)
+
+
+def _note_target_hits(table: pd.DataFrame, ok: pd.DataFrame) -> None:
+    """Time-to-target rows: say how many repeats reached the target, on each side, when any missed."""
+    reached = ok["target_reached"].map(lambda v: v is True or v == 1.0)
+    known = ok["target_reached"].map(lambda v: v is not None and v == v)
+    hits = ok.assign(hit=reached, known=known).groupby(CELL_KEYS + ["setting"], dropna=False)[["hit", "known"]].sum()
+    rows = np.flatnonzero((table["metric"] == "time_to_target").to_numpy())
+    for i in rows:
+        key = tuple(table.iloc[i][k] for k in CELL_KEYS)
+        counts, parts = [], []
+        for who, setting in ((table.iloc[i]["setting"], table.iloc[i]["setting"]), ("baseline", BASELINE)):
+            if (*key, setting) in hits.index:
+                h, n = hits.loc[(*key, setting)]
+                counts.append((int(h), int(n)))
+                parts.append(f"{who} {int(h)}/{int(n)}")
+        if any(h < n for h, n in counts):
+            table.iat[i, table.columns.get_loc("note")] = (
+                "reached the target: " + ", ".join(parts) + "; a miss counts as its whole training time")
+
+
+def _with_paired_step_time(table: pd.DataFrame, trials: pd.DataFrame, sessions: list) -> pd.DataFrame:
+    """Replace step-time rows by the paired sessions' estimates where a session covers the cell."""
+    from analysis import paired
+
+    est = paired.estimates(sessions)
+    est = est[est["setting"] != paired.AA_LABEL]
+    if est.empty:
+        return table
+    cells = trials.drop_duplicates(["run", "cell_id"]).set_index(["run", "cell_id"])[CELL_KEYS]
+    rows = []
+    for r in est.to_dict("records"):
+        key = (r["run"], r["cell_id"])
+        if key not in cells.index:
+            continue  # a session without isolated trials of its cell in this run: no cell keys to file it under
+        rows.append({**cells.loc[key].to_dict(), "setting": r["setting"], "metric": "step_time", "method": PAIRED,
+                     "kind": "ratio", "unit": "s", "n_repeats": r["n_sessions"], "estimate": r["estimate"],
+                     "ci_low": r["ci_low"], "ci_high": r["ci_high"], "change_pct": r["change_pct"],
+                     "ci_low_pct": r["ci_low_pct"], "ci_high_pct": r["ci_high_pct"], "mark": r["mark"],
+                     "baseline_mean": r["baseline_step_time_s"],
+                     "regularized_mean": r["baseline_step_time_s"] * r["estimate"],
+                     "note": r["note"] or f"{r['n_sessions']} sessions x {r['rounds'] // max(1, r['n_sessions'])} rounds"})
+    if not rows:
+        return table
+    new = with_keys(pd.DataFrame(rows), CELL_KEYS)
+    key_cols = CELL_KEYS + ["setting"]
+    covered = pd.MultiIndex.from_frame(new[key_cols])
+    step = table["metric"] == "step_time"
+    drop = step & pd.MultiIndex.from_frame(table[key_cols]).isin(covered)
+    return pd.concat([table[~drop], new], ignore_index=True)
 
 
 def format_estimate(row, digits: int = 1) -> str:

@@ -2,7 +2,7 @@
 
 Every function takes a table from this package and returns a matplotlib Figure (built without
 pyplot, so no display backend is needed and nothing global is touched). Bars show the estimate,
-whiskers the 95% bootstrap CI; pale bars are not distinguishable from noise, hatched bars have too
+whiskers the 95% confidence interval; pale bars are not distinguishable from noise, hatched bars have too
 few repeats for a CI.
 """
 from __future__ import annotations
@@ -156,7 +156,7 @@ def overhead_bars(table: pd.DataFrame, metrics=("step_time",), title: str | None
                 Patch(facecolor="0.5", alpha=0.35, label="CI includes 0 (noise)"),
                 Patch(facecolor="white", edgecolor="0.3", hatch="//", label="too few repeats (no CI)")]
     fig.legend(handles=handles, loc="lower center", ncols=min(len(handles), 5), fontsize=8, frameon=False)
-    _title(fig, f"{title}\nbars: geometric mean over repeats; whiskers: 95% bootstrap CI")
+    _title(fig, f"{title}\nbars: estimate; whiskers: 95% confidence interval")
     return fig
 
 
@@ -279,7 +279,7 @@ def speedup_bars(speedup: pd.DataFrame, title: str = "Mixed-precision speedup ov
         ax.set_title(panel, fontsize=9)
         ax.set_xlabel("speedup over float32 (x, float32 step time / mixed step time)")
         ax.legend(fontsize=8, loc="lower right")
-    _title(fig, f"{title}\nwhiskers: 95% bootstrap CI; line at 1 = no gain")
+    _title(fig, f"{title}\nwhiskers: 95% t interval; line at 1 = no gain")
     return fig
 
 
@@ -320,7 +320,7 @@ def hardware_heatmap(table: pd.DataFrame, metric: str = "step_time",
 
 
 def throughput_bars(throughput: pd.DataFrame, title: str = "Baseline throughput by device and precision") -> Figure:
-    """Baseline samples/s per device, one bar per precision, with 95% bootstrap CI (compare view)."""
+    """Baseline samples/s per device, one bar per precision, with a 95% t interval (compare view)."""
     df = throughput.dropna(subset=["samples_per_s"])
     if df.empty:
         return _empty(f"{title}: no data")
@@ -344,7 +344,7 @@ def throughput_bars(throughput: pd.DataFrame, title: str = "Baseline throughput 
         ax.set_title(w, fontsize=9)
         ax.set_xlabel("throughput (samples/s)")
         ax.legend(fontsize=8, loc="lower right")
-    _title(fig, f"{title}\nwhiskers: 95% bootstrap CI over repeats")
+    _title(fig, f"{title}\nwhiskers: 95% t interval over repeats")
     return fig
 
 

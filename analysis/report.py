@@ -12,13 +12,17 @@ from analysis.overheads import BASELINE, CELL_KEYS, METRIC_BY_NAME, format_estim
 from analysis.speedups import ERASES, precision_speedup
 
 METHOD_NOTE = (
-    "Each regularized trial is paired with the baseline (setting 'none') of the same run, workload, precision, "
-    "batch size, backend, device model, epoch budget and repeat. Ratios (step time, throughput, memory, energy, "
-    "time to target) are summarized by their geometric mean over repeats, differences (accuracy, gap; in "
-    "percentage points) by their mean; brackets hold a 95% bootstrap CI (scipy.stats.bootstrap, BCa, "
-    f"{stats.N_RESAMPLES} resamples). '~noise': the CI includes no change. 'too few repeats': fewer than "
-    f"{stats.MIN_REPEATS_FOR_CI} paired repeats, so no CI. With few repeats bootstrap CIs are too narrow "
-    "rather than too wide: more repeats make them honest.")
+    "Step time (steady state) comes from paired sessions where the run has them: the baseline and every "
+    "regularized model of a cell alternate in short blocks inside one fresh process, each block's median step "
+    "time is compared with the baseline block of the same round, a session's estimate is the median over its "
+    "rounds, and the interval is a Student t interval over sessions. Every other column comes from isolated "
+    "trials (one fresh process each): each regularized trial is paired with the baseline of the same run, cell "
+    "and repeat; ratios are summarized by their geometric mean over repeats, differences (accuracy, gap; in "
+    "percentage points) by their mean, with a 95% Student t interval over repeats. Steady-state throughput "
+    "excludes the first epoch, the first batch of each epoch and validation; end-to-end throughput is samples "
+    "over training wall time after the first step, validation excluded (per-epoch costs count). A repeat that "
+    "never reached the target counts its whole training time in time to target. '~noise': the interval "
+    "includes no change; 'too few repeats': one value, no interval.")
 
 
 def varying_keys(df: pd.DataFrame, keys=CELL_KEYS) -> list[str]:
@@ -38,8 +42,9 @@ def overhead_wide(table: pd.DataFrame) -> pd.DataFrame:
     metrics = [m for m in METRIC_BY_NAME if has_data.get(m, False)]
     t = t[t["metric"].isin(metrics)]
     wide = t.pivot_table(index=keys, columns="metric", values="value", aggfunc="first").reindex(columns=metrics)
-    n = t[t["metric"] == metrics[0]].set_index(keys)["n_repeats"] if metrics else None
-    wide.columns = [_metric_header(m) for m in metrics]
+    trial_metrics = [m for m in metrics if m != "step_time" or (t.loc[t["metric"] == m, "method"] != "paired sessions").all()]
+    n = t[t["metric"] == trial_metrics[0]].set_index(keys)["n_repeats"] if trial_metrics else None
+    wide.columns = [_metric_header(m, set(t.loc[t["metric"] == m, "method"].dropna())) for m in metrics]
     wide = wide.reset_index()
     if n is not None:
         wide.insert(len(keys), "repeats", n.reindex(pd.MultiIndex.from_frame(wide[keys])).to_numpy()
@@ -47,9 +52,10 @@ def overhead_wide(table: pd.DataFrame) -> pd.DataFrame:
     return wide
 
 
-def _metric_header(name: str) -> str:
+def _metric_header(name: str, methods=()) -> str:
     m = METRIC_BY_NAME[name]
-    return f"{m.label} ({'pp' if m.kind == 'delta' else '%'})"
+    how = f", {' / '.join(sorted(methods))}" if name == "step_time" and methods else ""
+    return f"{m.label}{how} ({'pp' if m.kind == 'delta' else '%'})"
 
 
 def format_speedup(r) -> str:
@@ -170,7 +176,7 @@ def write_report(run_dir) -> Path:
     data = load(run_dir)
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
-    table = overhead(data.trials)
+    table = overhead(data.trials, sessions=data.sessions)
     speedup = precision_speedup(data.trials)
     fails = failures(data)
     manifest = next(iter(data.manifests.values()), {}) or {}
@@ -185,14 +191,15 @@ def write_report(run_dir) -> Path:
     meta = run_metadata(data, manifest)
     wide, sp, base = overhead_wide(table), speedup_display(speedup), baselines(data.trials)
     facts = findings(table, speedup, fails)
+    noise, unstable = stability(data)
     figs = []
     for stem, caption, fig in figures(table, speedup, data.curves):
         png = plots.to_png(fig)
         (out / f"{stem}.png").write_bytes(png)
         figs.append((stem, caption, png))
 
-    (out / "summary.md").write_text(markdown(title, meta, facts, wide, sp, base, fails, figs))
-    page = html_report(title, meta, facts, wide, sp, base, fails, figs)
+    (out / "summary.md").write_text(markdown(title, meta, facts, noise, unstable, wide, sp, base, fails, figs))
+    page = html_report(title, meta, facts, noise, unstable, wide, sp, base, fails, figs)
     index = out / "index.html"
     tmp = out / "index.html.tmp"
     tmp.write_text(page)
@@ -215,9 +222,33 @@ def run_metadata(data: RunData, manifest: dict) -> pd.DataFrame:
     return pd.DataFrame([(k, "" if v is None else str(v)) for k, v in rows], columns=["field", "value"])
 
 
-def markdown(title, meta, facts, wide, sp, base, fails, figs, max_rows: int = 200) -> str:
+def stability(data: RunData) -> tuple[list[str], bool]:
+    """Sentences on the noise this run measured, and whether any says the result may be unstable."""
+    from analysis import paired
+
+    lines = []
+    est = paired.estimates(data.sessions)
+    lines += paired.noise_lines(est)
+    if len(est):
+        cov = paired.simulated_coverage(data.sessions)
+        if cov.get("simulated") is not None:
+            lines.append(f"Simulated coverage of the nominal {cov['nominal']:.0%} step-time intervals with this run's "
+                         f"own noise, at {cov['sessions']} sessions x {cov['rounds']} rounds: {cov['simulated']:.1%} "
+                         f"(between-session sd {cov['between_session_sd'] * 100:.2f}%, {cov['outlier_share']:.1%} "
+                         "of rounds off by more than 1.5x).")
+    base = data.trials[(data.trials["status"] == "ok") & (data.trials["setting"] == BASELINE)]
+    if len(base):
+        cv = base.groupby(["run", "cell_id"])["step_time_p50_s"].agg(lambda v: v.std(ddof=1) / v.mean() if len(v) > 1 else np.nan)
+        if cv.notna().any():
+            lines.append(f"Baseline step time varies {np.nanmedian(cv) * 100:.1f}% CV between fresh-process repeats "
+                         "(isolated trials); this is why step-time overheads come from paired sessions.")
+    return lines, any(line.startswith("WARNING") for line in lines)
+
+
+def markdown(title, meta, facts, noise, unstable, wide, sp, base, fails, figs, max_rows: int = 200) -> str:
     parts = [f"# {title}\n", render.md_table(meta, None), "\n## Findings\n"]
     parts += [f"- {f}\n" for f in facts] or ["- nothing to report\n"]
+    parts += ["\n## Noise floor and stability\n"] + [f"- {line}\n" for line in noise or ["not measured"]]
     parts += ["\n## Overhead vs baseline\n", METHOD_NOTE + "\n\n", render.md_table(wide, max_rows)]
     parts += ["\n## Mixed precision: speedup over float32\n", render.md_table(sp, max_rows)]
     parts += ["\n## Baselines\n", render.md_table(base, max_rows)]
@@ -226,10 +257,17 @@ def markdown(title, meta, facts, wide, sp, base, fails, figs, max_rows: int = 20
     return "".join(parts)
 
 
-def html_report(title, meta, facts, wide, sp, base, fails, figs) -> str:
-    body = [render.h(1, title), render.html_table(meta, None), render.h(2, "Findings")]
+def html_report(title, meta, facts, noise, unstable, wide, sp, base, fails, figs) -> str:
+    body = [render.h(1, title)]
+    if unstable:
+        body.append('<p class="warn">The machine was too noisy for some answers of this run: the result may be '
+                    'unstable (see <a href="#noise">Noise floor and stability</a>).</p>')
+    body += [render.html_table(meta, None), render.h(2, "Findings")]
     body.append("<ul>" + "".join(f"<li>{render.html.escape(f)}</li>" for f in facts) + "</ul>" if facts
                 else render.p("Nothing to report."))
+    body.append('<h2 id="noise">Noise floor and stability</h2>')
+    body.append("<ul>" + "".join(f"<li>{render.html.escape(f)}</li>" for f in noise) + "</ul>" if noise
+                else render.p("Not measured (no paired sessions and fewer than two repeats)."))
     if len(fails):
         body.append(f'<p class="warn">{len(fails)} trials are not ok or unreadable: see '
                     '<a href="#failures">the list</a>.</p>')

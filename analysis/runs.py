@@ -18,36 +18,16 @@ from typing import Iterable
 import pandas as pd
 
 from analysis.errors import AnalysisInputError
+from bench import records
 
 SCHEMA_VERSION_READ = 1
 """Newest trial-file / manifest schema_version this package understands."""
 
-# Flattened trial columns: (section, field, column). Section None = top level.
-_TRIAL_FIELDS = ("workload", "setting", "precision", "batch_size", "backend", "repeat", "seed", "epochs",
-                 "cell_id", "learning_rate", "steps_per_epoch", "max_train_samples")
-_NODE_FIELDS = ("hostname", "device_kind", "device_name", "executor", "fingerprint_id", "accelerator_type",
-                "cpu_threads")
-_TIMING_FIELDS = ("data_s", "build_s", "first_step_s", "train_s", "validation_s", "steady_state_steps",
-                  "step_time_p50_s", "step_time_p95_s", "step_time_mean_s", "step_time_cv", "samples_per_s",
-                  "jit_compile")
-_MEMORY_FIELDS = ("host_peak_bytes", "device_peak_bytes", "nvml_used_peak_bytes")
-_ENERGY_FIELDS = ("energy_j", "mean_power_w", "gpu_util_mean", "energy_per_sample_j", "input_bound")
-_COMPUTE_FIELDS = ("flops_per_sample", "achieved_flops_per_s", "peak_flops_per_s", "mfu")
-_CONVERGENCE_FIELDS = ("epochs_run", "stopped_epoch", "best_val_accuracy", "final_val_accuracy",
-                       "final_train_accuracy", "generalization_gap", "target_val_accuracy", "time_to_target_s",
-                       "epochs_to_target", "loss_scale_skipped_steps", "applicable")
-_SECTIONS = (("trial", _TRIAL_FIELDS), ("node", _NODE_FIELDS), ("timing", _TIMING_FIELDS),
-             ("memory", _MEMORY_FIELDS), ("energy", _ENERGY_FIELDS), ("compute", _COMPUTE_FIELDS),
-             ("convergence", _CONVERGENCE_FIELDS))
-_TOP_FIELDS = ("schema_version", "trial_id", "status", "reason", "started_at", "finished_at", "wall_s")
-_CURVE_FIELDS = ("epoch", "wall_s", "loss", "accuracy", "val_loss", "val_accuracy", "xent_loss", "val_xent_loss")
-STATUSES = ("ok", "failed", "diverged", "skipped")
-
-TRIAL_COLUMNS = (("run", "run_dir", "file") + _TOP_FIELDS + ("regularizers", "null_reasons")
-                 + tuple(f for _, fields in _SECTIONS for f in fields))
+TRIAL_COLUMNS = ("run", "run_dir", "file") + records.COLUMNS  # the flattener trials.parquet uses too
 CURVE_COLUMNS = ("run", "trial_id", "setting", "workload", "precision", "batch_size", "backend", "device_name",
-                 "repeat") + _CURVE_FIELDS
+                 "repeat") + records.CURVE_FIELDS
 PROBLEM_COLUMNS = ("run", "file", "reason")
+STATUSES = records.STATUSES
 
 
 @dataclasses.dataclass
@@ -61,6 +41,7 @@ class RunData:
                with a one-line reason each.
     manifests: run name -> parsed manifest.json ({} when absent or unreadable).
     run_dirs:  the run directories read, in the order given.
+    sessions:  paired-session records (sessions/*.json; bench/paired.py), as read, with "_run" added.
     """
 
     trials: pd.DataFrame
@@ -68,6 +49,7 @@ class RunData:
     problems: pd.DataFrame
     manifests: dict
     run_dirs: list
+    sessions: list = dataclasses.field(default_factory=list)  # paired-session records, each with "_run"
 
 
 class _Unusable(Exception):
@@ -138,19 +120,21 @@ def _read_one(path: str) -> tuple[str, bytes | None, str | None]:
         return path, None, f"cannot read: {_one_line(e)}"
 
 
-def _null_reasons(doc: dict) -> str | None:
-    parts = []
-    for section in ("memory", "energy"):
-        reasons = (doc.get(section) or {}).get("null_reasons") or {}
-        if isinstance(reasons, dict):
-            parts.extend(f"{k}: {v}" for k, v in reasons.items())
-    return "; ".join(parts) or None
-
-
-def _label(regularizers) -> str:
-    if not regularizers:
-        return "none"
-    return "+".join(str(r.get("name")) if isinstance(r, dict) else str(r) for r in regularizers)
+def _read_sessions(run_dir: Path, run: str, problems: list) -> list[dict]:
+    out = []
+    for path in sorted((run_dir / "sessions").glob("*.json")):
+        try:
+            doc = json.loads(path.read_bytes())
+            if not isinstance(doc, dict) or doc.get("kind") != "paired_session":
+                raise ValueError("not a paired-session record")
+            version = doc.get("schema_version")
+            if not isinstance(version, int) or version > SCHEMA_VERSION_READ:
+                raise ValueError(f"schema_version {version!r} is not one this regbench reads")
+        except (ValueError, OSError) as e:
+            problems.append((run, str(path), f"unusable session file: {_one_line(e)}"))
+            continue
+        out.append({**doc, "_run": run})
+    return out
 
 
 def _read_run(run_dir: Path, run: str, trial_cols: dict, curve_cols: dict, problems: list, pool: ThreadPoolExecutor) -> dict:
@@ -174,48 +158,29 @@ def _read_run(run_dir: Path, run: str, trial_cols: dict, curve_cols: dict, probl
             bad.add(os.path.basename(path)[:-5])
             continue
         seen.add(doc["trial_id"])
-        trial = doc["trial"]
-        tc["run"].append(run)
-        tc["run_dir"].append(str(run_dir))
-        tc["file"].append(path)
-        for f in _TOP_FIELDS:
-            tc[f].append(doc.get(f))
-        regs = trial.get("regularizers") or []
-        tc["regularizers"].append(json.dumps(regs, sort_keys=True))
-        tc["null_reasons"].append(_null_reasons(doc))
-        for section, fields in _SECTIONS:
-            sec = doc.get(section)
-            if not isinstance(sec, dict):
-                sec = {}
-            for f in fields:
-                tc[f].append(sec.get(f))
-        # a few defaults the contract allows to be absent
-        if tc["setting"][-1] is None:
-            tc["setting"][-1] = _label(regs)
-        if tc["target_val_accuracy"][-1] is None:
-            tc["target_val_accuracy"][-1] = trial.get("target_val_accuracy")
-        curve = (doc.get("convergence") or {}).get("curve") or []
-        if isinstance(curve, list) and curve:
-            node = doc.get("node") or {}
-            keys = (run, doc["trial_id"], tc["setting"][-1], trial.get("workload"), trial.get("precision"),
-                    trial.get("batch_size"), trial.get("backend"), node.get("device_name"), trial.get("repeat"))
-            for point in curve:
-                if not isinstance(point, dict):
-                    continue
-                for col, value in zip(CURVE_COLUMNS[:9], keys):
-                    cc[col].append(value)
-                for f in _CURVE_FIELDS:
-                    cc[f].append(point.get(f))
+        row = records.flatten_trial(doc)
+        row.update(run=run, run_dir=str(run_dir), file=path)
+        for col in TRIAL_COLUMNS:
+            tc[col].append(row[col])
+        trial, node = doc["trial"], doc.get("node") or {}
+        keys = (run, doc["trial_id"], row["setting"], trial.get("workload"), trial.get("precision"),
+                trial.get("batch_size"), trial.get("backend"), node.get("device_name"), trial.get("repeat"))
+        for point in records.curve_rows(doc):
+            for col, value in zip(CURVE_COLUMNS[:9], keys):
+                cc[col].append(value)
+            for f in records.CURVE_FIELDS:
+                cc[f].append(point[f])
     for trial_id in manifest.get("trial_ids") or []:
         if trial_id not in seen and trial_id not in bad:
             problems.append((run, str(trials_dir / f"{trial_id}.json"), "planned but no result (run interrupted?)"))
     return manifest
 
 
-_INT_COLUMNS = ("batch_size", "repeat", "seed", "epochs", "steady_state_steps", "epochs_run", "schema_version")
 _TEXT_COLUMNS = ("run", "run_dir", "file", "trial_id", "status", "reason", "started_at", "finished_at",
                  "regularizers", "null_reasons", "workload", "setting", "precision", "backend", "cell_id",
-                 "hostname", "device_kind", "device_name", "executor", "fingerprint_id", "accelerator_type")
+                 "hostname", "device_kind", "device_name", "executor", "fingerprint_id", "accelerator_type",
+                 "gpu_uuid", "start_method")
+_FLAG_COLUMNS = ("jit_compile", "input_bound", "applicable", "target_reached")
 
 
 def _frame(columns: dict, names: Iterable[str]) -> pd.DataFrame:
@@ -227,8 +192,7 @@ def _frame(columns: dict, names: Iterable[str]) -> pd.DataFrame:
         else:
             s = pd.Series(values)
             if s.dtype == object:  # mixed None/number or bool
-                s = pd.to_numeric(s, errors="coerce") if name not in ("jit_compile", "input_bound", "applicable") \
-                    else s.astype("object")
+                s = pd.to_numeric(s, errors="coerce") if name not in _FLAG_COLUMNS else s.astype("object")
             data[name] = s
     return pd.DataFrame(data)
 
@@ -248,12 +212,14 @@ def load(paths, *, warn: bool = True) -> RunData:
     cc = {c: [] for c in CURVE_COLUMNS}
     problems: list = []
     manifests = {}
+    sessions: list = []
     with ThreadPoolExecutor(max_workers=4) as pool:
         for run_dir in run_dirs:
             name = run_dir.name
             if name in manifests:  # two runs with the same directory name: keep them apart
                 name = str(run_dir)
             manifests[name] = _read_run(run_dir, name, tc, cc, problems, pool)
+            sessions += _read_sessions(run_dir, name, problems)
     trials = _frame(tc, TRIAL_COLUMNS)
     curves = _frame(cc, CURVE_COLUMNS)
     problem_frame = pd.DataFrame(problems, columns=list(PROBLEM_COLUMNS))
@@ -262,6 +228,7 @@ def load(paths, *, warn: bool = True) -> RunData:
             print(f"warning: {path}: {reason}", file=sys.stderr)
         if len(problems) > 20:
             print(f"warning: {len(problems) - 20} more unusable trial files (listed in the report)", file=sys.stderr)
-    return RunData(trials=trials, curves=curves, problems=problem_frame, manifests=manifests, run_dirs=run_dirs)
+    return RunData(trials=trials, curves=curves, problems=problem_frame, manifests=manifests, run_dirs=run_dirs,
+                   sessions=sessions)
 
 

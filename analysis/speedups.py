@@ -32,17 +32,17 @@ def _gain(row) -> bool | None:
     return row["ci_low"] > 1.0
 
 
-def precision_speedup(trials: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
+def precision_speedup(trials: pd.DataFrame) -> pd.DataFrame:
     """One row per cell (without precision), setting and non-float32 precision.
 
-    speedup/ci_low/ci_high: float32 step time over this precision's (geometric mean, bootstrap CI);
+    speedup/ci_low/ci_high: float32 step time over this precision's (geometric mean, t interval);
     baseline_speedup: the same for setting "none"; verdict: keeps the gain | loses most of the gain |
     erases the mixed-precision gain | no gain at baseline | slower than float32 | unknown.
     """
     df = with_keys(trials)
     ok = df[df["status"] == "ok"]
     pairs = _paired(ok, "precision", REFERENCE, [_STEP.column], ["run"] + _KEYS + ["repeat"])
-    table = summarize(pairs, _KEYS + ["precision"], [_STEP], seed=seed)
+    table = summarize(pairs, _KEYS + ["precision"], [_STEP])
     if table.empty:
         return pd.DataFrame(columns=_KEYS + ["precision", "speedup", "ci_low", "ci_high", "n_repeats", "mark",
                                              "baseline_speedup", "gain_kept_pct", "verdict"])

@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default=None)
     run.add_argument("--only", metavar="PATTERN", help="run only trials whose id matches this glob/substring")
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    run.add_argument("--target-ci", type=float, metavar="PCT", default=None,
+                     help="add paired sessions to cell groups until every step-time 95%% CI half-width is at most "
+                          "PCT points (capped by the suite's paired.max_sessions and paired.budget_s)")
     run.add_argument("--trial-start", choices=("zygote", "interpreter"), default=None,
                      help="how trial processes start: forked from a pre-imported zygote (default) or a "
                           "plain fresh interpreter each (also REGBENCH_TRIAL_START)")
@@ -80,6 +83,7 @@ def main(argv=None) -> int:
 
 def cmd_run(args) -> int:
     from bench import executors, suite as suite_mod, yamlfile
+    from bench.plan import RunPlan
     from bench.progress import Progress
     from bench.store import RunStore, now_iso
 
@@ -93,9 +97,9 @@ def cmd_run(args) -> int:
                                 backend_override=manifest["suite"]["backend"])
         planned = set(manifest.get("trial_ids") or [])
         trials = [t for t in suite.trials if t.trial_id in planned] if planned else list(suite.trials)
-        done = store.finished_ids()
-        todo = [t for t in trials if t.trial_id not in done]
-        print(f"resuming {store.path}: {len(done)} finished, {len(todo)} to run", file=sys.stderr)
+        plan = RunPlan.of(suite, trials, args.target_ci if args.target_ci is not None else manifest.get("target_ci_pct"))
+        done = len(store.finished_ids("trial")) + len(store.finished_ids("session"))
+        print(f"resuming {store.path}: {done} finished, {plan.unit_count - done} to run", file=sys.stderr)
     else:
         path = suite_mod.resolve_path(args.suite)
         raw = yamlfile.load_mapping(path, "suite fields")
@@ -106,17 +110,21 @@ def cmd_run(args) -> int:
         out = pathlib.Path(args.out)
         if out.exists() and not out.is_dir():
             raise UserError(f"--out: {out} exists and is not a directory")
+        done = 0
+        plan = RunPlan.of(suite, todo, args.target_ci)
         store = RunStore.create(out, suite.resolved, [t.trial_id for t in todo])
-        store.update_manifest(suite_input=raw, executor=executor)
-        print(f"run {store.path}: {len(todo)} trials of suite {suite.name} ({executor} executor)", file=sys.stderr)
+        store.update_manifest(suite_input=raw, executor=executor, target_ci_pct=plan.target_ci_pct,
+                              session_ids=[s.unit_id for s in plan.sessions])
+        print(f"run {store.path}: {len(todo)} trials and {len(plan.sessions)} paired sessions of suite "
+              f"{suite.name} ({executor} executor)", file=sys.stderr)
 
-    progress = Progress(len(todo))
+    progress = Progress(plan.unit_count - done)
     try:
         store.update_manifest(status="running", executor=executor)
-        executors.execute(suite, todo, store, executor, progress, args.trial_start)
+        executors.execute(suite, plan.batches(store, progress), store, executor, progress, args.trial_start)
     except UserError:
         progress.close()
-        if not args.resume and not any(store.trials_dir.iterdir()):
+        if not args.resume and not any(store.trials_dir.iterdir()) and not any(store.unit_dir("session").glob("*")):
             shutil.rmtree(store.path)  # refused before any trial ran: leave no empty run behind
         else:
             store.update_manifest(status="interrupted", finished_at=now_iso())
@@ -133,10 +141,24 @@ def cmd_run(args) -> int:
     c = progress.counts
     print(f"done: {c['ok']} ok, {c['failed']} failed, {c['diverged']} diverged, {c['skipped']} skipped",
           file=sys.stderr)
+    for line in _noise_summary(store, plan):
+        print(line, file=sys.stderr)
     if not args.no_report:
         _report(store.path)
     print(store.path)
     return 0
+
+
+def _noise_summary(store, plan) -> list[str]:
+    """What the run's own A/A control says about the noise, and where the CI target was missed."""
+    from analysis import paired
+
+    table = paired.estimates(store.records("session"))
+    lines = [f"noise floor: {line}" for line in paired.noise_lines(table, plan.target_ci_pct)]
+    if plan.unmet:
+        lines.append(f"paired: {len(plan.unmet)} cell group(s) did not reach +-{plan.target_ci_pct:g} points "
+                     "(session cap or time budget); see the report")
+    return lines
 
 
 def _report(run_dir: pathlib.Path) -> pathlib.Path:

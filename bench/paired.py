@@ -9,8 +9,8 @@ a session measures one thing: each setting's steady-state step time relative to 
 
 A session (one fresh process; `run_session`, read top to bottom):
 1. builds every model of the cell with the runner's own code (same data, same compile, same
-   input pipeline, same StepTimer), plus a second, identical baseline model (the A/A control:
-   its ratio to the baseline is the noise floor the session measured);
+   input pipeline, same StepTimer), in a seeded random order, plus a second, identical baseline
+   model (the A/A control: its ratio to the baseline is the noise floor the session measured);
 2. warms each model up with one block (trace/compile) and sizes the blocks from the baseline's
    step time: at least `block_min_steps` steps and `block_min_s` seconds of steps;
 3. runs `rounds` rounds; each round times one block of every model in a seeded random order
@@ -18,13 +18,16 @@ A session (one fresh process; `run_session`, read top to bottom):
 4. records each block's median step time (the first batch of a block, which waits for the
    iterator, is excluded, exactly as in a trial's steady-state window).
 
-The ratio of a setting is formed per round (its block against the baseline block of that round);
-the session's estimate is the median over rounds, which resists blocks hit by a burst of steal
-time. Across sessions, `analysis` combines the session estimates (analysis/paired.py).
+The ratio of a setting is formed per round: its block against the geometric mean of the two
+baseline models' blocks of that round (each model instance has its own speed, a few percent
+either way on a shared VM, and every ratio shares the reference: two instances halve that
+term). The session's estimate is the median over rounds, which resists blocks hit by a burst of
+steal time. Across sessions (each one a new set of instances), `analysis` combines the session
+estimates (analysis/paired.py); the A/A ratio (second baseline over first) is the noise floor.
 
-Early stopping only acts at epoch ends (its cost is the validation pass), so its model here is
-the baseline model: its step-time ratio is a second A/A control, and its real cost shows in the
-end-to-end throughput of the isolated trials.
+A setting whose training step is the baseline's (early stopping only acts at epoch ends: its cost
+is the validation pass) is not timed again: its step-time figure is the A/A control, and its
+real cost shows in the end-to-end throughput of the isolated trials.
 """
 from __future__ import annotations
 
@@ -35,8 +38,10 @@ import math
 import time
 import traceback
 
+import numpy as np
+
 from bench import SCHEMA_VERSION, backends
-from bench.regularizers import recipe_for, setting_label
+from bench.regularizers import Recipe, recipe_for, setting_label
 from bench.trial import Trial, canonical_json, now_iso
 
 AA_LABEL = "none (A/A)"  # the second baseline model: its ratio to the baseline is the noise floor
@@ -47,7 +52,8 @@ class Session:
     """One paired session: the cell's baseline `base` and the regularizer `settings` timed against it."""
 
     base: Trial  # the cell's baseline trial (regularizers=()); its repeat is the session index
-    settings: tuple  # regularizer settings, each a tuple of (name, params); () is not listed
+    settings: tuple  # regularizer settings timed, each a tuple of (name, params); () is not listed
+    same_step: tuple = ()  # settings whose training step is the baseline's: not timed (see the A/A)
     rounds: int = 12
     block_min_steps: int = 50
     block_min_s: float = 0.15
@@ -93,16 +99,16 @@ class Session:
         return d
 
     def to_dict(self) -> dict:
-        return {"base": self.base.to_dict(), "settings": [[{"name": n, "params": dict(p)} for n, p in s]
-                                                           for s in self.settings],
+        listed = lambda ss: [[{"name": n, "params": dict(p)} for n, p in s] for s in ss]  # noqa: E731
+        return {"base": self.base.to_dict(), "settings": listed(self.settings), "same_step": listed(self.same_step),
                 "rounds": self.rounds, "block_min_steps": self.block_min_steps, "block_min_s": self.block_min_s}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Session":
-        settings = tuple(tuple((r["name"], dict(sorted(r.get("params", {}).items()))) for r in s)
-                         for s in d["settings"])
-        return cls(base=Trial.from_dict(d["base"]), settings=settings, rounds=d["rounds"],
-                   block_min_steps=d["block_min_steps"], block_min_s=d["block_min_s"])
+        parse = lambda ss: tuple(tuple((r["name"], dict(sorted(r.get("params", {}).items()))) for r in s)  # noqa: E731
+                                 for s in ss)
+        return cls(base=Trial.from_dict(d["base"]), settings=parse(d["settings"]), same_step=parse(d.get("same_step", [])),
+                   rounds=d["rounds"], block_min_steps=d["block_min_steps"], block_min_s=d["block_min_s"])
 
     def __hash__(self) -> int:
         return hash(self.unit_id)
@@ -120,7 +126,8 @@ def session_skeleton(session: Session, status: str, reason: str | None, node: di
                     "precision": b.precision, "batch_size": b.batch_size, "backend": b.backend,
                     "repeat": b.repeat, "seed": b.seed, "labels": [AA_LABEL, *session.labels],
                     "cell_ids": {AA_LABEL: b.cell_id, **{setting_label(s): session.trial_for(s).cell_id
-                                                         for s in session.settings}}},
+                                                         for s in session.settings + session.same_step}},
+                    "same_step_as_baseline": [setting_label(s) for s in session.same_step]},
         "node": node,
     }
 
@@ -160,16 +167,25 @@ def run_session(session: Session, executor: str = "process", gpu: bool | None = 
     return record
 
 
-def _tile(x, rows: int):
-    import numpy as np
+def round_log_ratios(step_time_s: dict) -> dict:
+    """label -> per-round log ratio of its block to the round's reference, the geometric mean of
+    the two baseline models' blocks; for the A/A label, the second baseline over the first."""
+    first, second = np.log(step_time_s[setting_label(())]), np.log(step_time_s[AA_LABEL])
+    ref = (first + second) / 2
+    out = {AA_LABEL: second - first}
+    for label, blocks in step_time_s.items():
+        if label not in (AA_LABEL, setting_label(())):
+            out[label] = np.log(blocks) - ref
+    return out
 
+
+def _tile(x, rows: int):
     reps = -(-rows // len(x))
     return np.concatenate([x] * reps)[:rows] if reps > 1 else x[:rows]
 
 
 def _time_blocks(session: Session, node: dict) -> dict:
     import keras
-    import numpy as np
 
     from bench.inputs import fit_inputs
     from bench.measure.timing import StepTimer
@@ -184,11 +200,13 @@ def _time_blocks(session: Session, node: dict) -> dict:
     t = time.perf_counter()
     data, x_train, y_train = load_data(base, workload)
     labels = [AA_LABEL, setting_label(()), *session.labels]
-    settings = [(), (), *session.settings]
+    settings = dict(zip(labels, [(), (), *session.settings]))
+    rng = np.random.default_rng([base.seed, base.repeat, 7919])
+    build_order = [labels[i] for i in rng.permutation(len(labels))]  # no model is always built first
     models, recipes = {}, {}
-    for label, setting in zip(labels, settings):
-        recipes[label] = recipe_for(setting)
-        models[label] = build_model(session.trial_for(setting), workload, recipes[label], data)
+    for label in build_order:
+        recipes[label] = recipe_for(settings[label])
+        models[label] = build_model(session.trial_for(settings[label]), workload, recipes[label], data)
     build_s = time.perf_counter() - t
 
     def block(label: str, x, y) -> tuple[np.ndarray, float]:
@@ -213,7 +231,6 @@ def _time_blocks(session: Session, node: dict) -> dict:
     warmup_s = time.perf_counter() - t
 
     # 3. rounds of blocks in a seeded random order
-    rng = np.random.default_rng([base.seed, base.repeat, 7919])
     order, step_time_s, block_wall_s, measured_s = [], {k: [] for k in labels}, {k: [] for k in labels}, 0.0
     t = time.perf_counter()
     for _ in range(session.rounds):
@@ -227,17 +244,11 @@ def _time_blocks(session: Session, node: dict) -> dict:
     rounds_s = time.perf_counter() - t
 
     # 4. the record: raw block medians (the estimate is recomputed by analysis), per-session summaries
-    base_label = setting_label(())
-    base_blocks = np.asarray(step_time_s[base_label])
-    estimates = {}
-    for label in labels:
-        if label == base_label:
-            continue
-        log_ratio = np.log(np.asarray(step_time_s[label]) / base_blocks)
-        estimates[label] = {"log_ratio_median": float(np.median(log_ratio)),
-                            "ratio": float(np.exp(np.median(log_ratio))), "rounds": int(len(log_ratio))}
+    estimates = {label: {"log_ratio_median": float(np.median(L)), "ratio": float(np.exp(np.median(L))),
+                         "rounds": int(len(L))} for label, L in round_log_ratios(step_time_s).items()}
+    base_blocks = np.asarray(step_time_s[setting_label(())])
     record = session_skeleton(session, "ok", None, node)
-    record["blocks"] = {"steps": steps, "order": order, "step_time_s": step_time_s, "wall_s": block_wall_s,
+    record["blocks"] = {"steps": steps, "build_order": build_order, "order": order, "step_time_s": step_time_s, "wall_s": block_wall_s,
                         "warmup_step_time_s": warmup}
     record["estimates"] = estimates
     record["timing"] = {"data_and_build_s": build_s, "warmup_s": warmup_s, "rounds_s": rounds_s,
@@ -263,9 +274,10 @@ def plan_sessions(trials, spec: dict) -> list[Session]:
             continue
         first = members[0]
         suite_seed = first.seed - first.repeat  # trials use suite seed + repeat; sessions + 1000 + index
-        timed = tuple(s for s in settings if s != ())
+        same = tuple(s for s in settings if s != () and recipe_for(s).training_step() == Recipe())
+        timed = tuple(s for s in settings if s != () and s not in same)
         for i in range(spec["sessions"]):
             base = dataclasses.replace(first, regularizers=(), repeat=i, seed=suite_seed + 1000 + i)
-            sessions.append(Session(base=base, settings=timed, rounds=spec["rounds"],
+            sessions.append(Session(base=base, settings=timed, same_step=same, rounds=spec["rounds"],
                                     block_min_steps=spec["block_min_steps"], block_min_s=spec["block_min_s"]))
     return sessions

@@ -46,6 +46,11 @@ class Progress:
         return sum(self.counts.values())
 
     # -- events from executors ---------------------------------------------------
+    def add(self, n: int) -> None:
+        """More units to run than planned (adaptive repeats)."""
+        self.total += n
+        self._refresh(force=True)
+
     def started(self, n: int = 1) -> None:
         self.running += n
         self._refresh()
@@ -67,7 +72,8 @@ class Progress:
             self._draw()
         else:
             extra = f" ({record.get('reason')})" if status != "ok" and record.get("reason") else ""
-            self._print(f"[{self.done}/{self.total}] {status} {record.get('trial_id')}{extra[:160]}"
+            unit_id = record.get("trial_id") or record.get("session_id")
+            self._print(f"[{self.done}/{self.total}] {status} {unit_id}{extra[:160]}"
                         f"{self._tail_text()}")
 
     def note(self, text: str) -> None:

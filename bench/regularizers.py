@@ -30,6 +30,11 @@ class Recipe:
     augment_strength: float = 0.0  # noise stddev (tabular) or max shift as a fraction of size (images)
     early_stopping: dict | None = None  # {patience, min_delta, monitor, restore_best_weights}
 
+    def training_step(self) -> "Recipe":
+        """This recipe without what acts only between epochs (early stopping): two recipes with equal
+        training steps time the same step."""
+        return dataclasses.replace(self, early_stopping=None)
+
     def kernel_regularizer(self):
         """A fresh Keras L1L2 regularizer, or None when there is no weight penalty."""
         if self.l1 == 0.0 and self.l2 == 0.0:

@@ -107,9 +107,10 @@ class RunStore:
         if not store.manifest_path.exists():
             raise UserError(f"{path}: not a regbench run (no manifest.json)")
         store.manifest()  # validates
-        store.trials_dir.mkdir(exist_ok=True)
-        for stale in store.trials_dir.glob(".*.tmp"):  # a write cut short by a killed driver
-            stale.unlink(missing_ok=True)
+        for kind in cls.UNIT_DIRS:
+            store.unit_dir(kind).mkdir(exist_ok=True)
+            for stale in store.unit_dir(kind).glob(".*.tmp"):  # a write cut short by a killed driver
+                stale.unlink(missing_ok=True)
         return store
 
     # -- manifest ------------------------------------------------------------
@@ -125,14 +126,20 @@ class RunStore:
                 m[key] = value
         write_json_atomic(self.manifest_path, m)
 
-    # -- trials --------------------------------------------------------------
+    # -- unit records: trials/<trial_id>.json, sessions/<session_id>.json ------------------
+    UNIT_DIRS = {"trial": "trials", "session": "sessions"}
+    ID_KEYS = {"trial": "trial_id", "session": "session_id"}
+
+    def unit_dir(self, kind: str) -> pathlib.Path:
+        return self.path / self.UNIT_DIRS[kind]
+
     def trial_path(self, trial_id: str) -> pathlib.Path:
         return self.trials_dir / f"{trial_id}.json"
 
-    def finished_ids(self) -> set[str]:
-        """Ids with a readable trial file (a corrupt file does not count as finished)."""
+    def finished_ids(self, kind: str = "trial") -> set[str]:
+        """Ids with a readable record file (a corrupt file does not count as finished)."""
         done = set()
-        for p in self.trials_dir.glob("*.json"):
+        for p in self.unit_dir(kind).glob("*.json"):
             try:
                 read_json(p)
             except UserError:
@@ -140,17 +147,21 @@ class RunStore:
             done.add(p.stem)
         return done
 
-    def write_trial(self, record: dict) -> pathlib.Path:
-        """Write a finished trial once; a second result for the same id is ignored (exactly once)."""
-        path = self.trial_path(record["trial_id"])
+    def write_record(self, kind: str, record: dict) -> pathlib.Path:
+        """Write a finished unit's record once; a second result for the same id is ignored
+        (exactly once). A corrupt leftover is replaced by the real result."""
+        path = self.unit_dir(kind) / f"{record[self.ID_KEYS[kind]]}.json"
         if path.exists():
             try:
                 read_json(path)
                 return path
             except UserError:
-                pass  # a corrupt leftover is replaced by the real result
+                pass
         write_json_atomic(path, record)
         return path
+
+    def write_trial(self, record: dict) -> pathlib.Path:
+        return self.write_record("trial", record)
 
     def log_path(self, trial_id: str) -> pathlib.Path:
         return self.path / "logs" / f"{trial_id}.log"
@@ -164,31 +175,20 @@ class RunStore:
         write_text_atomic(path, new)
         return path
 
-    def records(self) -> list[dict]:
-        return [read_json(p) for p in sorted(self.trials_dir.glob("*.json"))]
+    def records(self, kind: str = "trial") -> list[dict]:
+        return [read_json(p) for p in sorted(self.unit_dir(kind).glob("*.json"))]
 
     # -- derived tables ------------------------------------------------------
     def export_parquet(self) -> None:
-        """trials.parquet (one row per trial, flattened) and curves.parquet (one row per epoch)."""
+        """trials.parquet (one row per trial, bench.records.COLUMNS) and curves.parquet (one row per epoch)."""
         import pandas as pd
 
-        rows, curves = [], []
-        for rec in self.records():
-            row = {"trial_id": rec["trial_id"], "status": rec["status"], "reason": rec.get("reason")}
-            for section in ("trial", "node", "timing", "memory", "energy", "compute", "convergence"):
-                for key, value in (rec.get(section) or {}).items():
-                    if key in ("curve", "null_reasons"):
-                        continue
-                    if key == "regularizers":
-                        value = json.dumps(value, sort_keys=True)
-                    if isinstance(value, (list, dict)):
-                        value = json.dumps(value)
-                    row[f"{section}.{key}" if section in ("trial", "node") else key] = value
-            rows.append(row)
-            for point in (rec.get("convergence") or {}).get("curve") or []:
-                curves.append({"trial_id": rec["trial_id"], **point})
-        for name, table in (("trials.parquet", rows), ("curves.parquet", curves)):
-            df = pd.DataFrame(table)
+        from bench.records import COLUMNS, curve_rows, flatten_trial
+
+        records = self.records()
+        tables = {"trials.parquet": pd.DataFrame([flatten_trial(r) for r in records], columns=list(COLUMNS)),
+                  "curves.parquet": pd.DataFrame([row for r in records for row in curve_rows(r)])}
+        for name, df in tables.items():
             tmp = self.path / f".{name}.tmp"
             df.to_parquet(tmp, index=False)
             os.replace(tmp, self.path / name)

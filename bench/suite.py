@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
+import numpy as np
+
 from bench import backends, precision, regularizers, yamlfile
 from bench.errors import UserError, did_you_mean
 from bench.trial import Trial
@@ -22,6 +24,18 @@ TOP_KEYS = {
     "device": "auto|gpu|cpu", "timeout_s": "seconds", "allow_slow_precision": "bool",
     "accelerator_types": "list", "expected_trial_s": "seconds", "max_retries": "int",
     "learning_rate": "Adam learning rate",
+    "paired": "paired step-time sessions: {sessions, rounds, block_min_steps, block_min_s, isolation, "
+              "target_ci_pct, max_sessions, budget_s} or false",
+}
+PAIRED_DEFAULTS = {  # see bench/paired.py; README "How a trial is measured"
+    "sessions": 6,  # fresh processes per cell group: new model instances each (the interval is over sessions)
+    "rounds": 3,  # per session; each round times one block of every model, in a random order
+    "block_min_steps": 50,  # a block is at least this many steps ...
+    "block_min_s": 0.3,  # ... and at least this many seconds of steps
+    "isolation": "slot",  # slot: sessions side by side like trials; node: one session per node at a time
+    "target_ci_pct": None,  # add sessions to groups whose 95% CI half-width is wider (points)
+    "max_sessions": 8,  # per group, with target_ci_pct
+    "budget_s": 600.0,  # wall time the added sessions may take, with target_ci_pct
 }
 WORKLOAD_KEYS = ("name", "max_train_samples", "steps_per_epoch", "target_val_accuracy", "epochs", "batch_sizes")
 
@@ -38,6 +52,11 @@ class Suite:
     expected_trial_s: float
     max_retries: int
     resolved: dict  # the suite as plain data, defaults filled in (stored in the manifest)
+    paired: dict | None = None  # PAIRED_DEFAULTS filled in, or None: no paired sessions
+
+    @property
+    def paired_isolation(self) -> str:
+        return (self.paired or PAIRED_DEFAULTS)["isolation"]
 
 
 def _fail(where: str, msg: str):
@@ -64,6 +83,36 @@ def _choice(where, value, options):
     if value not in options:
         _fail(where, f"unknown value {value!r}{did_you_mean(value, options)}")
     return value
+
+
+def _number(where, value, low: float, high: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > low or (high and value > high):
+        _fail(where, f"{value!r} is not a number in ({low:g}, {'inf' if high is None else f'{high:g}'}]")
+    return float(value)
+
+
+def _paired(where: str, value) -> dict | None:
+    """The `paired` section: false (no sessions), or a mapping over PAIRED_DEFAULTS."""
+    if value is False:
+        return None
+    if value is None or value is True:
+        value = {}
+    if not isinstance(value, dict):
+        _fail(where, f"expected false or a mapping of {', '.join(PAIRED_DEFAULTS)}, got {value!r}")
+    for key in value:
+        if key not in PAIRED_DEFAULTS:
+            _fail(where, f"unknown key {key!r}{did_you_mean(key, PAIRED_DEFAULTS)}")
+    out = {**PAIRED_DEFAULTS, **value}
+    out["sessions"] = _int(f"{where}.sessions", out["sessions"], 1, 1000)
+    out["rounds"] = _int(f"{where}.rounds", out["rounds"], 1, 100000)
+    out["block_min_steps"] = _int(f"{where}.block_min_steps", out["block_min_steps"], 2, 1 << 20)
+    out["block_min_s"] = _number(f"{where}.block_min_s", out["block_min_s"], 0.0, 3600)
+    _choice(f"{where}.isolation", out["isolation"], ("node", "slot"))
+    if out["target_ci_pct"] is not None:
+        out["target_ci_pct"] = _number(f"{where}.target_ci_pct", out["target_ci_pct"], 0.0, 1000)
+    out["max_sessions"] = _int(f"{where}.max_sessions", out["max_sessions"], out["sessions"], 1000)
+    out["budget_s"] = _number(f"{where}.budget_s", out["budget_s"], 0.0)
+    return out
 
 
 def _setting(where: str, item) -> tuple:
@@ -198,8 +247,11 @@ def parse(data: dict, source: str, backend_override: str | None = None) -> Suite
                             max_train_samples=w.get("max_train_samples"), steps_per_epoch=w.get("steps_per_epoch"),
                             cpu_threads=cpus if device != "gpu" else None, timeout_s=float(timeout),
                             allow_slow_precision=allow_slow, accelerator_type=acc))
-    # Repeats interleave (all cells of repeat 0, then repeat 1, ...) so drift hits every setting alike.
-    trials = tuple(Trial(**c, repeat=r, seed=seed + r) for r in range(repeats) for c in cells)
+    # Repeats interleave (all cells of repeat 0, then repeat 1, ...) and the cells of each repeat run
+    # in a random order, seeded (suite seed, repeat): drift and neighbours hit every setting alike.
+    trials = tuple(Trial(**cells[i], repeat=r, seed=seed + r)
+                   for r in range(repeats) for i in np.random.default_rng([seed, r]).permutation(len(cells)))
+    paired = _paired(f"{f}: paired", data.get("paired"))
 
     resolved = {
         "name": name, "description": data.get("description", ""), "source": source, "backend": backend,
@@ -208,10 +260,11 @@ def parse(data: dict, source: str, backend_override: str | None = None) -> Suite
         "epochs": epochs, "seed": seed, "learning_rate": float(lr), "jit_compile": jit, "isolation": isolation, "device": device,
         "cpus_per_trial": cpus, "timeout_s": float(timeout), "allow_slow_precision": allow_slow,
         "accelerator_types": accel, "max_retries": retries, "expected_trial_s": float(expected),
+        "order": "cells in a random order per repeat, seeded by (seed, repeat)", "paired": paired or False,
     }
     return Suite(name=name, description=resolved["description"], source=source, trials=trials,
                  isolation=isolation, cpus_per_trial=cpus, device=device, expected_trial_s=float(expected),
-                 max_retries=retries, resolved=resolved)
+                 max_retries=retries, resolved=resolved, paired=paired)
 
 
 def filter_trials(trials, pattern: str | None):

@@ -51,6 +51,8 @@ class Trial:
     allow_slow_precision: bool = False
     accelerator_type: str | None = None  # pin to a hardware class, e.g. "H100"
 
+    kind = "trial"  # a unit of work the executors run (the other kind: bench.paired.Session)
+
     # ---- derived names -------------------------------------------------
     @property
     def setting(self) -> str:
@@ -79,6 +81,10 @@ class Trial:
         )
         slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in slug)[:90]
         return f"{slug}-{_short_hash(self._identity(with_repeat=True))}"
+
+    @property
+    def unit_id(self) -> str:
+        return self.trial_id
 
     # ---- plain data ----------------------------------------------------
     def to_dict(self) -> dict:

@@ -13,14 +13,15 @@ from bench.errors import UserError
 EXECUTORS = ("ray", "process")
 
 
-def execute(suite, trials, store, executor: str, progress, start_method: str | None = None) -> None:
+def execute(suite, batches, store, executor: str, progress, start_method: str | None = None) -> None:
+    """Run each batch of units (bench/plan.py) to completion, one after the other."""
     if executor == "process":
         from bench import env
         from bench.executors.local import run_local
 
         fp = env.fingerprint()
         store.update_manifest(nodes={fp["fingerprint_id"]: fp})
-        run_local(trials, store, suite, progress, start_method)
+        run_local(batches, store, suite, progress, start_method)
     elif executor == "ray":
         try:
             import ray  # noqa: F401
@@ -29,6 +30,6 @@ def execute(suite, trials, store, executor: str, progress, start_method: str | N
                             "without it use --executor process") from None
         from bench.executors.ray import run_ray
 
-        run_ray(trials, store, suite, progress, start_method)
+        run_ray(batches, store, suite, progress, start_method)
     else:
         raise ValueError(f"unknown executor {executor!r}")

@@ -1,10 +1,12 @@
 """The `process` executor: trial processes on this machine, no Ray.
 
-Slots: one per visible GPU for GPU suites (the trial sees only its GPU), otherwise
-cpu_count // cpus_per_trial CPU slots; isolation "node" runs one trial at a time. A trial process
-that dies without writing its record (killed, segfault) is retried up to max_retries times; a
-trial that raised is recorded once (the record says why). A trial past its timeout is killed
-and recorded as failed.
+Slots: one per visible GPU for GPU suites (the process sees only its GPU), otherwise
+cpu_count // cpus_per_trial CPU slots; isolation "node" runs one trial at a time, and so do
+paired sessions on a CPU (a neighbour on another core shifts step-time ratios). Work comes in
+batches (isolated trials, then sessions; see bench/plan.py): a batch finishes before the next
+starts. A trial process that dies without writing its record (killed, segfault) is retried up to
+max_retries times; a trial that raised is recorded once (the record says why). A trial past its
+timeout is killed and recorded as failed.
 """
 from __future__ import annotations
 
@@ -15,11 +17,10 @@ from pathlib import Path
 
 from bench import env
 from bench.errors import UserError
-from bench.executors.trial_process import Launcher, collect, failure_record, read_log_tail
-from bench.runner import precheck
+from bench.executors.trial_process import Launcher, collect, failure_record, precheck, read_log_tail
 
 
-def slots_for(suite) -> list[list[str] | None]:
+def slots_for(suite, kind: str = "trial") -> list[list[str] | None]:
     """One entry per slot: the GPU tokens it owns, or None for a CPU slot."""
     gpus, _ = env.gpus()
     if suite.device != "cpu" and gpus:
@@ -30,65 +31,73 @@ def slots_for(suite) -> list[list[str] | None]:
     if suite.device == "gpu":
         raise UserError(f"suite {suite.name} asks for device: gpu but this machine has no GPU visible to NVML; "
                         "use device: cpu or a machine with a GPU")
-    if suite.isolation == "node":
+    if suite.isolation == "node" or (kind == "session" and suite.paired_isolation == "node"):
         return [None]
     return [None] * max(1, (os.cpu_count() or 1) // suite.cpus_per_trial)
 
 
-def run_local(trials, store, suite, progress, start_method: str | None = None) -> None:
-    slots = slots_for(suite)
-    free = list(range(len(slots)))
-    pending = list(trials)
-    running: list = []  # (TrialProcess, slot index, attempt)
-    attempts: dict[str, int] = {}
+def run_local(batches, store, suite, progress, start_method: str | None = None) -> None:
+    """Run every batch of units (trials or sessions) to completion, one batch after the other."""
     with tempfile.TemporaryDirectory(prefix="regbench-work-") as tmp:
         workdir = Path(tmp)
         launcher = Launcher(workdir, "process", start_method, extra_env={
             "REGBENCH_CALIBRATION_DIR": str(workdir / "calibration"),
             "REGBENCH_CORE_LOCK_DIR": str(workdir / "cores")})
         try:
-            while pending or running:
-                while pending and free:
-                    trial = pending.pop(0)
-                    slot = free[0]
-                    skipped = precheck(trial, "process", gpu=slots[slot] is not None)
-                    if skipped:
-                        store.write_trial(skipped)
-                        progress.finished(skipped, was_running=False)
-                        continue
-                    free.pop(0)
-                    attempts[trial.trial_id] = attempts.get(trial.trial_id, 0) + 1
-                    proc = launcher.launch(trial, slots[slot], attempts[trial.trial_id])
-                    running.append((proc, slot))
-                    progress.started()
-                time.sleep(0.05)
-                progress.set_running(len(running))  # also keeps the heartbeat going in plain logs
-                for entry in list(running):
-                    proc, slot = entry
-                    code = proc.poll()
-                    if code is None and time.monotonic() > proc.deadline:
-                        proc.timed_out = True
-                        proc.kill()
-                    elif code is None:
-                        continue
-                    running.remove(entry)
-                    free.append(slot)
-                    n = attempts[proc.trial.trial_id]
-                    outcome = collect(proc, "process")
-                    store.write_log(proc.trial.trial_id, read_log_tail(proc.log_path),
-                                    f"attempt {n}: pid {proc.pid}, {proc.start_method}")
-                    proc.log_path.unlink(missing_ok=True)
-                    record = outcome.record
-                    if record is None and n <= suite.max_retries:
-                        progress.note(f"{outcome.died} ({proc.trial.trial_id}); retrying ({n}/{suite.max_retries})")
-                        pending.insert(0, proc.trial)
-                        continue
-                    if record is None:
-                        record = failure_record(proc.trial, f"{outcome.died} (after {n} attempts)", proc.gpu, "process")
-                    record.setdefault("attempts", n)
-                    store.write_trial(record)
-                    progress.finished(record)
+            for batch in batches:
+                if batch:
+                    _run_batch(batch, launcher, store, suite, progress)
         finally:
-            for proc, _ in running:
-                proc.kill()
             launcher.close()
+
+
+def _run_batch(units, launcher, store, suite, progress) -> None:
+    slots = slots_for(suite, units[0].kind)
+    free = list(range(len(slots)))
+    pending = list(units)
+    running: list = []  # (TrialProcess, slot index)
+    attempts: dict[str, int] = {}
+    try:
+        while pending or running:
+            while pending and free:
+                unit = pending.pop(0)
+                slot = free[0]
+                skipped = precheck(unit, "process", gpu=slots[slot] is not None)
+                if skipped:
+                    store.write_record(unit.kind, skipped)
+                    progress.finished(skipped, was_running=False)
+                    continue
+                free.pop(0)
+                attempts[unit.unit_id] = attempts.get(unit.unit_id, 0) + 1
+                running.append((launcher.launch(unit, slots[slot], attempts[unit.unit_id]), slot))
+                progress.started()
+            time.sleep(0.05)
+            progress.set_running(len(running))  # also keeps the heartbeat going in plain logs
+            for entry in list(running):
+                proc, slot = entry
+                code = proc.poll()
+                if code is None and time.monotonic() > proc.deadline:
+                    proc.timed_out = True
+                    proc.kill()
+                elif code is None:
+                    continue
+                running.remove(entry)
+                free.append(slot)
+                unit, n = proc.unit, attempts[proc.unit.unit_id]
+                outcome = collect(proc, "process")
+                store.write_log(unit.unit_id, read_log_tail(proc.log_path),
+                                f"attempt {n}: pid {proc.pid}, {proc.start_method}")
+                proc.log_path.unlink(missing_ok=True)
+                record = outcome.record
+                if record is None and n <= suite.max_retries:
+                    progress.note(f"{outcome.died} ({unit.unit_id}); retrying ({n}/{suite.max_retries})")
+                    pending.insert(0, unit)
+                    continue
+                if record is None:
+                    record = failure_record(unit, f"{outcome.died} (after {n} attempts)", proc.gpu, "process")
+                record.setdefault("attempts", n)
+                store.write_record(unit.kind, record)
+                progress.finished(record)
+    finally:
+        for proc, _ in running:
+            proc.kill()

@@ -65,20 +65,48 @@ def trial_environment(backend: str, cpu_threads: int | None, gpu_tokens: list[st
     return out
 
 
-def failure_record(trial: Trial, reason: str, gpu: bool, executor: str) -> dict:
+def failure_record(unit, reason: str, gpu: bool, executor: str) -> dict:
     """A `failed` record written by the executor (the trial process left none: timeout, crash)."""
     from bench.runner import node_record
 
-    record = result_skeleton(trial, "failed", reason, node_record(executor, gpu, trial.cpu_threads))
+    node = node_record(executor, gpu, unit.cpu_threads)
+    if unit.kind == "session":
+        from bench.paired import session_skeleton
+
+        record = session_skeleton(unit, "failed", reason, node)
+    else:
+        record = result_skeleton(unit, "failed", reason, node)
     record.update(started_at=now_iso(), finished_at=now_iso())
     return record
 
 
+def precheck(unit, executor: str, gpu: bool) -> dict | None:
+    """A `skipped` record when this device should not run the unit (decided without a trial
+    process: it depends on the precision, backend, jit setting and device only), else None."""
+    if unit.kind == "session":
+        from bench import paired
+
+        return paired.precheck(unit, executor, gpu)
+    from bench import runner
+
+    return runner.precheck(unit, executor, gpu)
+
+
+def unit_from_dict(kind: str, d: dict):
+    """A Trial or a paired Session from its to_dict() form."""
+    if kind == "session":
+        from bench.paired import Session
+
+        return Session.from_dict(d)
+    return Trial.from_dict(d)
+
+
 @dataclasses.dataclass
 class TrialProcess:
-    """A running trial process. `poll()` / `wait()` give its exit code (None while running)."""
+    """A running trial process (of a trial or a paired session: `unit`). `poll()` / `wait()` give
+    its exit code (None while running)."""
 
-    trial: Trial
+    unit: object
     pid: int
     start_method: str
     out_path: pathlib.Path
@@ -143,7 +171,6 @@ class Launcher:
         self.extra_env = dict(extra_env or {})
         self._zygotes: dict = {}
         self._unavailable: dict[str, str] = {}  # backend -> why its zygote is not used
-        self._n = 0
 
     def _zygote(self, backend: str):
         from bench.executors.zygote import Zygote, ZygoteUnavailable
@@ -163,35 +190,34 @@ class Launcher:
         self._zygotes[backend] = z
         return z
 
-    def launch(self, trial: Trial, gpu_tokens: list[str] | None, attempt: int = 1) -> TrialProcess:
-        """Start one attempt of `trial` (GPU trial when gpu_tokens is a list, else CPU)."""
+    def launch(self, unit, gpu_tokens: list[str] | None, attempt: int = 1) -> TrialProcess:
+        """Start one attempt of `unit`, a trial or a session (on a GPU when gpu_tokens is a list)."""
         from bench.executors.zygote import ZygoteUnavailable
 
-        self._n += 1
-        stem = f"{trial.trial_id}.{attempt}"
+        stem = f"{unit.unit_id}.{attempt}"
         request_path = self.workdir / f"{stem}.request.json"
         out_path = self.workdir / f"{stem}.record.json"
-        log_path = self.workdir / f"{trial.trial_id}.log"
+        log_path = self.workdir / f"{unit.unit_id}.log"
         gpu = gpu_tokens is not None
-        child_env = trial_environment(trial.backend, trial.cpu_threads, gpu_tokens)
+        child_env = trial_environment(unit.backend, unit.cpu_threads, gpu_tokens)
         child_env.update(self.extra_env)
-        request = {"kind": "trial", "unit": trial.to_dict(), "executor": self.executor, "gpu": gpu,
-                   "pin_cores": trial.cpu_threads if not gpu else None,
+        request = {"kind": unit.kind, "unit": unit.to_dict(), "executor": self.executor, "gpu": gpu,
+                   "pin_cores": unit.cpu_threads if not gpu else None,
                    "core_lock_dir": self.extra_env.get("REGBENCH_CORE_LOCK_DIR"),
                    "launched_unix": time.time(), "start_note": None, "parent_pid": None}
         argv = [str(request_path), str(out_path)]
-        deadline = time.monotonic() + trial.timeout_s
-        zygote = self._zygote(trial.backend) if self.start_method == "zygote" else None
+        deadline = time.monotonic() + unit.timeout_s
+        zygote = self._zygote(unit.backend) if self.start_method == "zygote" else None
         if self.start_method == "zygote" and zygote is None:
-            request["start_note"] = self._unavailable.get(trial.backend)
+            request["start_note"] = self._unavailable.get(unit.backend)
         if zygote is not None:
             request["parent_pid"] = zygote.pid
             request_path.write_text(json.dumps(request))
             try:
                 pid = zygote.fork(argv, child_env, str(self.workdir), str(log_path))
-                return TrialProcess(trial, pid, "zygote", out_path, log_path, deadline, gpu, _zygote=zygote)
+                return TrialProcess(unit, pid, "zygote", out_path, log_path, deadline, gpu, _zygote=zygote)
             except ZygoteUnavailable as e:
-                self._unavailable[trial.backend] = str(e)
+                self._unavailable[unit.backend] = str(e)
                 request["start_note"] = str(e)
         request["parent_pid"] = os.getpid()
         request_path.write_text(json.dumps(request))
@@ -199,7 +225,7 @@ class Launcher:
             popen = subprocess.Popen([sys.executable, "-m", "bench.executors.child", *argv], env=child_env,
                                      stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      cwd=str(self.workdir), start_new_session=True)
-        return TrialProcess(trial, popen.pid, "interpreter", out_path, log_path, deadline, gpu, _popen=popen)
+        return TrialProcess(unit, popen.pid, "interpreter", out_path, log_path, deadline, gpu, _popen=popen)
 
     def close(self) -> None:
         for z in self._zygotes.values():
@@ -231,7 +257,7 @@ def collect(proc: TrialProcess, executor: str) -> Outcome:
     if proc.out_path.exists():
         return Outcome(json.loads(proc.out_path.read_text()))
     if proc.timed_out:
-        return Outcome(failure_record(proc.trial, f"timeout: killed after {proc.trial.timeout_s:g} s",
+        return Outcome(failure_record(proc.unit, f"timeout: killed after {proc.unit.timeout_s:g} s",
                                       proc.gpu, executor))
     code = proc.poll()
     return Outcome(None, died=f"trial process exited with code {code} without a result; "

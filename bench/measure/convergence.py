@@ -34,17 +34,24 @@ def summarize(curve: list[dict], target: float | None, applicable: bool, stopped
         "target_val_accuracy": target,
         "time_to_target_s": hit["wall_s"] if hit else None,
         "epochs_to_target": hit["epoch"] if hit else None,
+        # AlgoPerf's rule for a miss: the whole training time, with target_reached false beside it
+        "target_reached": (hit is not None) if target is not None else None,
+        "time_to_target_or_budget_s": hit["wall_s"] if hit else (curve[-1]["wall_s"] if curve and target is not None else None),
         "loss_scale_skipped_steps": skipped_steps,
         "curve": curve,
         "null_reasons": {},
     }
     if not applicable:
         for k in ("best_val_accuracy", "final_val_accuracy", "final_train_accuracy", "target_val_accuracy",
-                  "time_to_target_s", "epochs_to_target", "generalization_gap"):
+                  "time_to_target_s", "epochs_to_target", "generalization_gap", "target_reached",
+                  "time_to_target_or_budget_s"):
             out[k] = None
             out["null_reasons"][k] = "not applicable: synthetic data with random labels"
     elif hit is None:
         why = "no target set" if target is None else f"val accuracy never reached {target}"
-        for k in ("time_to_target_s", "epochs_to_target") + (("target_val_accuracy",) if target is None else ()):
+        keys = ("time_to_target_s", "epochs_to_target")
+        if target is None:
+            keys += ("target_val_accuracy", "target_reached", "time_to_target_or_budget_s")
+        for k in keys:
             out["null_reasons"][k] = why
     return out

@@ -1,9 +1,10 @@
-"""The Ray driver loop: submit one task per trial, stream results into the store as they land.
+"""The Ray driver loop: submit one task per unit (trial or paired session), stream results into
+the store as they land.
 
 Faults: a trial process or Ray worker killed mid-trial, or a node lost, is retried by Ray up to
 the suite's `max_retries`; a trial past `timeout_s` is killed in its worker and recorded as
 failed, and the driver cancels a task that has not answered 60 s after that. Results stream back
-with `ray.wait` and are written the moment each lands (RunStore.write_trial is atomic and
+with `ray.wait` and are written the moment each lands (RunStore.write_record is atomic and
 exactly-once), with the trial process's output kept in the run's logs/. The manifest gets every
 node's fingerprint and, per trial, the node that ran it and how many attempts it took. Repeats
 keep the suite's order: tasks are submitted in trial order and Ray grants leases of one shape
@@ -30,16 +31,19 @@ LIVE_RECHECK_S = 5.0
 LIVE_INFEASIBLE_GRACE_S = 60.0
 
 
-class PendingTrial:
-    def __init__(self, trial, ref, req_key):
-        self.trial, self.ref, self.req_key = trial, ref, req_key
+class PendingUnit:
+    """A submitted trial or session whose record has not landed yet."""
+
+    def __init__(self, unit, ref, req_key):
+        self.unit, self.ref, self.req_key = unit, ref, req_key
         self.attempts = 0
         self.started_at: float | None = None  # attempt-log time of the latest attempt's start
         self.cancelled_for_timeout = False
 
 
-def run_ray(trials, store, suite, progress, start_method: str | None = None) -> None:
-    """Run `trials` as Ray tasks; write each record into `store` as it lands."""
+def run_ray(batches, store, suite, progress, start_method: str | None = None) -> None:
+    """Run each batch of units (trials, then sessions; bench/plan.py) as Ray tasks, one batch after
+    the other on one Ray connection; write each record into `store` as it lands."""
     import ray
 
     started_here = connect()
@@ -49,8 +53,10 @@ def run_ray(trials, store, suite, progress, start_method: str | None = None) -> 
         # tasks first races with replies from workers that Ctrl-C already hit and can abort the
         # driver inside Ray ("Tried to complete task that was not pending"). Only a joined
         # cluster, which outlives this driver, needs its tasks cancelled.
-        _run(trials, store, suite, progress, ray, start_method or default_start_method(),
-             cancel_on_exit=not started_here)
+        for batch in batches:
+            if batch:
+                _run(batch, store, suite, progress, ray, start_method or default_start_method(),
+                     cancel_on_exit=not started_here)
     finally:
         if started_here:
             ray.shutdown()
@@ -59,17 +65,17 @@ def run_ray(trials, store, suite, progress, start_method: str | None = None) -> 
             reaper.wait()
 
 
-def _run(trials, store, suite, progress, ray, start_method: str, cancel_on_exit: bool = True) -> None:
+def _run(units, store, suite, progress, ray, start_method: str, cancel_on_exit: bool = True) -> None:
     from ray.exceptions import RayTaskError, TaskCancelledError
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from bench import env
-    from bench.runner import precheck
+    from bench.executors.trial_process import precheck
 
     nodes = alive_nodes()
     gpu = wants_gpu(suite, nodes)
     requests = {}
-    for t in trials:
+    for t in units:
         req = request_for(t, suite, gpu)
         requests.setdefault(json.dumps(req, sort_keys=True), req)
     nodes = check_feasible(requests, suite.name, progress.note)
@@ -88,14 +94,14 @@ def _run(trials, store, suite, progress, ray, start_method: str, cancel_on_exit:
             placements.clear()
             last_flush = time.monotonic()
 
-    # CPU trials the runner would skip (e.g. mixed_float16 without XLA) are decided here, without
+    # CPU units the runner would skip (e.g. mixed_float16 without XLA) are decided here, without
     # starting a process: the decision depends on the precision, backend and jit setting only.
     todo = []
-    for t in trials:
+    for t in units:
         skipped = None if gpu else precheck(t, "ray", gpu=False)
         if skipped:
             skipped["node"]["ray"] = {"evaluated_on": "driver"}
-            store.write_trial(skipped)
+            store.write_record(t.kind, skipped)
             manifest_nodes[driver_fp["fingerprint_id"]] = driver_fp
             progress.finished(skipped, was_running=False)
         else:
@@ -110,21 +116,22 @@ def _run(trials, store, suite, progress, ray, start_method: str, cancel_on_exit:
     task = ray.remote(trial_task)
     options = {"marker_dir": os.environ.get(MARKER_ENV), "start_method": start_method,
                "run_id": store.path.name}
-    out: dict = {}  # ref -> _Outstanding
-    by_trial: dict = {}
+    out: dict = {}  # ref -> PendingUnit
+    by_id: dict = {}
     for t in todo:
         req = request_for(t, suite, gpu)
         custom = {k: v for k, v in req.items() if k not in ("CPU", "GPU")}
         ref = task.options(
             num_cpus=req["CPU"], num_gpus=req.get("GPU", 0), resources=custom or None,
             max_retries=suite.max_retries, retry_exceptions=[TrialProcessDied],
-            name=f"regbench:{t.trial_id}"[:120],
-        ).remote(t.to_dict(), bool(gpu), attempt_log, options)
-        o = PendingTrial(t, ref, json.dumps(req, sort_keys=True))
+            name=f"regbench:{t.unit_id}"[:120],
+        ).remote(t.kind, t.to_dict(), bool(gpu), attempt_log, options)
+        o = PendingUnit(t, ref, json.dumps(req, sort_keys=True))
         out[ref] = o
-        by_trial[t.trial_id] = o
-    progress.note(f"ray: {len(todo)} trials submitted to {len(nodes)} node(s) "
-                  f"({'1 GPU' if gpu else f'{suite.cpus_per_trial} CPU'} per trial, isolation {suite.isolation})")
+        by_id[t.unit_id] = o
+    what = "paired sessions" if todo[0].kind == "session" else "trials"
+    progress.note(f"ray: {len(todo)} {what} submitted to {len(nodes)} node(s) "
+                  f"({'1 GPU' if gpu else f'{suite.cpus_per_trial} CPU'} each, isolation {suite.isolation})")
 
     warned_hash: set = set()
     drain_ref = attempt_log.drain.remote()
@@ -142,8 +149,8 @@ def _run(trials, store, suite, progress, ray, start_method: str, cancel_on_exit:
                     events = ray.get(drain_ref, timeout=30)
                     if ready:
                         events += ray.get(attempt_log.drain.remote(), timeout=30)
-                    for trial_id, t_start, _info in events:
-                        o = by_trial.get(trial_id)
+                    for unit_id, t_start, _info in events:
+                        o = by_id.get(unit_id)
                         if o is not None:
                             o.attempts += 1
                             o.started_at = t_start
@@ -152,14 +159,14 @@ def _run(trials, store, suite, progress, ray, start_method: str, cancel_on_exit:
                     drain_ref = None  # attempt log gone: no running count, no driver-side timeout
             for ref in ready:
                 o = out.pop(ref)
-                by_trial.pop(o.trial.trial_id, None)
+                by_id.pop(o.unit.unit_id, None)
                 record, fp, info, log = _collect(ray, ref, o, gpu, suite, RayTaskError, TaskCancelledError)
                 if log:
-                    store.write_log(o.trial.trial_id, log, f"attempt {max(o.attempts, 1)}: pid {info.get('trial_pid')}, "
+                    store.write_log(o.unit.unit_id, log, f"attempt {max(o.attempts, 1)}: pid {info.get('trial_pid')}, "
                                                            f"{info.get('start_method')} on {info.get('hostname')}")
                 if info:
                     record.setdefault("node", {})["ray"] = info
-                    placements[o.trial.trial_id] = {
+                    placements[o.unit.unit_id] = {
                         "node_id": info["node_id"], "hostname": info["hostname"], "ip": info["node_ip"],
                         "attempts": max(o.attempts, 1), "gpu_ids": info["gpu_ids"]}
                     if (info.get("code_hash") != my_hash and info["node_id"] != driver_node
@@ -171,12 +178,12 @@ def _run(trials, store, suite, progress, ray, start_method: str, cancel_on_exit:
                 if fp:
                     manifest_nodes[fp["fingerprint_id"]] = fp
                 record["attempts"] = max(o.attempts, 1)
-                store.write_trial(record)
+                store.write_record(o.unit.kind, record)
                 progress.finished(record, was_running=o.started_at is not None)
             now = time.time()
             for o in list(out.values()):  # driver-side net behind the in-worker timeout
                 if (o.started_at is not None and not o.cancelled_for_timeout
-                        and now - o.started_at > o.trial.timeout_s + DRIVER_TIMEOUT_GRACE_S):
+                        and now - o.started_at > o.unit.timeout_s + DRIVER_TIMEOUT_GRACE_S):
                     o.cancelled_for_timeout = True
                     ray.cancel(o.ref, force=True)
             if time.monotonic() - last_recheck > LIVE_RECHECK_S:
@@ -207,7 +214,7 @@ def _collect(ray, ref, o, gpu, suite, RayTaskError, TaskCancelledError):
         result = ray.get(ref)
         return result["record"], result["fingerprint"], result["ray"], result.get("log")
     except TaskCancelledError:
-        reason = (f"timeout: no result {o.trial.timeout_s + DRIVER_TIMEOUT_GRACE_S:g} s after the trial "
+        reason = (f"timeout: no result {o.unit.timeout_s + DRIVER_TIMEOUT_GRACE_S:g} s after the trial "
                   f"started; cancelled by the driver" if o.cancelled_for_timeout else "cancelled")
     except RayTaskError as e:
         cause = e.cause if isinstance(getattr(e, "cause", None), BaseException) else None
@@ -219,7 +226,7 @@ def _collect(ray, ref, o, gpu, suite, RayTaskError, TaskCancelledError):
     except ray.exceptions.RayError as e:  # worker crashed, node died, OOM-killed: retries spent
         first = (str(e).strip().splitlines() or [""])[0]
         reason = f"{type(e).__name__} after {attempts} attempts (max_retries {suite.max_retries}): {first}"
-    return failure_record(o.trial, reason[:600], gpu, "ray"), None, None, None
+    return failure_record(o.unit, reason[:600], gpu, "ray"), None, None, None
 
 
 def _recheck_feasible(out, requests, suite, store, infeasible_since, ray) -> None:

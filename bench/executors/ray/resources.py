@@ -34,15 +34,18 @@ def wants_gpu(suite, nodes: list[dict]) -> bool:
     return any(n["Resources"].get("GPU", 0) >= 1 for n in nodes)
 
 
-def request_for(trial, suite, gpu: bool) -> dict:
-    """The Ray resources one trial asks for: {'CPU': n, 'GPU': 0|1, custom...}."""
-    req = {"CPU": float(trial.cpu_threads or (suite.cpus_per_trial if not gpu else 1))}
+def request_for(unit, suite, gpu: bool) -> dict:
+    """The Ray resources one trial or paired session asks for: {'CPU': n, 'GPU': 0|1, custom...}.
+    A paired session on a CPU takes the node's slot (one session per node at a time, nothing
+    else timed beside it) unless the suite says `paired: {isolation: slot}`."""
+    req = {"CPU": float(unit.cpu_threads or (suite.cpus_per_trial if not gpu else 1))}
     if gpu:
         req["GPU"] = 1.0
-    if suite.isolation == "node":
+    if suite.isolation == "node" or (unit.kind == "session" and not gpu and suite.paired_isolation == "node"):
         req[NODE_SLOT] = 1.0
-    if trial.accelerator_type:
-        req[f"accelerator_type:{trial.accelerator_type}"] = 0.001
+    accelerator = unit.base.accelerator_type if unit.kind == "session" else unit.accelerator_type
+    if accelerator:
+        req[f"accelerator_type:{accelerator}"] = 0.001
     return req
 
 

@@ -52,15 +52,15 @@ def _mkdir(path: pathlib.Path) -> pathlib.Path:
     return path
 
 
-def trial_task(trial_dict: dict, gpu: bool | None, attempt_log, options: dict) -> dict:
-    """One attempt of one trial. Returns {"record", "fingerprint", "ray", "log"}; raises TrialProcessDied."""
+def trial_task(kind: str, unit_dict: dict, gpu: bool, attempt_log, options: dict) -> dict:
+    """One attempt of one unit (a trial or a paired session). Returns {"record", "fingerprint",
+    "ray", "log"}; raises TrialProcessDied."""
     import ray
 
     from bench import env
-    from bench.executors.trial_process import read_log_tail, wait_and_collect
-    from bench.trial import Trial
+    from bench.executors.trial_process import read_log_tail, unit_from_dict, wait_and_collect
 
-    trial = Trial.from_dict(trial_dict)
+    unit = unit_from_dict(kind, unit_dict)
     ctx = ray.get_runtime_context()
     gpu_ids = [str(g) for g in ctx.get_accelerator_ids().get("GPU", [])]
     info = {"node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address(),
@@ -68,19 +68,19 @@ def trial_task(trial_dict: dict, gpu: bool | None, attempt_log, options: dict) -
             "code_hash": code_hash()}
     if attempt_log is not None:  # wait for it: the driver counts attempts from these
         try:
-            ray.get(attempt_log.started.remote(trial.trial_id, dict(info)), timeout=30)
+            ray.get(attempt_log.started.remote(unit.unit_id, dict(info)), timeout=30)
         except ray.exceptions.RayError:
             pass
     launcher = _launcher(options)
     t_task = time.time()
     tokens = None if gpu is False else (gpu_ids or env.visible_gpu_tokens() or [])
-    proc = launcher.launch(trial, tokens)
+    proc = launcher.launch(unit, tokens)
     info.update(trial_pid=proc.pid, start_method=proc.start_method)
     if options.get("marker_dir"):  # tests: each attempt leaves its pids as it starts
         import json
 
-        marker = pathlib.Path(options["marker_dir"]) / f"{trial.trial_id}.{proc.pid}.json"
-        marker.write_text(json.dumps({**info, "trial_id": trial.trial_id}))
+        marker = pathlib.Path(options["marker_dir"]) / f"{unit.unit_id}.{proc.pid}.json"
+        marker.write_text(json.dumps({**info, "trial_id": unit.unit_id}))
     outcome = wait_and_collect(proc, "ray")
     t_end = time.time()
     info.update(t_start=t_task, t_end=t_end, process_s=round(t_end - t_task, 4))
@@ -98,8 +98,8 @@ class AttemptLog:
     def __init__(self):
         self.events: list = []
 
-    def started(self, trial_id: str, info: dict) -> None:
-        self.events.append((trial_id, time.time(), info))
+    def started(self, unit_id: str, info: dict) -> None:
+        self.events.append((unit_id, time.time(), info))
 
     def drain(self) -> list:
         events, self.events = self.events, []

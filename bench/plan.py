@@ -1,0 +1,86 @@
+"""What a run does, batch after batch: isolated trials, then paired sessions, then (with a CI
+target) more sessions for the cell groups whose step-time interval is still too wide.
+
+A batch finishes before the next starts, so paired sessions never share a node with a trial.
+Everything is derived from the suite and from the records already in the store, so a resumed
+run picks up where it stopped, in any phase.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from bench.paired import Session, plan_sessions
+
+
+@dataclasses.dataclass
+class RunPlan:
+    trials: list
+    sessions: list  # the suite's planned sessions (adaptive ones are added as they are decided)
+    target_ci_pct: float | None = None
+    max_sessions: int = 8
+    budget_s: float = 600.0
+    added: list = dataclasses.field(default_factory=list)  # adaptive sessions, with the reason
+    unmet: list = dataclasses.field(default_factory=list)  # groups still wider than the target
+
+    @classmethod
+    def of(cls, suite, trials, target_ci_pct: float | None = None) -> "RunPlan":
+        spec = suite.paired
+        if not spec:
+            return cls(list(trials), [])
+        target = target_ci_pct if target_ci_pct is not None else spec["target_ci_pct"]
+        return cls(list(trials), plan_sessions(trials, spec), target, spec["max_sessions"], spec["budget_s"])
+
+    @property
+    def unit_count(self) -> int:
+        return len(self.trials) + len(self.sessions) + len(self.added)
+
+    def batches(self, store, progress=None):
+        """Yield lists of units not yet in the store: trials, sessions, then adaptive sessions."""
+        done = store.finished_ids("trial")
+        yield [t for t in self.trials if t.unit_id not in done]
+        done = store.finished_ids("session")
+        yield [s for s in self.sessions if s.unit_id not in done]
+        if not self.sessions or self.target_ci_pct is None:
+            return
+        deadline = time.monotonic() + self.budget_s
+        while True:
+            extra = self.more_sessions(store.records("session"))
+            if not extra:
+                return
+            if time.monotonic() >= deadline:
+                self.unmet = self.wide_groups(store.records("session"))
+                if progress is not None:
+                    progress.note(f"paired: time budget ({self.budget_s:g} s) spent; {len(self.unmet)} cell "
+                                  f"group(s) still wider than +-{self.target_ci_pct:g} points")
+                return
+            self.added += extra
+            if progress is not None:
+                progress.add(len(extra))
+                progress.note(f"paired: {len(extra)} more session(s) for cell groups whose step-time CI is "
+                              f"wider than +-{self.target_ci_pct:g} points")
+            store.update_manifest(session_ids=[s.unit_id for s in self.sessions + self.added])
+            yield extra
+
+    def wide_groups(self, records: list[dict]) -> list[str]:
+        from analysis import paired
+
+        return paired.wide_groups(paired.estimates(records), self.target_ci_pct)
+
+    def more_sessions(self, records: list[dict]) -> list[Session]:
+        """One more session for each group still wider than the target and under its cap."""
+        wide = set(self.wide_groups(records))
+        count: dict[str, int] = {}
+        for s in self.sessions + self.added:
+            count[s.group_id] = count.get(s.group_id, 0) + 1
+        template = {s.group_id: s for s in self.sessions}
+        out = []
+        for gid in sorted(wide):
+            if count.get(gid, 0) >= self.max_sessions or gid not in template:
+                continue
+            t = template[gid]
+            i = count[gid]
+            base = dataclasses.replace(t.base, repeat=i, seed=t.base.seed - t.base.repeat + i)
+            out.append(dataclasses.replace(t, base=base))
+        self.unmet = sorted(g for g in wide if count.get(g, 0) >= self.max_sessions)
+        return out
