@@ -91,7 +91,6 @@ def run_trial(trial: Trial, executor: str = "process", gpu: bool | None = None) 
 
 def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
     import keras
-    import numpy as np
 
     from bench.measure.compute import compute_section
     from bench.measure.convergence import curve_rows, summarize
@@ -99,14 +98,14 @@ def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
     from bench.measure.memory import MemoryTracker
     from bench.measure.timing import StepTimer
     from bench.workloads import WORKLOADS
-    from bench.workloads.common import pipeline_augment
+    from bench.workloads.common import train_inputs
 
     workload = WORKLOADS[trial.workload]
     recipe = recipe_for(trial.regularizers)
 
     # 1. data (partial last batch dropped: a smaller batch would retrace/recompile the step)
     t = time.perf_counter()
-    data = workload.load(trial.seed, trial.max_train_samples)
+    data = recipe.prepare_data(workload.load(trial.seed, trial.max_train_samples, **(trial.model or {})))
     n = len(data.x_train) // trial.batch_size * trial.batch_size
     if n == 0:
         raise ValueError(f"batch_size {trial.batch_size} exceeds the {len(data.x_train)} training samples")
@@ -121,34 +120,15 @@ def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
     precision.set_policy(trial.precision)
     model = workload.build(recipe, data)
     model.compile(
-        optimizer=keras.optimizers.Adam(trial.learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(),
-        metrics=["accuracy", keras.metrics.SparseCategoricalCrossentropy(name="xent_loss")],
+        optimizer=recipe.make_optimizer(trial.learning_rate),
+        loss=recipe.make_loss(),
+        metrics=recipe.metrics(),
         jit_compile=backends.compile_arg(trial.jit_compile),
     )
     build_s = time.perf_counter() - t
 
-    # 3. input: arrays, or a PyDataset that augments batch by batch on the input side
-    if recipe.augmentation == "pipeline":
-        class Augmented(keras.utils.PyDataset):
-            def __init__(self):
-                super().__init__()
-                self.rng = np.random.default_rng(trial.seed)
-                self.order = np.arange(n)
-
-            def __len__(self):
-                return n // trial.batch_size
-
-            def __getitem__(self, i):
-                idx = self.order[i * trial.batch_size:(i + 1) * trial.batch_size]
-                return pipeline_augment(x_train[idx], data.kind, recipe.augment_strength, self.rng), y_train[idx]
-
-            def on_epoch_end(self):
-                self.rng.shuffle(self.order)
-
-        fit_inputs = dict(x=Augmented())
-    else:
-        fit_inputs = dict(x=x_train, y=y_train, batch_size=trial.batch_size, shuffle=True)
+    # 3. input: arrays, or a PyDataset that transforms batch by batch on the input side
+    fit_inputs = train_inputs(recipe, data.kind, x_train, y_train, trial.batch_size, trial.seed)
 
     # 4. timed training
     timer = StepTimer()
