@@ -109,6 +109,9 @@ def cmd_run(args) -> int:
         store = RunStore.create(out, suite.resolved, [t.trial_id for t in todo])
         store.update_manifest(suite_input=raw, executor=executor)
         print(f"run {store.path}: {len(todo)} trials of suite {suite.name} ({executor} executor)", file=sys.stderr)
+        if suite.not_applicable:
+            print(f"{len(suite.not_applicable)} workload x setting pairs are not applicable and not run "
+                  "(`regbench plan` lists them)", file=sys.stderr)
 
     progress = Progress(len(todo))
     try:
@@ -161,6 +164,8 @@ def cmd_plan(args) -> int:
         for t in trials:
             print(f"{t.trial_id}\t{t.workload}\t{t.setting}\t{t.precision}\tb{t.batch_size}\tr{t.repeat}")
         print(f"{len(trials)} trials ({suite.name}, backend {suite.resolved['backend']})", file=sys.stderr)
+    for na in suite.not_applicable:
+        print(f"not applicable, not run: {na['workload']} x {na['setting']}: {na['reason']}", file=sys.stderr)
     return 0
 
 
@@ -246,9 +251,10 @@ def cmd_validate(args) -> int:
         return 0
     s = suite_mod.parse(data, str(path))
     r = s.resolved
+    na = f", less {len(s.not_applicable)} not-applicable workload x setting pairs" if s.not_applicable else ""
     print(f"{path}: valid suite {s.name!r}: {len(s.trials)} trials = {len(r['workloads'])} workloads x "
           f"{len(r['settings'])} regularizer settings x {len(r['precisions'])} precisions x "
-          f"{len(r['batch_sizes'])} batch sizes x {r['repeats']} repeats")
+          f"{len(r['batch_sizes'])} batch sizes x {r['repeats']} repeats{na}")
     return 0
 
 

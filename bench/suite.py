@@ -2,6 +2,11 @@
 
 A suite names the matrix: workloads x regularizer settings x precisions x batch sizes x repeats.
 Every problem is reported as one line naming the file and the field. See README "Suites".
+
+A workload x setting pair where the setting does not apply (mixup on tokens, stochastic depth
+without residual blocks; see each registry entry's applies_to) is left out of the trials and
+listed in Suite.not_applicable with the reason; a setting that applies to none of the suite's
+workloads is an error naming it.
 """
 from __future__ import annotations
 
@@ -26,7 +31,8 @@ TOP_KEYS = {
     "accelerator_types": "list", "expected_trial_s": "seconds", "max_retries": "int",
     "learning_rate": "Adam learning rate",
 }
-WORKLOAD_KEYS = ("name", "max_train_samples", "steps_per_epoch", "target_val_accuracy", "epochs", "batch_sizes")
+WORKLOAD_KEYS = ("name", "max_train_samples", "steps_per_epoch", "target_val_accuracy", "epochs", "batch_sizes",
+                 "model")
 
 
 def closest(word: str, options) -> str:
@@ -46,6 +52,7 @@ class Suite:
     expected_trial_s: float
     max_retries: int
     resolved: dict  # the suite as plain data, defaults filled in (stored in the manifest)
+    not_applicable: tuple = ()  # ({workload, setting, reason}, ...): pairs left out of the trials
 
 
 def _fail(where: str, msg: str):
@@ -205,16 +212,36 @@ def parse(data: dict, source: str, backend_override: str | None = None) -> Suite
         wb = spec.get("batch_sizes")
         if wb is not None:
             wb = [_int(f"{where}.batch_sizes[{j}]", b, 1, 1 << 20) for j, b in enumerate(_list(f"{where}.batch_sizes", wb))]
-        workloads.append({**spec, "batch_sizes": wb})
+        module = WORKLOADS[spec["name"]]
+        model = spec.get("model")
+        if getattr(module, "MODEL", None):
+            from bench.workloads.common import model_options
+
+            model = model_options(module.MODEL, model, f"{where}.model", getattr(module, "check_model", None))
+        elif model is not None:
+            _fail(f"{where}.model", f"{spec['name']} has no model options")
+        workloads.append({**spec, "batch_sizes": wb, "model": model})
 
     names = [regularizers.setting_label(s) for s in settings]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
         _fail(f"{f}: regularizers", f"setting {sorted(dupes)[0]!r} is listed twice")
 
+    not_applicable = []
+    for i, reg in enumerate(settings):
+        reasons = [regularizers.not_applicable(reg, WORKLOADS[w["name"]]) for w in workloads]
+        if all(reasons):
+            _fail(f"{f}: regularizers[{i}]", f"{names[i]} applies to none of this suite's workloads "
+                  f"({'; '.join(dict.fromkeys(reasons))})")
+        not_applicable += [{"workload": w["name"], "setting": names[i], "reason": r}
+                           for w, r in zip(workloads, reasons) if r]
+    skip = {(n["workload"], n["setting"]) for n in not_applicable}
+
     cells = []
     for w in workloads:
         for reg in settings:
+            if (w["name"], regularizers.setting_label(reg)) in skip:
+                continue
             for prec in precisions:
                 for bs in w["batch_sizes"] or batch_sizes:
                     for acc in accel:
@@ -224,7 +251,7 @@ def parse(data: dict, source: str, backend_override: str | None = None) -> Suite
                             target_val_accuracy=w.get("target_val_accuracy"), jit_compile=jit,
                             max_train_samples=w.get("max_train_samples"), steps_per_epoch=w.get("steps_per_epoch"),
                             cpu_threads=cpus if device != "gpu" else None, timeout_s=float(timeout),
-                            allow_slow_precision=allow_slow, accelerator_type=acc))
+                            allow_slow_precision=allow_slow, accelerator_type=acc, model=w["model"]))
     # Repeats interleave (all cells of repeat 0, then repeat 1, ...) so drift hits every setting alike.
     trials = tuple(Trial(**c, repeat=r, seed=seed + r) for r in range(repeats) for c in cells)
 
@@ -235,10 +262,11 @@ def parse(data: dict, source: str, backend_override: str | None = None) -> Suite
         "epochs": epochs, "seed": seed, "learning_rate": float(lr), "jit_compile": jit, "isolation": isolation, "device": device,
         "cpus_per_trial": cpus, "timeout_s": float(timeout), "allow_slow_precision": allow_slow,
         "accelerator_types": accel, "max_retries": retries, "expected_trial_s": float(expected),
+        "not_applicable": not_applicable,
     }
     return Suite(name=name, description=resolved["description"], source=source, trials=trials,
                  isolation=isolation, cpus_per_trial=cpus, device=device, expected_trial_s=float(expected),
-                 max_retries=retries, resolved=resolved)
+                 max_retries=retries, resolved=resolved, not_applicable=tuple(not_applicable))
 
 
 def filter_trials(trials, pattern: str | None):
