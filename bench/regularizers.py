@@ -45,7 +45,8 @@ class Recipe:
     stochastic_depth_rate: float = 0.0  # drop probability of the last residual branch (linear in depth)
 
     # Variables AdamW leaves alone (BERT/timm convention): biases and normalization scale/offset.
-    NO_DECAY_NAMES = ("^bias$", "^gamma$", "^beta$")
+    # Matched against variable.name: "gamma", or on TensorFlow the tf.Variable's "block0_bn/gamma:0".
+    NO_DECAY_NAMES = (r"(^|/)(bias|gamma|beta)(:\d+)?$",)
 
     def kernel_regularizer(self):
         """A fresh Keras L1L2 regularizer, or None when there is no weight penalty."""
