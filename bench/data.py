@@ -55,6 +55,10 @@ class DataMissing(FileNotFoundError):
     """A workload's files are not staged on this node (a trial never fetches them itself)."""
 
 
+class FetchError(OSError):
+    """A download that failed after its retries; str() is the URL and the last error."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Dataset:
     name: str  # what workloads declare in DATASET
@@ -230,7 +234,8 @@ def _prepare_one(ds: Dataset, fetch: bool) -> dict:
             if _read_manifest(folder) is None:
                 _write_manifest(folder, ds)
             return _done(ds, folder, "verified", [], t0)
-        listing = "; ".join(f"{f}: {p}" for f, p in bad.items())
+        listing = ("missing" if set(bad.values()) == {"missing"}
+                   else "; ".join(f"{f}: {p}" for f, p in bad.items()))
         if not fetch:
             _fail(ds, f"{folder}: {listing}")
         for f in bad:  # a corrupted file goes before its replacement is fetched
@@ -242,7 +247,7 @@ def _prepare_one(ds: Dataset, fetch: bool) -> dict:
             folder.mkdir(parents=True, exist_ok=True)
             ds.fetch(folder, list(bad))
         except (OSError, ValueError, tarfile.TarError) as e:
-            _fail(ds, f"{folder} ({listing}) and fetching failed: {_reason(e)}")
+            _fail(ds, f"{folder}: {listing}; fetching failed: {e if isinstance(e, FetchError) else _reason(e)}")
         still = problems(ds, folder)
         if still:
             _fail(ds, "fetched files do not verify: " + "; ".join(f"{f}: {p}" for f, p in still.items()))
@@ -292,7 +297,7 @@ def _download(url: str, dest_dir: pathlib.Path) -> pathlib.Path:
                 break
             if attempt + 1 < FETCH_ATTEMPTS:
                 time.sleep(0.5 * 2 ** attempt)
-    raise OSError(f"{url}: {_reason(last)}")
+    raise FetchError(f"{url}: {_reason(last)}")
 
 
 def _source(default_url: str, mirror_path: str) -> str:
