@@ -231,8 +231,13 @@ def parse(data: dict, source: str, backend_override: str | None = None) -> Suite
     for i, reg in enumerate(settings):
         reasons = [regularizers.not_applicable(reg, WORKLOADS[w["name"]]) for w in workloads]
         if all(reasons):
-            _fail(f"{f}: regularizers[{i}]", f"{names[i]} applies to none of this suite's workloads "
-                  f"({'; '.join(dict.fromkeys(reasons))})")
+            where, what = f"{f}: regularizers[{i}]", names[i]
+            for j, (name, _) in enumerate(reg):  # name the entry that applies nowhere, if one does
+                if all(regularizers.REGISTRY[name].applies_to(WORKLOADS[w["name"]]) for w in workloads):
+                    where += (f"[{j}]" if isinstance(data["regularizers"][i], list) else "") + f".{name}"
+                    what = name
+                    break
+            _fail(where, f"{what} applies to none of this suite's workloads ({'; '.join(dict.fromkeys(reasons))})")
         not_applicable += [{"workload": w["name"], "setting": names[i], "reason": r}
                            for w, r in zip(workloads, reasons) if r]
     skip = {(n["workload"], n["setting"]) for n in not_applicable}
