@@ -102,14 +102,17 @@ def locate(ds: Dataset) -> pathlib.Path | None:
 
 def for_workloads(names=None) -> list[Dataset]:
     """The datasets the named workloads read (all of them when `names` is empty), in a fixed order."""
-    from bench.suite import closest
+    import difflib
+
     from bench.workloads import WORKLOADS
 
     names = list(names or WORKLOADS)
     wanted = []
     for name in names:
         if name not in WORKLOADS:
-            raise UserError(f"WORKLOAD: unknown workload {name!r}{closest(name, list(WORKLOADS))}")
+            match = difflib.get_close_matches(str(name), list(WORKLOADS), n=1, cutoff=0.5)
+            hint = f" (did you mean {match[0]!r}?)" if match else f" (known: {', '.join(WORKLOADS)})"
+            raise UserError(f"WORKLOAD: unknown workload {name!r}{hint}")
         ds = getattr(WORKLOADS[name], "DATASET", None)
         if ds and ds not in wanted:
             wanted.append(ds)

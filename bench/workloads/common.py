@@ -171,8 +171,10 @@ def train_inputs(recipe, kind: str, x: np.ndarray, y: np.ndarray, batch_size: in
 
     Arrays (Keras batches and shuffles them) unless the recipe transforms batches on the input
     side - pipeline augmentation, mixup, cutmix - then a keras PyDataset that applies them in
-    NumPy batch by batch (augmentation first, then mixing), seeded by `seed`, reshuffled every
-    epoch. len(x) must be a multiple of batch_size (the runner drops the partial batch).
+    NumPy batch by batch (augmentation first, then mixing), in a shuffled order that changes every
+    epoch. Batch i of epoch e draws from its own generator seeded by (seed, e, i), so batches do not
+    depend on which thread makes them. len(x) must be a multiple of batch_size (the runner drops
+    the partial batch).
     """
     if recipe.augmentation != "pipeline" and not recipe.mixes_batches:
         return dict(x=x, y=y, batch_size=batch_size, shuffle=True)
@@ -181,22 +183,24 @@ def train_inputs(recipe, kind: str, x: np.ndarray, y: np.ndarray, batch_size: in
     class Batches(keras.utils.PyDataset):
         def __init__(self):
             super().__init__()
-            self.rng = np.random.default_rng(seed)
-            self.order = np.arange(len(x))
+            self.epoch = 0
+            self.order = np.random.default_rng((seed, 0)).permutation(len(x))
 
         def __len__(self):
             return len(x) // batch_size
 
         def __getitem__(self, i):
             idx = self.order[i * batch_size:(i + 1) * batch_size]
+            rng = np.random.default_rng((seed, self.epoch, i))
             xb, yb = x[idx], y[idx]
             if recipe.augmentation == "pipeline":
-                xb = pipeline_augment(xb, kind, recipe.augment_strength, self.rng)
+                xb = pipeline_augment(xb, kind, recipe.augment_strength, rng)
             if recipe.mixes_batches:
-                xb, yb = mix_batch(xb, yb, recipe.mixup_alpha, recipe.cutmix_alpha, self.rng)
+                xb, yb = mix_batch(xb, yb, recipe.mixup_alpha, recipe.cutmix_alpha, rng)
             return xb, yb
 
         def on_epoch_end(self):
-            self.rng.shuffle(self.order)
+            self.epoch += 1
+            self.order = np.random.default_rng((seed, self.epoch)).permutation(len(x))
 
     return dict(x=Batches())
