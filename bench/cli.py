@@ -108,10 +108,9 @@ def cmd_run(args) -> int:
             raise UserError(f"--out: {out} exists and is not a directory")
         store = RunStore.create(out, suite.resolved, [t.trial_id for t in todo])
         store.update_manifest(suite_input=raw, executor=executor)
-        print(f"run {store.path}: {len(todo)} trials of suite {suite.name} ({executor} executor)", file=sys.stderr)
-        if suite.not_applicable:
-            print(f"{len(suite.not_applicable)} workload x setting pairs are not applicable and not run "
-                  "(`regbench plan` lists them)", file=sys.stderr)
+        na = (f"; {len(suite.not_applicable)} not-applicable workload x setting pairs left out, see `regbench plan`"
+              if suite.not_applicable else "")
+        print(f"run {store.path}: {len(todo)} trials of suite {suite.name} ({executor} executor{na})", file=sys.stderr)
 
     progress = Progress(len(todo))
     try:
