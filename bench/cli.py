@@ -1,4 +1,4 @@
-"""`regbench`: run, plan, report, compare, env, suites, validate.
+"""`regbench`: run, plan, report, compare, env, suites, validate, selfcheck, data.
 
 Progress goes to stderr; `run` prints the run directory as its last stdout line. Errors are one
 line on stderr with exit code 2 (bad input) or 1 (a failure while working).
@@ -64,6 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--rounds", type=int, default=15, help="alternating bare/harness rounds for the overhead")
     sc.add_argument("--epochs", type=int, default=6)
     sc.add_argument("--json", action="store_true")
+
+    d = sub.add_parser("data", help="stage (fetch), verify or locate the workloads' dataset files on this node")
+    d.add_argument("action", choices=("fetch", "verify", "where"))
+    d.add_argument("workloads", nargs="*", metavar="WORKLOAD", help="default: every workload that reads files")
     return ap
 
 
@@ -113,10 +117,12 @@ def cmd_run(args) -> int:
         done = 0
         plan = RunPlan.of(suite, todo, args.target_ci)
         store = RunStore.create(out, suite.resolved, [t.trial_id for t in todo])
+        na = (f"; {len(suite.not_applicable)} not-applicable workload x setting pairs left out, see `regbench plan`"
+              if suite.not_applicable else "")
         store.update_manifest(suite_input=raw, executor=executor, target_ci_pct=plan.target_ci_pct,
                               session_ids=[s.unit_id for s in plan.sessions])
         print(f"run {store.path}: {len(todo)} trials and {len(plan.sessions)} paired sessions of suite "
-              f"{suite.name} ({executor} executor)", file=sys.stderr)
+              f"{suite.name} ({executor} executor{na})", file=sys.stderr)
 
     progress = Progress(plan.unit_count - done)
     try:
@@ -180,6 +186,8 @@ def cmd_plan(args) -> int:
         for t in trials:
             print(f"{t.trial_id}\t{t.workload}\t{t.setting}\t{t.precision}\tb{t.batch_size}\tr{t.repeat}")
         print(f"{len(trials)} trials ({suite.name}, backend {suite.resolved['backend']})", file=sys.stderr)
+    for na in suite.not_applicable:
+        print(f"not applicable, not run: {na['workload']} x {na['setting']}: {na['reason']}", file=sys.stderr)
     return 0
 
 
@@ -265,9 +273,10 @@ def cmd_validate(args) -> int:
         raise UserError(f"{path}: expected a mapping of suite fields at the top level")
     s = suite_mod.parse(data, str(path))
     r = s.resolved
+    na = f", less {len(s.not_applicable)} not-applicable workload x setting pairs" if s.not_applicable else ""
     print(f"{path}: valid suite {s.name!r}: {len(s.trials)} trials = {len(r['workloads'])} workloads x "
           f"{len(r['settings'])} regularizer settings x {len(r['precisions'])} precisions x "
-          f"{len(r['batch_sizes'])} batch sizes x {r['repeats']} repeats")
+          f"{len(r['batch_sizes'])} batch sizes x {r['repeats']} repeats{na}")
     return 0
 
 
@@ -301,8 +310,40 @@ def cmd_selfcheck(args) -> int:
     return selfcheck(repeats=args.repeats, epochs=args.epochs, as_json=args.json, rounds=args.rounds)
 
 
+def cmd_data(args) -> int:
+    """fetch: stage and verify (under the file lock); verify: check only; where: the folders."""
+    from bench import data
+
+    datasets = data.for_workloads(args.workloads)
+    if not datasets:
+        print(f"no dataset files needed by {', '.join(args.workloads)}", file=sys.stderr)
+        return 0
+    if args.action == "fetch":
+        for name, r in data.prepare(args.workloads).items():
+            extra = f" ({', '.join(r['files_fetched'])})" if r["files_fetched"] else ""
+            print(f"{name}: {r['state']}{extra}, {r['bytes'] / 1e6:.1f} MB in {r['path']} ({r['seconds']:.1f} s)")
+        return 0
+    if args.action == "where":
+        roots = data.roots()
+        print(f"data roots (lookup order; fetch writes to the first): {', '.join(map(str, roots))}")
+        for ds in datasets:
+            found = data.locate(ds)
+            print(f"{ds.name}: {found if found else 'missing'} ({ds.title}: {ds.folder}/{{{','.join(ds.files)}}})")
+        return 0
+    failed = 0
+    for ds in datasets:
+        st = data.status(ds)
+        if st["state"] == "verified":
+            print(f"{ds.name}: verified, {st['bytes'] / 1e6:.1f} MB in {st['path']}")
+        else:
+            failed += 1
+            where = f"{st['path']}: " if st["state"] == "corrupted" else ""
+            print(f"{ds.name}: {st['state']}: {where}{st['problem']}")
+    return 1 if failed else 0
+
+
 COMMANDS = {"run": cmd_run, "plan": cmd_plan, "report": cmd_report, "compare": cmd_compare, "env": cmd_env,
-            "suites": cmd_suites, "validate": cmd_validate, "selfcheck": cmd_selfcheck}
+            "suites": cmd_suites, "validate": cmd_validate, "selfcheck": cmd_selfcheck, "data": cmd_data}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,5 +1,5 @@
-"""What the model is fed: the training arrays as they are, or a PyDataset that augments each
-batch on the input side (augmentation `where: pipeline`).
+"""What the model is fed: the training arrays as they are, or a PyDataset that transforms each
+batch on the input side (augmentation `where: pipeline`, then mixup / cutmix).
 
 The PyDataset runs in Keras' own enqueuer (2 threads, a queue of 10 batches) on every backend,
 so input-side augmentation overlaps the training step alike on TensorFlow, JAX and torch. (With
@@ -12,20 +12,20 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from bench.workloads.common import pipeline_augment
+from bench.workloads.common import mix_batch, pipeline_augment
 
 PIPELINE_WORKERS = 2
 PIPELINE_QUEUE = 10
 
 
-class AugmentedBatches(keras.utils.PyDataset):
-    """Batches of (augmented x, y) in a shuffled order that changes every epoch. Each batch draws
+class TransformedBatches(keras.utils.PyDataset):
+    """Batches of (x, y) transformed as the recipe asks, in a shuffled order that changes every epoch. Each batch draws
     from its own generator seeded by (seed, epoch, batch index): the enqueuer's threads share no
     RNG state and the batches are the same whatever the thread timing."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, kind: str, strength: float, seed: int):
+    def __init__(self, recipe, x: np.ndarray, y: np.ndarray, batch_size: int, kind: str, seed: int):
         super().__init__(workers=PIPELINE_WORKERS, use_multiprocessing=False, max_queue_size=PIPELINE_QUEUE)
-        self.x, self.y, self.batch_size, self.kind, self.strength = x, y, batch_size, kind, strength
+        self.recipe, self.x, self.y, self.batch_size, self.kind = recipe, x, y, batch_size, kind
         self.seed, self.epoch = seed, 0
         self.order = np.random.default_rng((seed, 0)).permutation(len(x))
 
@@ -35,7 +35,12 @@ class AugmentedBatches(keras.utils.PyDataset):
     def __getitem__(self, i: int):
         idx = self.order[i * self.batch_size:(i + 1) * self.batch_size]
         rng = np.random.default_rng((self.seed, self.epoch, i))
-        return pipeline_augment(self.x[idx], self.kind, self.strength, rng), self.y[idx]
+        xb, yb, r = self.x[idx], self.y[idx], self.recipe
+        if r.augmentation == "pipeline":
+            xb = pipeline_augment(xb, self.kind, r.augment_strength, rng)
+        if r.mixes_batches:
+            xb, yb = mix_batch(xb, yb, r.mixup_alpha, r.cutmix_alpha, rng)
+        return xb, yb
 
     def on_epoch_end(self) -> None:
         self.epoch += 1
@@ -44,7 +49,7 @@ class AugmentedBatches(keras.utils.PyDataset):
 
 def fit_inputs(recipe, x: np.ndarray, y: np.ndarray, batch_size: int, kind: str, seed: int) -> tuple[dict, str]:
     """Keyword arguments for model.fit's data, and a short description of the input pipeline."""
-    if recipe.augmentation == "pipeline":
-        desc = f"PyDataset with input-side augmentation, Keras enqueuer ({PIPELINE_WORKERS} threads, queue {PIPELINE_QUEUE})"
-        return dict(x=AugmentedBatches(x, y, batch_size, kind, recipe.augment_strength, seed)), desc
+    if recipe.augmentation == "pipeline" or recipe.mixes_batches:
+        desc = f"PyDataset transforming batches on the input side, Keras enqueuer ({PIPELINE_WORKERS} threads, queue {PIPELINE_QUEUE})"
+        return dict(x=TransformedBatches(recipe, x, y, batch_size, kind, seed)), desc
     return dict(x=x, y=y, batch_size=batch_size, shuffle=True), f"arrays ({keras.config.backend()} adapter), shuffled"

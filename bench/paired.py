@@ -198,21 +198,25 @@ def _time_blocks(session: Session, node: dict) -> dict:
 
     # 1. one dataset, every model built the runner's way (plus the A/A twin of the baseline)
     t = time.perf_counter()
-    data, x_train, y_train = load_data(base, workload)
+    data, x_train, _ = load_data(base, workload, Recipe())
     labels = [AA_LABEL, setting_label(()), *session.labels]
     settings = dict(zip(labels, [(), (), *session.settings]))
     rng = np.random.default_rng([base.seed, base.repeat, 7919])
     build_order = [labels[i] for i in rng.permutation(len(labels))]  # no model is always built first
-    models, recipes = {}, {}
+    models, recipes, labels_y = {}, {}, {}
     for label in build_order:
         recipes[label] = recipe_for(settings[label])
-        models[label] = build_model(session.trial_for(settings[label]), workload, recipes[label], data)
+        prepared = recipes[label].prepare_data(data)  # one-hot labels where the loss wants soft labels
+        labels_y[label] = prepared.y_train[:len(x_train)]
+        models[label] = build_model(session.trial_for(settings[label]), workload, recipes[label], prepared)
     build_s = time.perf_counter() - t
 
-    def block(label: str, x, y) -> tuple[np.ndarray, float]:
-        """One block: a fit epoch over (x, y); returns its step intervals and wall time."""
+    def block(label: str, rows: int) -> tuple[np.ndarray, float]:
+        """One block: a fit epoch over the first `rows` of the tiled training set; returns its step
+        intervals and wall time."""
         timer = StepTimer()
-        inputs, _ = fit_inputs(recipes[label], x, y, base.batch_size, data.kind, base.seed)
+        inputs, _ = fit_inputs(recipes[label], _tile(x_train, rows), _tile(labels_y[label], rows),
+                               base.batch_size, data.kind, base.seed)
         t0 = time.perf_counter()
         models[label].fit(**inputs, epochs=1, verbose=0, callbacks=[timer])
         wall = time.perf_counter() - t0
@@ -223,11 +227,9 @@ def _time_blocks(session: Session, node: dict) -> dict:
     # 2. warm up (trace/compile) and size the blocks from the baseline's step time
     t = time.perf_counter()
     steps = session.block_min_steps
-    x, y = _tile(x_train, steps * base.batch_size), _tile(y_train, steps * base.batch_size)
-    warmup = {label: float(np.median(block(label, x, y)[0])) for label in labels}
-    base_step_s = float(np.median(block(setting_label(()), x, y)[0]))
+    warmup = {label: float(np.median(block(label, steps * base.batch_size)[0])) for label in labels}
+    base_step_s = float(np.median(block(setting_label(()), steps * base.batch_size)[0]))
     steps = max(session.block_min_steps, math.ceil(session.block_min_s / max(base_step_s, 1e-9)) + 1)
-    x, y = _tile(x_train, steps * base.batch_size), _tile(y_train, steps * base.batch_size)
     warmup_s = time.perf_counter() - t
 
     # 3. rounds of blocks in a seeded random order
@@ -237,7 +239,7 @@ def _time_blocks(session: Session, node: dict) -> dict:
         this_round = [labels[i] for i in rng.permutation(len(labels))]
         order.append(this_round)
         for label in this_round:
-            dts, wall = block(label, x, y)
+            dts, wall = block(label, steps * base.batch_size)
             step_time_s[label].append(float(np.median(dts)))
             block_wall_s[label].append(wall)
             measured_s += float(dts.sum())

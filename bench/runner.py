@@ -85,10 +85,11 @@ def run_trial(trial: Trial, executor: str = "process", gpu: bool | None = None) 
     return record
 
 
-def load_data(trial: Trial, workload):
-    """The workload's data with the partial last training batch dropped (a smaller batch would
-    retrace/recompile the step). Returns (data, x_train, y_train)."""
-    data = workload.load(trial.seed, trial.max_train_samples)
+def load_data(trial: Trial, workload, recipe):
+    """The workload's data as the recipe needs it (one-hot labels for soft-label losses), with the
+    partial last training batch dropped (a smaller batch would retrace/recompile the step).
+    Returns (data, x_train, y_train)."""
+    data = recipe.prepare_data(workload.load(trial.seed, trial.max_train_samples, **(trial.model or {})))
     n = len(data.x_train) // trial.batch_size * trial.batch_size
     if n == 0:
         raise ValueError(f"batch_size {trial.batch_size} exceeds the {len(data.x_train)} training samples")
@@ -104,9 +105,9 @@ def build_model(trial: Trial, workload, recipe, data):
     precision.set_policy(trial.precision)
     model = workload.build(recipe, data)
     model.compile(
-        optimizer=keras.optimizers.Adam(trial.learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(),
-        metrics=["accuracy", keras.metrics.SparseCategoricalCrossentropy(name="xent_loss")],
+        optimizer=recipe.make_optimizer(trial.learning_rate),
+        loss=recipe.make_loss(),
+        metrics=recipe.metrics(),
         jit_compile=backends.compile_arg(trial.jit_compile),
     )
     return model
@@ -142,7 +143,7 @@ def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
 
     # 1. data
     t = time.perf_counter()
-    data, x_train, y_train = load_data(trial, workload)
+    data, x_train, y_train = load_data(trial, workload, recipe)
     data_s = time.perf_counter() - t
 
     # 2. model

@@ -2,6 +2,11 @@
 
 A suite names the matrix: workloads x regularizer settings x precisions x batch sizes x repeats.
 Every problem is reported as one line naming the file and the field. See README "Suites".
+
+A workload x setting pair where the setting does not apply (mixup on tokens, stochastic depth
+without residual blocks; see each registry entry's applies_to) is left out of the trials and
+listed in Suite.not_applicable with the reason; a setting that applies to none of the suite's
+workloads is an error naming it.
 """
 from __future__ import annotations
 
@@ -37,7 +42,8 @@ PAIRED_DEFAULTS = {  # see bench/paired.py; README "How a trial is measured"
     "max_sessions": 8,  # per group, with target_ci_pct
     "budget_s": 600.0,  # wall time the added sessions may take, with target_ci_pct
 }
-WORKLOAD_KEYS = ("name", "max_train_samples", "steps_per_epoch", "target_val_accuracy", "epochs", "batch_sizes")
+WORKLOAD_KEYS = ("name", "max_train_samples", "steps_per_epoch", "target_val_accuracy", "epochs", "batch_sizes",
+                 "model")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +63,7 @@ class Suite:
     @property
     def paired_isolation(self) -> str:
         return (self.paired or PAIRED_DEFAULTS)["isolation"]
+    not_applicable: tuple = ()  # ({workload, setting, reason}, ...): pairs left out of the trials
 
 
 def _fail(where: str, msg: str):
@@ -227,16 +234,41 @@ def parse(data: dict, source: str, backend_override: str | None = None) -> Suite
         wb = spec.get("batch_sizes")
         if wb is not None:
             wb = [_int(f"{where}.batch_sizes[{j}]", b, 1, 1 << 20) for j, b in enumerate(_list(f"{where}.batch_sizes", wb))]
-        workloads.append({**spec, "batch_sizes": wb})
+        module = WORKLOADS[spec["name"]]
+        model = spec.get("model")
+        if getattr(module, "MODEL", None):
+            from bench.workloads.common import model_options
+
+            model = model_options(module.MODEL, model, f"{where}.model", getattr(module, "check_model", None))
+        elif model is not None:
+            _fail(f"{where}.model", f"{spec['name']} has no model options")
+        workloads.append({**spec, "batch_sizes": wb, "model": model})
 
     names = [regularizers.setting_label(s) for s in settings]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
         _fail(f"{f}: regularizers", f"setting {sorted(dupes)[0]!r} is listed twice")
 
+    not_applicable = []
+    for i, reg in enumerate(settings):
+        reasons = [regularizers.not_applicable(reg, WORKLOADS[w["name"]]) for w in workloads]
+        if all(reasons):
+            where, what = f"{f}: regularizers[{i}]", names[i]
+            for j, (name, _) in enumerate(reg):  # name the entry that applies nowhere, if one does
+                if all(regularizers.REGISTRY[name].applies_to(WORKLOADS[w["name"]]) for w in workloads):
+                    where += (f"[{j}]" if isinstance(data["regularizers"][i], list) else "") + f".{name}"
+                    what = name
+                    break
+            _fail(where, f"{what} applies to none of this suite's workloads ({'; '.join(dict.fromkeys(reasons))})")
+        not_applicable += [{"workload": w["name"], "setting": names[i], "reason": r}
+                           for w, r in zip(workloads, reasons) if r]
+    skip = {(n["workload"], n["setting"]) for n in not_applicable}
+
     cells = []
     for w in workloads:
         for reg in settings:
+            if (w["name"], regularizers.setting_label(reg)) in skip:
+                continue
             for prec in precisions:
                 for bs in w["batch_sizes"] or batch_sizes:
                     for acc in accel:
@@ -246,7 +278,7 @@ def parse(data: dict, source: str, backend_override: str | None = None) -> Suite
                             target_val_accuracy=w.get("target_val_accuracy"), jit_compile=jit,
                             max_train_samples=w.get("max_train_samples"), steps_per_epoch=w.get("steps_per_epoch"),
                             cpu_threads=cpus if device != "gpu" else None, timeout_s=float(timeout),
-                            allow_slow_precision=allow_slow, accelerator_type=acc))
+                            allow_slow_precision=allow_slow, accelerator_type=acc, model=w["model"]))
     # Repeats interleave (all cells of repeat 0, then repeat 1, ...) and the cells of each repeat run
     # in a random order, seeded (suite seed, repeat): drift and neighbours hit every setting alike.
     trials = tuple(Trial(**cells[i], repeat=r, seed=seed + r)
@@ -261,10 +293,12 @@ def parse(data: dict, source: str, backend_override: str | None = None) -> Suite
         "cpus_per_trial": cpus, "timeout_s": float(timeout), "allow_slow_precision": allow_slow,
         "accelerator_types": accel, "max_retries": retries, "expected_trial_s": float(expected),
         "order": "cells in a random order per repeat, seeded by (seed, repeat)", "paired": paired or False,
+        "not_applicable": not_applicable,
     }
     return Suite(name=name, description=resolved["description"], source=source, trials=trials,
                  isolation=isolation, cpus_per_trial=cpus, device=device, expected_trial_s=float(expected),
-                 max_retries=retries, resolved=resolved, paired=paired)
+                 max_retries=retries, resolved=resolved, paired=paired,
+                 not_applicable=tuple(not_applicable))
 
 
 def filter_trials(trials, pattern: str | None):

@@ -50,6 +50,7 @@ class Trial:
     timeout_s: float = 900.0
     allow_slow_precision: bool = False
     accelerator_type: str | None = None  # pin to a hardware class, e.g. "H100"
+    model: dict | None = None  # the workload's model options ({layers, width, ...}); None: it has none
 
     kind = "trial"  # a unit of work the executors run (the other kind: bench.paired.Session)
 
@@ -90,6 +91,8 @@ class Trial:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["regularizers"] = [{"name": n, "params": dict(p)} for n, p in self.regularizers]
+        if d["model"] is None:  # absent rather than null: ids of workloads without options stay as they were
+            del d["model"]
         return d
 
     def to_record(self) -> dict:

@@ -56,6 +56,23 @@ def test_plan_suites_env_validate():
     assert "valid suite 'quick': 108 trials" in ok
 
 
+def test_plan_and_validate_name_the_pairs_that_do_not_apply(tmp_path):
+    suite = write_suite(tmp_path / "na.yaml", workloads=["digits_mlp", "synthetic_cnn"],
+                        regularizers=["none", "mixup", "stochastic_depth", "max_norm"])
+    one_line_error(regbench("validate", suite), "na.yaml: regularizers[2].stochastic_depth: stochastic_depth "
+                   "applies to none of this suite's workloads")
+    suite = write_suite(tmp_path / "na.yaml", workloads=["digits_mlp", "synthetic_cnn"],
+                        regularizers=["none", "mixup", "max_norm"])
+    plan = regbench("plan", "--suite", suite, check=True)
+    assert {tuple(line.split("\t")[1:3]) for line in plan.stdout.splitlines()} == {
+        ("digits_mlp", "none"), ("digits_mlp", "max_norm"), ("synthetic_cnn", "none"), ("synthetic_cnn", "mixup"),
+        ("synthetic_cnn", "max_norm")}
+    assert ("not applicable, not run: digits_mlp x mixup: mixes images; the inputs of digits_mlp are tabular"
+            in plan.stderr.splitlines())
+    ok = regbench("validate", suite, check=True).stdout
+    assert "5 trials = 2 workloads x 3 regularizer settings" in ok and "less 1 not-applicable" in ok
+
+
 def test_bad_input_exits_2_with_one_line(tmp_path):
     bad = write_suite(tmp_path / "bad.yaml", regularizers=[{"dropout": {"rate": 1.5}}])
     one_line_error(regbench("run", "--suite", bad, "--out", tmp_path / "out"), "bad.yaml", "dropout.rate", "1.5")

@@ -25,8 +25,13 @@ def test_expansion_interleaves_repeats_and_pairs_cells(tmp_path):
     assert len(s.trials) == 3 * 2 * 2 * 3
     reps = [t.repeat for t in s.trials]
     assert reps == sorted(reps)  # all of repeat 0, then all of repeat 1, ...
-    first = s.trials[: len(s.trials) // 3]
-    assert [t.cell_id for t in first] == [t.cell_id for t in s.trials[len(first): 2 * len(first)]]
+    first, second = s.trials[: len(s.trials) // 3], s.trials[len(s.trials) // 3: 2 * len(s.trials) // 3]
+    # every repeat runs every cell once, each repeat in its own seeded random order
+    assert sorted(t.cell_id for t in first) == sorted(t.cell_id for t in second)
+    assert [t.cell_id for t in first] != [t.cell_id for t in second]
+    again = parse(tmp_path, regularizers=["none", "l2", ["dropout", "batch_norm"]],
+                  precisions=["float32", "mixed_bfloat16"], batch_sizes=[32, 64], repeats=3)
+    assert [t.trial_id for t in again.trials] == [t.trial_id for t in s.trials]  # the order is seeded
     assert len({t.trial_id for t in s.trials}) == len(s.trials)
     assert {t.seed for t in s.trials} == {0, 1, 2}
     assert {t.setting for t in s.trials} == {"none", "l2", "dropout+batch_norm"}
@@ -65,22 +70,96 @@ def test_malformed_yaml_and_missing_file(tmp_path):
         S.load(str(missing))
 
 
+CLASSIC = {"l1", "l2", "l1l2", "elastic_net", "dropout", "batch_norm", "augmentation", "early_stopping"}
+
+
 def test_builtin_suites_cover_the_mission():
     for name in S.builtin_names():
         S.load(name)
     quick = S.load("quick")
     names = {n for t in quick.trials for n, _ in t.regularizers}
-    assert names == set(REGISTRY)  # every regularizer
+    assert names == CLASSIC  # every classic regularizer on the digits MLP
     assert {"none"} <= {t.setting for t in quick.trials}
     assert {t.precision for t in quick.trials} == {"float32", "mixed_float16", "mixed_bfloat16"}
     assert len({t.repeat for t in quick.trials}) >= 3
     full = S.load("full")
-    assert len({t.workload for t in full.trials}) == 4 and len({t.repeat for t in full.trials}) == 5
+    assert len({t.workload for t in full.trials}) == 6 and len({t.repeat for t in full.trials}) == 5
+    assert {n for t in full.trials for n, _ in t.regularizers} == set(REGISTRY)
     assert min(len({t.batch_size for t in full.trials if t.workload == w}) for w in {t.workload for t in full.trials}) >= 2
     assert S.load("smoke", backend="jax").trials[0].backend == "jax"
+
+
+def test_gpu_suite_is_the_new_workloads_by_every_applicable_regularizer():
+    from bench.regularizers import not_applicable, normalize
+    from bench.workloads import WORKLOADS
+
+    gpu = S.load("gpu")
+    assert {t.workload for t in gpu.trials} == {"transformer_encoder", "resnet50", "synthetic_cnn"}
+    assert {t.precision for t in gpu.trials} == {"float32", "mixed_float16", "mixed_bfloat16"}
+    assert gpu.device == "gpu" and {t.jit_compile for t in gpu.trials} == {"auto"}
+    new = {"weight_decay", "label_smoothing", "mixup", "cutmix", "spatial_dropout", "max_norm", "stochastic_depth"}
+    for w in ("transformer_encoder", "resnet50", "synthetic_cnn"):
+        ran = {n for t in gpu.trials if t.workload == w for n, _ in t.regularizers}
+        applicable = {n for n in new | {"l2", "dropout", "batch_norm", "augmentation"}
+                      if not_applicable([normalize(n, {}, "t")], WORKLOADS[w]) is None}
+        assert ran == applicable, w
+        assert len([t for t in gpu.trials if t.workload == w]) == 3 * (1 + len(applicable))
+    resnet = [t for t in gpu.trials if t.workload == "resnet50"][0]
+    assert resnet.model["image_size"] == 224 and resnet.model["classes"] == 1000
+    assert S.load("smoke").trials and S.load("quick").not_applicable == ()
 
 
 def test_only_filters_by_glob_or_substring():
     quick = S.load("quick")
     assert {t.setting for t in S.filter_trials(quick.trials, "*-l2-float32-*")} == {"l2"}
     assert S.filter_trials(quick.trials, "batch_norm") and not S.filter_trials(quick.trials, "zzz")
+
+
+def test_workload_model_options_are_validated_and_filled(tmp_path):
+    s = parse(tmp_path, workloads=[{"name": "transformer_encoder", "model": {"layers": 2, "width": 64}}, "digits_mlp"])
+    enc = [t for t in s.trials if t.workload == "transformer_encoder"][0]
+    assert enc.model == {"layers": 2, "width": 64, "heads": 4, "seq_len": 128, "vocab": 1000, "classes": 4}
+    assert [t for t in s.trials if t.workload == "digits_mlp"][0].model is None
+    assert parse(tmp_path, workloads=["resnet50"]).trials[0].model["image_size"] == 224
+
+
+@pytest.mark.parametrize("model,expected", [
+    ({"layer": 2}, "workloads[0].model.layer: unknown option (allowed: layers, width, heads, seq_len, vocab, classes)"),
+    ({"width": 0}, "workloads[0].model.width: 0 is out of range [8, 16384]"),
+    ({"width": 64, "heads": 3}, "workloads[0].model.heads: width 64 is not divisible by heads 3"),
+    ({"layers": 2.5}, "workloads[0].model.layers: 2.5 is not an integer"),
+    ("big", "workloads[0].model: expected a mapping of options, got 'big'"),
+])
+def test_bad_model_options_are_one_line_naming_the_field(tmp_path, model, expected):
+    assert expected in error(tmp_path, workloads=[{"name": "transformer_encoder", "model": model}])
+
+
+def test_model_options_for_a_workload_without_them(tmp_path):
+    assert "workloads[0].model: digits_mlp has no model options" in error(
+        tmp_path, workloads=[{"name": "digits_mlp", "model": {"layers": 2}}])
+    assert "workloads[0].model.depth: 18 is not one of [14, 26, 50]" in error(
+        tmp_path, workloads=[{"name": "resnet50", "model": {"depth": 18}}])
+
+
+def test_not_applicable_pairs_are_left_out_and_listed(tmp_path):
+    s = parse(tmp_path, workloads=["digits_mlp", "synthetic_cnn", "transformer_encoder"],
+              regularizers=["none", "cutmix", "stochastic_depth", ["l2", "spatial_dropout"]])
+    cells = {(t.workload, t.setting) for t in s.trials}
+    assert cells == {("digits_mlp", "none"), ("synthetic_cnn", "none"), ("transformer_encoder", "none"),
+                     ("synthetic_cnn", "cutmix"), ("transformer_encoder", "stochastic_depth"),
+                     ("synthetic_cnn", "l2+spatial_dropout")}
+    na = {(n["workload"], n["setting"]): n["reason"] for n in s.not_applicable}
+    assert len(na) == 6 and na == {(n["workload"], n["setting"]): n["reason"] for n in s.resolved["not_applicable"]}
+    assert na[("digits_mlp", "cutmix")] == "mixes images; the inputs of digits_mlp are tabular"
+    assert na[("synthetic_cnn", "stochastic_depth")] == "drops residual branches; synthetic_cnn (cnn) has none"
+    assert na[("transformer_encoder", "l2+spatial_dropout")].startswith("spatial_dropout: drops conv feature maps")
+
+
+def test_a_setting_that_applies_to_no_workload_is_an_error(tmp_path):
+    msg = error(tmp_path, workloads=["digits_mlp"], regularizers=["none", "cutmix"])
+    assert msg.endswith("regularizers[1].cutmix: cutmix applies to none of this suite's workloads "
+                        "(mixes images; the inputs of digits_mlp are tabular)")
+    assert "regularizers[2][1].mixup: mixup applies to none" in error(
+        tmp_path, workloads=["transformer_encoder", "digits_mlp"], regularizers=["none", "l2", ["l2", {"mixup": {"alpha": 0.4}}]])
+    msg = error(tmp_path, workloads=["synthetic_cnn", "transformer_encoder"], regularizers=[["mixup", "stochastic_depth"]])
+    assert "regularizers[0]: mixup+stochastic_depth applies to none of this suite's workloads" in msg

@@ -36,3 +36,12 @@ def test_round_trip_and_readable_slug():
     assert t.setting == "dropout(rate=0.5)+batch_norm"
     assert t.trial_id.startswith("digits_mlp-dropout_rate0.5_batch_norm-float32-b64")
     assert make(regularizers=()).setting == "none"
+
+
+def test_model_options_are_part_of_the_id_and_absent_when_none():
+    t = make()
+    assert "model" not in t.to_dict()
+    assert t.trial_id == "digits_mlp-l2-float32-b64-te-r0-e3e76b2654"  # the id before Trial had `model`
+    small = make(workload="transformer_encoder", model={"layers": 2, "width": 32})
+    assert small.trial_id != make(workload="transformer_encoder", model={"layers": 4, "width": 32}).trial_id
+    assert Trial.from_dict(json.loads(json.dumps(small.to_dict()))).model == {"layers": 2, "width": 32}

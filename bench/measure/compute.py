@@ -1,8 +1,10 @@
 """Model FLOPs per sample (analytic) and MFU against the node's measured matmul peak.
 
-Counts multiply-adds of Dense and Conv2D layers (2 FLOPs each); normalization, activations,
-pooling and the optimizer are ignored. Training FLOPs per sample = 3 x forward (forward, and
-backward for activations and weights).
+Counts multiply-adds (2 FLOPs each) of Dense, Conv2D, EinsumDense and MultiHeadAttention layers:
+for attention, the four projections plus the two attention products (scores Q.K^T and the
+weighted sum over V: heads x query_len x key_len x head_dim each). Normalization, activations,
+softmax, pooling, embedding lookups and the optimizer are ignored. Training FLOPs per sample =
+3 x forward (forward, and backward for activations and weights).
 """
 from __future__ import annotations
 
@@ -15,12 +17,51 @@ import time
 CALIBRATION_DIR_ENV = "REGBENCH_CALIBRATION_DIR"
 
 
+def _dims(shape) -> int:
+    """Product of the non-batch dimensions of a symbolic shape."""
+    return math.prod(d for d in shape[1:])
+
+
+def attention_macs(layer) -> float:
+    """Multiply-adds per sample of one keras.layers.MultiHeadAttention call (its first call)."""
+    inputs = layer.input if isinstance(layer.input, list) else [layer.input]
+    query, value = inputs[0], inputs[1] if len(inputs) > 1 else inputs[0]
+    key = inputs[2] if len(inputs) > 2 else value
+    q_len, v_len = _dims(query.shape[:-1]), _dims(value.shape[:-1])
+    h, kd = layer.num_heads, layer.key_dim
+    vd = layer.value_dim or kd
+    out = layer.output.shape[-1]
+    projections = q_len * query.shape[-1] * h * kd + v_len * key.shape[-1] * h * kd + v_len * value.shape[-1] * h * vd
+    products = h * q_len * v_len * (kd + vd)  # Q.K^T, then the weighted sum of V
+    return float(projections + products + q_len * h * vd * out)
+
+
+def einsum_dense_macs(layer) -> float:
+    """Multiply-adds per sample of an EinsumDense: output elements x contracted kernel dimensions."""
+    spec_in, rest = layer.equation.split(",")
+    spec_kernel, spec_out = rest.split("->")
+    size = dict(zip(spec_kernel, layer.kernel.shape))
+    size.update({c: d for c, d in zip(spec_in, layer.input.shape) if d is not None})
+    out_elements = math.prod(size[c] for c in spec_out if c in size and c != spec_in[0])
+    contracted = math.prod(size[c] for c in spec_kernel if c not in spec_out)
+    return float(out_elements * contracted)
+
+
 def forward_flops_per_sample(model) -> float:
     import keras
 
+    layers = list(model._flatten_layers(include_self=False, recursive=True))
+    inside_attention = {id(sub) for layer in layers if isinstance(layer, keras.layers.MultiHeadAttention)
+                        for sub in layer._flatten_layers(include_self=False, recursive=True)}
     total = 0.0
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.Dense):
+    for layer in layers:
+        if id(layer) in inside_attention:
+            continue  # counted with its MultiHeadAttention
+        if isinstance(layer, keras.layers.MultiHeadAttention):
+            total += 2.0 * attention_macs(layer)
+        elif isinstance(layer, keras.layers.EinsumDense):
+            total += 2.0 * einsum_dense_macs(layer)
+        elif isinstance(layer, keras.layers.Dense):
             in_shape = layer.input.shape
             rows = math.prod(d for d in in_shape[1:-1]) if len(in_shape) > 2 else 1
             total += 2.0 * rows * in_shape[-1] * layer.units

@@ -1,14 +1,22 @@
 """Workload registry. Every workload is a module with the same handful of names:
 
-    NAME, DESCRIPTION, KIND ("tabular" | "image"), DEFAULT_TARGET (val accuracy or None),
+    NAME, DESCRIPTION, KIND ("tabular" | "image" | "tokens"), DEFAULT_TARGET (val accuracy or None),
     CONVERGENCE (False where accuracy means nothing, e.g. random labels),
-    load(seed, max_train_samples) -> Data
+    ARCH ("mlp" | "cnn" | "resnet" | "transformer": which regularizers apply, see
+          bench/regularizers.py applies_to),
+    load(seed, max_train_samples, **model) -> Data
     build(recipe, data) -> keras.Model  (uncompiled; inputs known)
+
+and optionally DATASET (a bench.data.DATASETS name: files staged per node before trials run) and
+MODEL ({option: bench.params.Param}, the suite's `model:` options, passed to load() and kept in
+Data.model) with check_model(options) -> (field, problem) | None.
 
 The runner never special-cases a workload. To add one, write the module and list it here.
 """
 from __future__ import annotations
 
-from bench.workloads import cifar10_resnet, digits_mlp, fashion_mnist_cnn, synthetic_cnn
+from bench.workloads import (cifar10_resnet, digits_mlp, fashion_mnist_cnn, resnet50, synthetic_cnn,
+                             transformer_encoder)
 
-WORKLOADS = {m.NAME: m for m in (digits_mlp, fashion_mnist_cnn, cifar10_resnet, synthetic_cnn)}
+WORKLOADS = {m.NAME: m for m in (digits_mlp, fashion_mnist_cnn, cifar10_resnet, synthetic_cnn,
+                                 transformer_encoder, resnet50)}

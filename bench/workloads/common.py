@@ -1,4 +1,6 @@
-"""Building blocks shared by workloads: data container, regularized blocks, augmentation."""
+"""Building blocks shared by workloads: data container, regularized blocks, augmentation, and the
+batch-by-batch transforms of the input side (pipeline augmentation, mixup, cutmix; bench/inputs.py
+applies them)."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,18 +10,34 @@ import numpy as np
 
 @dataclasses.dataclass
 class Data:
-    """Arrays in NumPy. x in float32 (scaled), y as int32 class indices."""
+    """Arrays in NumPy. x in float32 (scaled; int32 token ids for "tokens"), y as int32 class indices
+    (one-hot float32 after Recipe.prepare_data when the loss needs soft labels)."""
 
     x_train: np.ndarray
     y_train: np.ndarray
     x_val: np.ndarray
     y_val: np.ndarray
     num_classes: int
-    kind: str  # "tabular" | "image"
+    kind: str  # "tabular" | "image" | "tokens"
+    model: dict = dataclasses.field(default_factory=dict)  # the workload's resolved model options
 
     @property
     def input_shape(self) -> tuple:
         return tuple(self.x_train.shape[1:])
+
+
+def model_options(spec: dict, given: dict | None, where: str, check=None) -> dict:
+    """A workload's model options: `given` checked against its MODEL spec (bench.params.Param
+    each), defaults filled; check(options) -> (field, problem) | None for rules across fields.
+    Raises UserError naming `where`.field."""
+    from bench.errors import UserError
+    from bench.params import resolve
+
+    options = resolve(spec, given, where)
+    bad = check(options) if check else None
+    if bad:
+        raise UserError(f"{where}.{bad[0]}: {bad[1]}")
+    return options
 
 
 def subsample(x: np.ndarray, y: np.ndarray, limit: int | None, seed: int):
@@ -34,8 +52,8 @@ def dense_block(x, units: int, recipe, name: str):
     """Dense -> [BatchNorm] -> ReLU -> [Dropout], penalties on the kernel."""
     import keras
 
-    x = keras.layers.Dense(units, use_bias=not recipe.batch_norm,
-                           kernel_regularizer=recipe.kernel_regularizer(), name=f"{name}_dense")(x)
+    x = keras.layers.Dense(units, use_bias=not recipe.batch_norm, kernel_regularizer=recipe.kernel_regularizer(),
+                           kernel_constraint=recipe.kernel_constraint(), name=f"{name}_dense")(x)
     if recipe.batch_norm:
         x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
     x = keras.layers.Activation("relu", name=f"{name}_relu")(x)
@@ -44,12 +62,15 @@ def dense_block(x, units: int, recipe, name: str):
     return x
 
 
-def conv_bn(x, filters: int, recipe, name: str, strides: int = 1, kernel: int = 3, relu: bool = True):
-    """Conv2D -> [BatchNorm] -> [ReLU], penalties on the kernel (no dropout: callers place it)."""
+def conv_bn(x, filters: int, recipe, name: str, strides: int = 1, kernel: int = 3, relu: bool = True,
+            padding: str = "same"):
+    """Conv2D -> [BatchNorm] -> [ReLU], penalties and max-norm on the kernel (bias only without
+    BatchNorm; no dropout: callers place it)."""
     import keras
 
-    x = keras.layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=not recipe.batch_norm,
-                            kernel_regularizer=recipe.kernel_regularizer(), name=f"{name}_conv")(x)
+    x = keras.layers.Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=not recipe.batch_norm,
+                            kernel_regularizer=recipe.kernel_regularizer(),
+                            kernel_constraint=recipe.kernel_constraint(axis=[0, 1, 2]), name=f"{name}_conv")(x)
     if recipe.batch_norm:
         x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
     if relu:
@@ -61,8 +82,31 @@ def classifier_head(x, num_classes: int, recipe):
     """Logits Dense + softmax kept in float32 (numerically safe under mixed precision)."""
     import keras
 
-    x = keras.layers.Dense(num_classes, kernel_regularizer=recipe.kernel_regularizer(), name="logits")(x)
+    x = keras.layers.Dense(num_classes, kernel_regularizer=recipe.kernel_regularizer(),
+                           kernel_constraint=recipe.kernel_constraint(), name="logits")(x)
     return keras.layers.Activation("softmax", dtype="float32", name="probs")(x)
+
+
+def spatial_dropout(x, recipe, name: str):
+    """SpatialDropout2D (drops whole feature maps) when the recipe asks for it."""
+    if not recipe.spatial_dropout_rate:
+        return x
+    import keras
+
+    return keras.layers.SpatialDropout2D(recipe.spatial_dropout_rate, name=f"{name}_spatial_dropout")(x)
+
+
+def drop_path(branch, recipe, index: int, count: int, name: str):
+    """Stochastic depth on a residual branch (before the add): per sample, the whole branch is zeroed
+    with probability recipe.drop_path_rate(index, count) and kept branches are scaled by 1/(1-p) -
+    a Keras Dropout whose mask has shape (batch, 1, ..., 1)."""
+    rate = recipe.drop_path_rate(index, count)
+    if not rate:
+        return branch
+    import keras
+
+    noise_shape = (None,) + (1,) * (len(branch.shape) - 1)
+    return keras.layers.Dropout(rate, noise_shape=noise_shape, name=f"{name}_drop_path")(branch)
 
 
 def model_augmentation(x, kind: str, recipe):
@@ -92,3 +136,32 @@ def pipeline_augment(x: np.ndarray, kind: str, strength: float, rng: np.random.G
         padded = np.pad(out[i], ((abs(dy),) * 2, (abs(dx),) * 2, (0, 0)), mode="reflect")
         out[i] = padded[abs(dy) - dy: abs(dy) - dy + h, abs(dx) - dx: abs(dx) - dx + w]
     return out
+
+
+def mix_batch(x: np.ndarray, y: np.ndarray, mixup_alpha: float, cutmix_alpha: float,
+              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """mixup or CutMix of one batch of images x (N, H, W, C) and one-hot labels y (N, classes).
+
+    One lam ~ Beta(alpha, alpha) and one permutation per batch, as in both papers' reference code.
+    mixup: x = lam*x + (1-lam)*x[perm]. CutMix: a box of about (1-lam) of the area, centred
+    uniformly and clipped at the border, is pasted from x[perm]; lam becomes the kept area exactly.
+    Labels mix with the same lam. With both alphas set, each batch uses one of the two (p = 1/2).
+    """
+    use_cutmix = bool(cutmix_alpha) and (not mixup_alpha or rng.random() < 0.5)
+    alpha = cutmix_alpha if use_cutmix else mixup_alpha
+    lam = float(rng.beta(alpha, alpha))
+    perm = rng.permutation(len(x))
+    if use_cutmix:
+        h, w = x.shape[1:3]
+        cut = np.sqrt(1.0 - lam)
+        cy, cx = int(rng.integers(h)), int(rng.integers(w))
+        half_h, half_w = int(h * cut) // 2, int(w * cut) // 2
+        y1, y2 = max(cy - half_h, 0), min(cy + half_h, h)
+        x1, x2 = max(cx - half_w, 0), min(cx + half_w, w)
+        x = x.copy()
+        x[:, y1:y2, x1:x2] = x[perm, y1:y2, x1:x2]
+        lam = 1.0 - (y2 - y1) * (x2 - x1) / (h * w)
+    else:
+        x = (lam * x + (1.0 - lam) * x[perm]).astype(x.dtype, copy=False)
+    y = (lam * y + (1.0 - lam) * y[perm]).astype(y.dtype, copy=False)
+    return x, y

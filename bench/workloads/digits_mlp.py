@@ -7,6 +7,7 @@ from bench.workloads.common import Data, classifier_head, dense_block, model_aug
 NAME = "digits_mlp"
 DESCRIPTION = "2x256 MLP on sklearn digits (8x8, 10 classes), 80/20 stratified split"
 KIND = "tabular"
+ARCH = "mlp"
 DEFAULT_TARGET = 0.95
 CONVERGENCE = True
 

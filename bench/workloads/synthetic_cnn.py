@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.workloads.common import Data, classifier_head, conv_bn, dense_block, model_augmentation
+from bench.workloads.common import Data, classifier_head, conv_bn, dense_block, model_augmentation, spatial_dropout
 
 NAME = "synthetic_cnn"
 DESCRIPTION = "4-conv CNN on synthetic 32x32x3 images with random labels (throughput only)"
 KIND = "image"
+ARCH = "cnn"
 DEFAULT_TARGET = None
 CONVERGENCE = False
 
@@ -26,7 +27,7 @@ def build(recipe, data: Data):
     inputs = keras.Input(shape=data.input_shape, name="image")
     x = model_augmentation(inputs, KIND, recipe)
     for i, filters in enumerate((32, 64, 128, 128)):
-        x = conv_bn(x, filters, recipe, f"c{i}", strides=2 if i else 1)
+        x = spatial_dropout(conv_bn(x, filters, recipe, f"c{i}", strides=2 if i else 1), recipe, f"c{i}")
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
     x = dense_block(x, 256, recipe, name="fc")
     return keras.Model(inputs, classifier_head(x, data.num_classes, recipe), name=NAME)
