@@ -13,7 +13,7 @@ import shutil
 import sys
 
 from bench import SCHEMA_VERSION
-from bench.errors import UserError
+from bench.errors import STORAGE_ERRNOS, StorageError, UserError
 
 DEFAULT_SUITE = "quick"
 
@@ -78,6 +78,9 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"regbench: error: {e}", file=sys.stderr)
         return 2
+    except StorageError as e:
+        print(f"regbench: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("regbench: interrupted", file=sys.stderr)
         return 130
@@ -141,6 +144,14 @@ def cmd_run(args) -> int:
         print(f"interrupted; finished trials are kept. Resume with:\n  regbench run --resume {store.path}",
               file=sys.stderr)
         return 130
+    except StorageError as e:
+        progress.close()
+        try:
+            store.update_manifest(status="interrupted", finished_at=now_iso())
+        except StorageError:
+            pass  # the manifest says "running"; --resume reads it all the same
+        raise StorageError(f"{e}; every finished trial is kept: free space, then "
+                           f"regbench run --resume {store.path}") from None
     progress.close()
     store.update_manifest(status="complete", finished_at=now_iso())
     store.export_parquet()
@@ -170,7 +181,12 @@ def _noise_summary(store, plan) -> list[str]:
 def _report(run_dir: pathlib.Path) -> pathlib.Path:
     from analysis import write_report
 
-    index = write_report(pathlib.Path(run_dir))
+    try:
+        index = write_report(pathlib.Path(run_dir))
+    except OSError as e:
+        why = STORAGE_ERRNOS.get(e.errno) or e.strerror or str(e)
+        raise StorageError(f"{getattr(e, 'filename', None) or run_dir}: cannot write the report ({why}); "
+                           "the run's records are untouched") from None
     print(f"report: {index}", file=sys.stderr)
     return index
 
@@ -199,7 +215,7 @@ def cmd_report(args) -> int:
     import analysis
 
     try:
-        index = analysis.write_report(run_dir)
+        index = _report(run_dir)
     except analysis.AnalysisInputError as e:
         raise UserError(str(e)) from None
     print(index)

@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 
 from bench import SCHEMA_VERSION
-from bench.errors import UserError
+from bench.errors import STORAGE_ERRNOS, StorageError, UserError
 from bench.schema import version_problem
 from bench.trial import now_iso
 
@@ -23,24 +23,31 @@ LOG_MAX_BYTES = 256 * 1024  # per trial: the end of its processes' output
 
 def write_text_atomic(path: pathlib.Path, text: str) -> None:
     """Write to a temporary file in the same folder, fsync, rename, fsync the folder: a reader
-    (or a run killed at any moment) sees the old file or the whole new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    (or a run killed at any moment) sees the old file or the whole new one, never a part.
+    A full disk, a read-only file system or a missing permission is a StorageError naming the
+    path, with no temporary file left behind."""
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp = None
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        if e.errno in STORAGE_ERRNOS:
+            raise StorageError(f"{path}: cannot write ({STORAGE_ERRNOS[e.errno]})") from None
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
     finally:
-        os.close(dir_fd)
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def write_json_atomic(path: pathlib.Path, obj) -> None:
@@ -107,8 +114,7 @@ class RunStore:
         if not store.manifest_path.exists():
             raise UserError(f"{path}: not a regbench run (no manifest.json)")
         store.manifest()  # validates
-        for kind in cls.UNIT_DIRS:
-            store.unit_dir(kind).mkdir(exist_ok=True)
+        for kind in cls.UNIT_DIRS:  # the folders are made by the first write into them
             for stale in store.unit_dir(kind).glob(".*.tmp"):  # a write cut short by a killed driver
                 stale.unlink(missing_ok=True)
         return store
@@ -190,5 +196,9 @@ class RunStore:
                   "curves.parquet": pd.DataFrame([row for r in records for row in curve_rows(r)])}
         for name, df in tables.items():
             tmp = self.path / f".{name}.tmp"
-            df.to_parquet(tmp, index=False)
-            os.replace(tmp, self.path / name)
+            try:
+                df.to_parquet(tmp, index=False)
+                os.replace(tmp, self.path / name)
+            except OSError as e:
+                tmp.unlink(missing_ok=True)
+                raise StorageError(f"{self.path / name}: cannot write ({e.strerror or e})") from None
