@@ -37,7 +37,13 @@ def slots_for(suite, kind: str = "trial") -> list[list[str] | None]:
 
 
 def run_local(batches, store, suite, progress, start_method: str | None = None) -> None:
-    """Run every batch of units (trials or sessions) to completion, one batch after the other."""
+    """Stage the suite's data on this machine, then run every batch of units (trials or sessions)
+    to completion, one batch after the other."""
+    from bench import data
+
+    staged = data.prepare(sorted({t.workload for t in suite.trials}))
+    if staged:
+        progress.note("data: " + ", ".join(f"{name} {info['state']}" for name, info in staged.items()))
     with tempfile.TemporaryDirectory(prefix="regbench-work-") as tmp:
         workdir = Path(tmp)
         launcher = Launcher(workdir, "process", start_method, extra_env={

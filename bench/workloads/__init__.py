@@ -1,7 +1,7 @@
 """Workload registry. Every workload is a module with the same handful of names:
 
     NAME, DESCRIPTION, KIND ("tabular" | "image" | "tokens"), DEFAULT_TARGET (val accuracy or None),
-    CONVERGENCE (False where accuracy means nothing, e.g. random labels),
+    ACCURACY_MEANINGFUL (False where the labels are random: accuracy and convergence mean nothing),
     ARCH ("mlp" | "cnn" | "resnet" | "transformer": which regularizers apply, see
           bench/regularizers.py applies_to),
     load(seed, max_train_samples, **model) -> Data

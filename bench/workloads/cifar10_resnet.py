@@ -15,7 +15,7 @@ KIND = "image"
 ARCH = "resnet"
 DATASET = "cifar10"
 DEFAULT_TARGET = 0.70
-CONVERGENCE = True
+ACCURACY_MEANINGFUL = True
 
 
 def load(seed: int, max_train_samples: int | None = None) -> Data:

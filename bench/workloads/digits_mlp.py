@@ -9,7 +9,7 @@ DESCRIPTION = "2x256 MLP on sklearn digits (8x8, 10 classes), 80/20 stratified s
 KIND = "tabular"
 ARCH = "mlp"
 DEFAULT_TARGET = 0.95
-CONVERGENCE = True
+ACCURACY_MEANINGFUL = True
 
 
 def load(seed: int, max_train_samples: int | None = None) -> Data:

@@ -11,7 +11,7 @@ KIND = "image"
 ARCH = "cnn"
 DATASET = "fashion_mnist"
 DEFAULT_TARGET = 0.85
-CONVERGENCE = True
+ACCURACY_MEANINGFUL = True
 
 
 def load(seed: int, max_train_samples: int | None = None) -> Data:

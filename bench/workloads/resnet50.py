@@ -26,7 +26,7 @@ DESCRIPTION = "ResNet-50 (keras.applications architecture) on synthetic 224x224x
 KIND = "image"
 ARCH = "resnet"
 DEFAULT_TARGET = None
-CONVERGENCE = False
+ACCURACY_MEANINGFUL = False
 MODEL = {
     "image_size": Param(224, low=32, high=1024, kind=int),
     "classes": Param(1000, low=2, high=100_000, kind=int),

@@ -10,7 +10,7 @@ DESCRIPTION = "4-conv CNN on synthetic 32x32x3 images with random labels (throug
 KIND = "image"
 ARCH = "cnn"
 DEFAULT_TARGET = None
-CONVERGENCE = False
+ACCURACY_MEANINGFUL = False
 
 
 def load(seed: int, max_train_samples: int | None = None) -> Data:

@@ -27,7 +27,7 @@ DESCRIPTION = "pre-LN transformer encoder classifier on synthetic token sequence
 KIND = "tokens"
 ARCH = "transformer"
 DEFAULT_TARGET = 0.90
-CONVERGENCE = True
+ACCURACY_MEANINGFUL = True
 MODEL = {
     "layers": Param(4, low=1, high=64, kind=int),
     "width": Param(256, low=8, high=16384, kind=int),

@@ -49,6 +49,7 @@ def run_ray(batches, store, suite, progress, start_method: str | None = None) ->
     started_here = connect()
     reaper = start_reaper() if started_here else None
     try:
+        _stage_data(ray, sorted({t.workload for t in suite.trials}), progress)
         # A private instance is torn down by ray.shutdown(), which stops every task; force-cancelling
         # tasks first races with replies from workers that Ctrl-C already hit and can abort the
         # driver inside Ray ("Tried to complete task that was not pending"). Only a joined
@@ -63,6 +64,29 @@ def run_ray(batches, store, suite, progress, start_method: str | None = None) ->
         if reaper is not None:
             reaper.kill()
             reaper.wait()
+
+
+def _stage_data(ray, workloads: list[str], progress) -> None:
+    """bench.data.prepare on every alive node, before any trial: a node without the data fails the
+    run here, with one line naming the node and the dataset, not trial by trial."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from bench import data
+
+    if not data.for_workloads(workloads):
+        return
+    nodes = alive_nodes()
+    stage = ray.remote(num_cpus=0, max_retries=0)(data.prepare)
+    refs = [stage.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(workloads)
+            for n in nodes]
+    for node, ref in zip(nodes, refs):
+        try:
+            staged = ray.get(ref)
+        except ray.exceptions.RayTaskError as e:
+            cause = e.cause if isinstance(getattr(e, "cause", None), BaseException) else e
+            raise UserError(str(cause).strip().splitlines()[-1]) from None
+        progress.note(f"data on {node.get('NodeManagerAddress', '?')}: "
+                      + ", ".join(f"{name} {info['state']}" for name, info in staged.items()))
 
 
 def _run(units, store, suite, progress, ray, start_method: str, cancel_on_exit: bool = True) -> None:
