@@ -1,0 +1,174 @@
+"""Paired step-time sessions: the estimator against known truths, its coverage by simulation, the
+noise-floor warning, the adaptive loop, and one real session in a fresh process."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from analysis import paired
+from bench.paired import AA_LABEL, Session, plan_sessions
+from bench.plan import RunPlan
+from bench.store import RunStore
+from bench.suite import parse
+from bench.trial import Trial
+
+TRUTH = {"l2": 1.05, "dropout": 1.20, "batch_norm": 1.35}
+
+
+def session_record(rng, index: int, truth=TRUTH, group="g1", precision="float32", rounds=3, base_s=1e-3,
+                   instance_sd=0.03, round_sd=0.02, drift_sd=0.0, outlier_p=0.0) -> dict:
+    """A session record in the format bench.paired writes, with known true ratios.
+
+    Every model instance (one per label per session) gets its own speed factor (instance_sd); each
+    round a common drift factor hits all blocks of the round alike (drift_sd); each block gets its
+    own noise (round_sd); with probability outlier_p a block runs 2x slow (steal time)."""
+    labels = [AA_LABEL, "none", *truth]
+    instance = {k: math.exp(rng.normal(0, instance_sd)) for k in labels}
+    blocks = {k: [] for k in labels}
+    for _ in range(rounds):
+        drift = math.exp(rng.normal(0, drift_sd))
+        for k in labels:
+            slow = 2.0 if rng.random() < outlier_p else 1.0
+            blocks[k].append(base_s * truth.get(k, 1.0) * instance[k] * drift * slow * math.exp(rng.normal(0, round_sd)))
+    return {"schema_version": 1, "kind": "paired_session", "session_id": f"{group}-{precision}-s{index}",
+            "status": "ok", "reason": None,
+            "session": {"group_id": group, "workload": "w", "precision": precision, "batch_size": 64,
+                        "backend": "tensorflow", "repeat": index, "labels": labels,
+                        "cell_ids": {k: f"cell-{k}" for k in labels}, "same_step_as_baseline": []},
+            "node": {"device_name": "cpu"}, "blocks": {"steps": 100, "step_time_s": blocks},
+            "timing": {"baseline_step_time_s": base_s}}
+
+
+def test_estimates_recover_the_truth_through_round_drift():
+    """Blocks of one round share the machine's state; the estimator pairs within the round, so a
+    drift of 2x between rounds cancels (an estimator pairing across rounds would be off by far more)."""
+    rng = np.random.default_rng(1)
+    records = [session_record(rng, i, instance_sd=0.0, round_sd=0.002, drift_sd=0.7) for i in range(3)]
+    table = paired.estimates(records).set_index("setting")
+    for setting, ratio in TRUTH.items():
+        assert table.loc[setting, "estimate"] == pytest.approx(ratio, rel=0.01)
+        assert table.loc[setting, "ci_low"] <= ratio <= table.loc[setting, "ci_high"]
+    assert table.loc[AA_LABEL, "estimate"] == pytest.approx(1.0, abs=0.01)
+
+
+def test_interval_coverage_by_simulation_with_instance_effects_and_outliers():
+    """Data shaped like this machine's: 3% model-instance effects, 2% block noise, 3% of blocks 2x
+    slow. Over 200 simulated cells of 4 sessions x 3 rounds the nominal 95% interval must cover the
+    truth 90-99% of the time."""
+    rng = np.random.default_rng(7)
+    hits, cells = 0, 200
+    for _ in range(cells):
+        records = [session_record(rng, i, truth={"dropout": 1.2}, outlier_p=0.03) for i in range(4)]
+        row = paired.estimates(records).set_index("setting").loc["dropout"]
+        hits += row["ci_low"] <= 1.2 <= row["ci_high"]
+    assert 0.90 <= hits / cells <= 0.99, hits / cells
+
+
+def test_rounds_are_not_independent_units_sessions_are():
+    """With 3% instance effects and 1% block noise, an interval that treats every round as an
+    independent sample (ignoring that the rounds of a session share its model instances) covers the
+    truth far less than 95%; the session t interval does not."""
+    rng = np.random.default_rng(8)
+    pooled = sessions = 0
+    cells = 200
+    for _ in range(cells):
+        records = [session_record(rng, i, truth={"dropout": 1.2}, round_sd=0.01) for i in range(4)]
+        rounds = np.concatenate([paired.round_log_ratios(r)["dropout"] for r in records])
+        pooled += abs(rounds.mean() - np.log(1.2)) <= 1.96 * rounds.std(ddof=1) / np.sqrt(len(rounds))
+        row = paired.estimates(records).set_index("setting").loc["dropout"]
+        sessions += row["ci_low"] <= 1.2 <= row["ci_high"]
+    assert pooled / cells < 0.85 and sessions / cells >= 0.9, (pooled / cells, sessions / cells)
+
+
+def test_simulated_coverage_reports_the_run_shape():
+    rng = np.random.default_rng(3)
+    records = [session_record(rng, i) for i in range(6)]
+    cov = paired.simulated_coverage(records, n_sim=1000)
+    assert cov["sessions"] == 6 and cov["rounds"] == 3
+    assert 0.9 <= cov["simulated"] <= 0.99
+    assert cov["between_session_sd"] > 0.01  # the 3% instance effects are seen as between-session spread
+
+
+def test_noise_floor_warns_when_the_a_a_control_is_wide_or_off():
+    rng = np.random.default_rng(5)
+    quiet = paired.estimates([session_record(rng, i, instance_sd=0.002, round_sd=0.002) for i in range(4)])
+    noisy = paired.estimates([session_record(rng, i, instance_sd=0.08) for i in range(4)])
+    assert not any(line.startswith("WARNING") for line in paired.noise_lines(quiet))
+    (line,) = paired.noise_lines(noisy)
+    assert line.startswith("WARNING: the result may be unstable") and "A/A" in line
+
+
+def test_a_setting_with_the_baselines_training_step_reports_the_a_a_figure():
+    rng = np.random.default_rng(2)
+    records = [session_record(rng, i) for i in range(3)]
+    for r in records:
+        r["session"]["same_step_as_baseline"] = ["early_stopping"]
+        r["session"]["cell_ids"]["early_stopping"] = "cell-es"
+    table = paired.estimates(records).set_index("setting")
+    assert table.loc["early_stopping", "estimate"] == table.loc[AA_LABEL, "estimate"]
+    assert "A/A control" in table.loc["early_stopping", "note"]
+
+
+def _suite(**paired_fields):
+    return parse({"name": "t", "workloads": ["digits_mlp"], "regularizers": ["none", "l2", "early_stopping"],
+                  "precisions": ["float32", "mixed_bfloat16"], "batch_sizes": [64], "repeats": 2,
+                  "paired": {"sessions": 2, "rounds": 3, **paired_fields}}, "t.yaml")
+
+
+def test_sessions_are_planned_per_cell_group_with_early_stopping_untimed():
+    suite = _suite()
+    sessions = plan_sessions(suite.trials, suite.paired)
+    assert len(sessions) == 2 * 2  # 2 precisions x 2 sessions
+    s = sessions[0]
+    assert [lbl for lbl in s.labels] == ["l2"] and [dict(x) for x in s.same_step] == [{"early_stopping": s.same_step[0][0][1]}]
+    assert len({x.unit_id for x in sessions}) == 4 and len({x.group_id for x in sessions}) == 2
+    assert Session.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+    # the timed setting's cell id is the isolated trials' cell id: analysis files the estimate there
+    l2_trial = next(t for t in suite.trials if t.setting == "l2" and t.precision == s.base.precision)
+    assert s.trial_for(s.settings[0]).cell_id == l2_trial.cell_id
+
+
+def test_adaptive_plan_adds_sessions_only_where_the_interval_is_wide(tmp_path):
+    suite = _suite(target_ci_pct=3, max_sessions=3, budget_s=60)
+    plan = RunPlan.of(suite, suite.trials)
+    groups = {s.base.precision: s.group_id for s in plan.sessions}
+    rng = np.random.default_rng(11)
+    narrow = [session_record(rng, i, truth={"l2": 1.05}, group=groups["float32"], instance_sd=0.001, round_sd=0.001)
+              for i in range(2)]
+    wide = [session_record(rng, i, truth={"l2": 1.05}, group=groups["mixed_bfloat16"], precision="mixed_bfloat16",
+                           instance_sd=0.2) for i in range(2)]
+    store = RunStore.create(tmp_path, suite.resolved, [t.trial_id for t in suite.trials])
+    for rec in narrow + wide:
+        store.write_record("session", rec)
+    extra = plan.more_sessions(store.records("session"))
+    assert [s.base.precision for s in extra] == ["mixed_bfloat16"] and extra[0].base.repeat == 2
+    plan.added += extra
+    assert plan.more_sessions(store.records("session")) == []  # the cap of 3 sessions is reached
+    assert plan.unmet == [groups["mixed_bfloat16"]]
+
+
+def test_one_real_session_in_a_fresh_process(tmp_path):
+    """A real session: every model built and timed, rounds in a seeded random order, the A/A twin."""
+    import subprocess
+    import sys
+
+    base = Trial(workload="digits_mlp", regularizers=(), precision="float32", batch_size=64, cpu_threads=1, seed=1000)
+    session = Session(base=base, settings=((("l2", {"l2": 1e-4}),), (("dropout", {"rate": 0.3}),)),
+                      rounds=4, block_min_steps=5, block_min_s=0.01)
+    req, out = tmp_path / "req.json", tmp_path / "out.json"
+    req.write_text(json.dumps({"kind": "session", "unit": session.to_dict(), "executor": "process", "gpu": False}))
+    subprocess.run([sys.executable, "-m", "bench.executors.child", str(req), str(out)], check=True, timeout=300,
+                   env={**__import__("os").environ, "CUDA_VISIBLE_DEVICES": ""})
+    rec = json.loads(out.read_text())
+    assert rec["status"] == "ok", rec.get("reason")
+    labels = {AA_LABEL, "none", "l2", "dropout"}
+    assert set(rec["blocks"]["step_time_s"]) == labels and set(rec["blocks"]["build_order"]) == labels
+    order = rec["blocks"]["order"]
+    assert len(order) == 4 and all(sorted(r) == sorted(labels) for r in order)
+    assert len({tuple(r) for r in order}) > 1  # not the same order every round
+    assert all(len(v) == 4 and min(v) > 0 for v in rec["blocks"]["step_time_s"].values())
+    assert rec["process"]["dtype_policy_at_start"] == "float32"
+    assert rec["timing"]["measured_s"] > 0
