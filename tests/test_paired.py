@@ -38,7 +38,7 @@ def session_record(rng, index: int, truth=TRUTH, group="g1", precision="float32"
             "session": {"group_id": group, "workload": "w", "precision": precision, "batch_size": 64,
                         "backend": "tensorflow", "repeat": index, "labels": labels,
                         "cell_ids": {k: f"cell-{k}" for k in labels}, "same_step_as_baseline": []},
-            "node": {"device_name": "cpu"}, "blocks": {"steps": 100, "step_time_s": blocks},
+            "node": {"device_name": "cpu"}, "blocks": {"steps": 100, "order": [labels] * rounds, "step_time_s": blocks},
             "timing": {"baseline_step_time_s": base_s}}
 
 
@@ -172,3 +172,25 @@ def test_one_real_session_in_a_fresh_process(tmp_path):
     assert all(len(v) == 4 and min(v) > 0 for v in rec["blocks"]["step_time_s"].values())
     assert rec["process"]["dtype_policy_at_start"] == "float32"
     assert rec["timing"]["measured_s"] > 0
+
+
+def test_validate_checks_session_files_against_their_schema_and_the_manifest(tmp_path):
+    from bench.schema import check_run
+
+    suite = _suite()
+    store = RunStore.create(tmp_path, suite.resolved, [])
+    rng = np.random.default_rng(0)
+    good, bad = session_record(rng, 0), session_record(rng, 1)
+    for rec in (good, bad):
+        rec["node"] = {"hostname": "h", "device_kind": "cpu", "device_name": "cpu", "executor": "process"}
+        rec["timing"]["measured_s"] = 1.0
+    bad["blocks"]["step_time_s"]["l2"][0] = -1.0
+    store.update_manifest(session_ids=[good["session_id"], bad["session_id"], "never-ran"])
+    for rec in (good, bad):
+        store.write_record("session", rec)
+    (store.unit_dir("session") / "notes.txt").write_text("x")
+    lines = [str(p) for p in check_run(store.path).problems]
+    assert any(bad["session_id"] in line and "blocks.step_time_s.l2" in line for line in lines), lines
+    assert any("never-ran.json: missing" in line for line in lines)
+    assert any("notes.txt: stray file" in line for line in lines)
+    assert not any(good["session_id"] in line for line in lines)

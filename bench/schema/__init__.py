@@ -30,7 +30,8 @@ from bench.errors import UserError
 
 HERE = pathlib.Path(__file__).parent
 #: kind -> {schema_version: schema file}; the versions this regbench reads.
-SCHEMAS = {"trial": {1: "trial.schema.json"}, "manifest": {1: "manifest.schema.json"}}
+SCHEMAS = {"trial": {1: "trial.schema.json"}, "manifest": {1: "manifest.schema.json"},
+           "session": {1: "session.schema.json"}}
 MEASURED = ("timing", "memory", "energy", "compute", "convergence")
 
 
@@ -95,6 +96,16 @@ def check_trial(record: Any, file: str = "") -> list[Problem]:
         if _is_number(p50) and _is_number(p95) and p95 < p50:
             problems.append(Problem(file, "timing.step_time_p95_s", f"{p95} is less than step_time_p50_s {p50}"))
     return problems
+
+
+def check_session(record: Any, file: str = "") -> list[Problem]:
+    """Problems of one paired-session record (bench/paired.py); [] when it meets the contract."""
+    if not isinstance(record, dict) or record.get("kind") != "paired_session":
+        return [Problem(file, "", "not a paired-session record (kind is not paired_session)")]
+    why = version_problem(record, "session")
+    if why:
+        return [Problem(file, "", why)]
+    return _schema_problems("session", record, file)
 
 
 def check_manifest(manifest: Any, file: str = "") -> list[Problem]:
@@ -304,15 +315,43 @@ def check_run(run_dir: pathlib.Path) -> RunCheck:
         elif planned is not None and path.stem not in planned_set:
             problems.append(Problem(file, "", f"stray trial file: {path.stem} is not planned in "
                                               f"{manifest_path.name} trial_ids"))
+    hint = "" if manifest_status == "complete" else (
+        f" (run status {manifest_status}: `regbench run --resume {run_dir}` finishes it)")
     if planned is not None:
-        hint = "" if manifest_status == "complete" else (
-            f" (run status {manifest_status}: `regbench run --resume {run_dir}` finishes it)")
         for trial_id in planned:
             if trial_id not in names:
                 problems.append(Problem(str(trials_dir / f"{trial_id}.json"), "",
                                         f"missing: planned in {manifest_path.name}, no file{hint}"))
+    problems += _session_problems(run_dir, manifest if isinstance(manifest, dict) else {}, hint)
     return RunCheck(run_dir, problems, statuses, len(planned) if planned is not None else None, run_id,
                     manifest_status)
+
+
+def _session_problems(run_dir: pathlib.Path, manifest: dict, hint: str) -> list[Problem]:
+    """sessions/: every file a valid session record named <session_id>.json, one per session the
+    manifest planned (session_ids, adaptive additions included)."""
+    folder, problems = run_dir / "sessions", []
+    planned = manifest.get("session_ids")
+    planned = set(planned) if isinstance(planned, list) else None
+    seen = set()
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        file = str(path)
+        if path.suffix != ".json" or not path.is_file():
+            problems.append(Problem(file, "", "stray file: sessions/ holds only <session_id>.json files"))
+            continue
+        doc, problem = read_json_file(path)
+        found = [problem] if problem else check_session(doc, file)
+        problems += found
+        if problem or any(p.field == "" for p in found):
+            continue
+        seen.add(path.stem)
+        if doc.get("session_id") != path.stem:
+            problems.append(Problem(file, "session_id", "does not match the file name"))
+        elif planned is not None and path.stem not in planned:
+            problems.append(Problem(file, "", "stray session file: not planned in manifest.json session_ids"))
+    for sid in sorted((planned or set()) - seen):
+        problems.append(Problem(str(folder / f"{sid}.json"), "", f"missing: planned in manifest.json, no file{hint}"))
+    return problems
 
 
 # ---- helpers ------------------------------------------------------------------
