@@ -49,7 +49,7 @@ BASELINE = "none"
 
 # What must match for two trials to be compared ("budget" columns are optional in trial files).
 CELL_KEYS = ["workload", "precision", "batch_size", "backend", "device_name", "epochs", "learning_rate",
-             "steps_per_epoch", "max_train_samples", "cpu_threads"]
+             "steps_per_epoch", "max_train_samples", "cpu_threads", "start_method"]
 PAIR_KEYS = ["run"] + CELL_KEYS + ["repeat"]
 OVERHEAD_COLUMNS = CELL_KEYS + ["setting", "metric", "method", "kind", "unit", "n_repeats", "estimate", "ci_low",
                                 "ci_high", "change_pct", "ci_low_pct", "ci_high_pct", "mark", "baseline_mean",

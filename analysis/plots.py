@@ -68,7 +68,7 @@ def add_panel(df: pd.DataFrame) -> pd.DataFrame:
     if "backend" in df and df["backend"].nunique() > 1:
         label = label + " · " + df["backend"].astype(str)
     for key, short in (("epochs", "ep"), ("learning_rate", "lr"), ("steps_per_epoch", "spe"),
-                       ("max_train_samples", "n")):  # any other pairing key that varies gets its own panel
+                       ("max_train_samples", "n"), ("cpu_threads", "threads"), ("start_method", "start ")):  # any other pairing key that varies gets its own panel
         if key in df and df[key].nunique() > 1:
             label = label + f" {short}" + df[key].astype(str)
     df["panel"] = label

@@ -91,21 +91,36 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
 
 def test_failures_are_results_and_the_run_goes_on(tmp_path):
     suite = write_suite(
-        tmp_path / "f.yaml",
-        workloads=[{"name": "fashion_mnist_cnn", "max_train_samples": 256}, "digits_mlp"],
-        regularizers=["none"], epochs=2, learning_rate=1e30)
-    # No Fashion-MNIST files and no network here: that trial fails; lr=1e30 overflows the weights: NaN.
-    proc = regbench("run", "--suite", suite, "--executor", "process", "--out", tmp_path / "out", "--no-report",
-                    env={"KERAS_HOME": str(tmp_path / "keras")})
+        tmp_path / "f.yaml", workloads=[{"name": "digits_mlp", "batch_sizes": [4096]},
+                                        {"name": "synthetic_cnn", "max_train_samples": 256}],
+        regularizers=["none"], epochs=2, learning_rate=1e30, paired=False)
+    # batch 4096 > the 1437 digits training rows: that trial raises; lr=1e30 overflows the weights: NaN.
+    proc = regbench("run", "--suite", suite, "--executor", "process", "--out", tmp_path / "out", "--no-report")
     assert proc.returncode == 0, proc.stderr
     run = pathlib.Path(proc.stdout.strip().splitlines()[-1])
     recs = {json.loads(p.read_text())["trial"]["workload"]: json.loads(p.read_text())
             for p in (run / "trials").glob("*.json")}
-    assert recs["fashion_mnist_cnn"]["status"] == "failed" and recs["fashion_mnist_cnn"]["reason"]
-    assert recs["digits_mlp"]["status"] == "diverged"
-    assert "nan" in recs["digits_mlp"]["reason"].lower() or "inf" in recs["digits_mlp"]["reason"].lower()
+    assert recs["digits_mlp"]["status"] == "failed" and "exceeds the 1437 training samples" in recs["digits_mlp"]["reason"]
+    assert recs["synthetic_cnn"]["status"] == "diverged"
+    assert "nan" in recs["synthetic_cnn"]["reason"].lower() or "inf" in recs["synthetic_cnn"]["reason"].lower()
     checked = validate(run)  # failed and diverged records meet the contract too
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_missing_data_fails_the_run_before_any_trial_with_one_line(tmp_path):
+    """No Fashion-MNIST files and a mirror that does not exist: the run stops before its first trial
+    with one line naming the node and the dataset, and leaves no run directory behind."""
+    import socket
+
+    suite = write_suite(tmp_path / "f.yaml", workloads=[{"name": "fashion_mnist_cnn", "max_train_samples": 256}],
+                        paired=False)
+    proc = regbench("run", "--suite", suite, "--executor", "process", "--out", tmp_path / "out", "--no-report",
+                    env={"KERAS_HOME": str(tmp_path / "keras"), "REGBENCH_DATA_DIR": str(tmp_path / "data"),
+                         "REGBENCH_DATA_MIRROR": (tmp_path / "no-mirror").as_uri()})
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("regbench: error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"node {socket.gethostname()}" in errors[0] and "fashion_mnist" in errors[0]
+    assert not any((tmp_path / "out").glob("*/trials/*.json"))
 
 
 def test_resume_runs_only_missing_trials(smoke_run, tmp_path):

@@ -23,6 +23,7 @@ def test_nothing_leaks_from_one_trial_to_the_next(tmp_path):
                precisions=["mixed_bfloat16"], regularizers=["none"])
     alone = run(tmp_path, "alone", "interpreter", workloads=["digits_mlp"], precisions=["mixed_bfloat16"],
                 regularizers=["none"])
+    alone_z = run(tmp_path, "alone_z", workloads=["digits_mlp"], precisions=["mixed_bfloat16"], regularizers=["none"])
     big, small = both
     assert big["trial"]["workload"] == "synthetic_cnn" and small["trial"]["workload"] == "digits_mlp"
     assert big["status"] == small["status"] == alone[0]["status"] == "ok"
@@ -33,10 +34,12 @@ def test_nothing_leaks_from_one_trial_to_the_next(tmp_path):
     # separate processes, each starting from Keras' default policy
     assert big["process"]["pid"] != small["process"]["pid"]
     assert small["process"]["dtype_policy_at_start"] == alone[0]["process"]["dtype_policy_at_start"] == "float32"
-    # the host peak is the small trial's own, not inherited from the big one or from the zygote
-    assert small["memory"]["host_peak_bytes"] < big["memory"]["host_peak_bytes"]
-    assert abs(small["memory"]["host_peak_bytes"] - alone[0]["memory"]["host_peak_bytes"]) < 0.25 * alone[0]["memory"]["host_peak_bytes"]
+    # the host peak is the small trial's own, over its training window: not inherited from the big
+    # trial before it (the same trial alone, forked from a fresh zygote, peaks within 10%)
+    assert small["memory"]["host_peak_window"] == "training window"
+    assert small["memory"]["host_peak_bytes"] < 0.8 * big["memory"]["host_peak_bytes"]
+    assert abs(small["memory"]["host_peak_bytes"] - alone_z[0]["memory"]["host_peak_bytes"]) < 0.1 * alone_z[0]["memory"]["host_peak_bytes"]
     # RNG state: the same trial after another trial, forked, trains exactly as it does alone, fresh
     losses = lambda r: [p["loss"] for p in r["convergence"]["curve"]]  # noqa: E731
-    assert losses(small) == losses(alone[0])
+    assert losses(small) == losses(alone[0]) == losses(alone_z[0])
     assert small["trial_id"] == alone[0]["trial_id"]
