@@ -277,7 +277,7 @@ def parse(data: dict, source: str, backend_override: str | None = None) -> Suite
                             backend=backend, epochs=w.get("epochs") or epochs, learning_rate=float(lr),
                             target_val_accuracy=w.get("target_val_accuracy"), jit_compile=jit,
                             max_train_samples=w.get("max_train_samples"), steps_per_epoch=w.get("steps_per_epoch"),
-                            cpu_threads=cpus if device != "gpu" else None, timeout_s=float(timeout),
+                            cpu_threads=cpus, timeout_s=float(timeout),
                             allow_slow_precision=allow_slow, accelerator_type=acc, model=w["model"]))
     # Repeats interleave (all cells of repeat 0, then repeat 1, ...) and the cells of each repeat run
     # in a random order, seeded (suite seed, repeat): drift and neighbours hit every setting alike.

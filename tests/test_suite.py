@@ -163,3 +163,16 @@ def test_a_setting_that_applies_to_no_workload_is_an_error(tmp_path):
         tmp_path, workloads=["transformer_encoder", "digits_mlp"], regularizers=["none", "l2", ["l2", {"mixup": {"alpha": 0.4}}]])
     msg = error(tmp_path, workloads=["synthetic_cnn", "transformer_encoder"], regularizers=[["mixup", "stochastic_depth"]])
     assert "regularizers[0]: mixup+stochastic_depth applies to none of this suite's workloads" in msg
+
+
+def test_every_trial_carries_its_thread_cap_gpu_trials_too(tmp_path):
+    """cpus_per_trial caps a trial's host threads whatever its device (a GPU trial's input pipeline
+    and framework host work included), and it is part of the trial's identity, so runs made under
+    different caps are never pooled (analysis pairs on cpu_threads too)."""
+    from analysis.overheads import CELL_KEYS
+
+    for device in ("cpu", "gpu", "auto"):
+        s = parse(tmp_path, device=device, cpus_per_trial=3)
+        assert {t.cpu_threads for t in s.trials} == {3}
+    a, b = parse(tmp_path, cpus_per_trial=1).trials[0], parse(tmp_path, cpus_per_trial=2).trials[0]
+    assert a.cell_id != b.cell_id and "cpu_threads" in CELL_KEYS
