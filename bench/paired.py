@@ -40,7 +40,7 @@ import traceback
 
 import numpy as np
 
-from bench import SCHEMA_VERSION, backends
+from bench import SCHEMA_VERSION
 from bench.regularizers import Recipe, recipe_for, setting_label
 from bench.trial import Trial, canonical_json, now_iso
 
@@ -147,14 +147,10 @@ def precheck(session: Session, executor: str, gpu: bool) -> dict | None:
 
 def run_session(session: Session, executor: str = "process", gpu: bool | None = None) -> dict:
     """Time `session` in this fresh process and return its record."""
-    from bench.runner import classify_failure, node_record, skip_record
+    from bench.runner import classify_failure, start_process
 
     started, t_wall = now_iso(), time.perf_counter()
-    backends.configure_process(session.backend, session.cpu_threads, gpu=gpu)
-    if gpu is None:
-        gpu = backends.gpu_visible(session.backend)
-    node = node_record(executor, gpu, session.cpu_threads)
-    skipped = skip_record(session.base, node)
+    node, gpu, skipped = start_process(session.base, executor, gpu)
     if skipped:
         record = session_skeleton(session, "skipped", skipped["reason"], node)
     else:

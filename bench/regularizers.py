@@ -22,7 +22,7 @@ import dataclasses
 from typing import Any, Callable
 
 from bench.errors import UserError, did_you_mean
-from bench.params import Param
+from bench.params import Param, resolve
 
 
 @dataclasses.dataclass
@@ -278,21 +278,10 @@ def normalize(name: str, params: dict | None, where: str) -> tuple[str, dict]:
     if name not in REGISTRY:
         raise UserError(f"{where}: unknown regularizer {name!r}{did_you_mean(name, known_names())}")
     spec = REGISTRY[name]
-    params = dict(params or {})
-    for key in params:
-        if key not in spec.params:
-            allowed = ", ".join(spec.params) or "none"
-            raise UserError(f"{where}.{key}: unknown parameter of {name} (allowed: {allowed})")
-    out = {}
-    for key, p in spec.params.items():
-        value = params.get(key, p.default)
-        if p.kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        problem = p.check(value)
-        if problem:
-            raise UserError(f"{where}.{key}: {problem}")
-        out[key] = value
-    return name, dict(sorted(out.items()))
+    unknown = [k for k in (params or {}) if k not in spec.params]
+    if unknown:
+        raise UserError(f"{where}.{unknown[0]}: unknown parameter of {name} (allowed: {', '.join(spec.params) or 'none'})")
+    return name, dict(sorted(resolve(spec.params, params, where).items()))
 
 
 def not_applicable(regularizers, workload) -> str | None:

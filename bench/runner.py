@@ -11,7 +11,6 @@ and allocator peaks cannot be reset in place.
 """
 from __future__ import annotations
 
-import os
 import socket
 import time
 import traceback
@@ -66,14 +65,21 @@ def skip_record(trial: Trial, node: dict) -> dict | None:
     return record
 
 
-def run_trial(trial: Trial, executor: str = "process", gpu: bool | None = None) -> dict:
-    """Measure `trial` in this process. gpu=None: use a GPU if the framework sees one."""
-    started, t_wall = now_iso(), time.perf_counter()
+def start_process(trial: Trial, executor: str, gpu: bool | None) -> tuple[dict, bool, dict | None]:
+    """Set up this fresh trial process for `trial` (a trial, or a session's baseline trial):
+    environment and threads, the device (gpu=None: a GPU if the framework sees one), the node
+    record. Returns (node, gpu, skipped record or None)."""
     backends.configure_process(trial.backend, trial.cpu_threads, gpu=gpu)
     if gpu is None:
         gpu = backends.gpu_visible(trial.backend)
     node = node_record(executor, gpu, trial.cpu_threads)
-    skipped = skip_record(trial, node)
+    return node, gpu, skip_record(trial, node)
+
+
+def run_trial(trial: Trial, executor: str = "process", gpu: bool | None = None) -> dict:
+    """Measure `trial` in this process. gpu=None: use a GPU if the framework sees one."""
+    started, t_wall = now_iso(), time.perf_counter()
+    node, gpu, skipped = start_process(trial, executor, gpu)
     if skipped:
         return skipped
     try:
