@@ -207,12 +207,17 @@ def _time_blocks(session: Session, node: dict) -> dict:
         models[label] = build_model(session.trial_for(settings[label]), workload, recipes[label], prepared)
     build_s = time.perf_counter() - t
 
-    def block(label: str, rows: int) -> tuple[np.ndarray, float]:
-        """One block: a fit epoch over the first `rows` of the tiled training set; returns its step
-        intervals and wall time."""
+    tiled: dict = {}
+
+    def tile_to(steps: int) -> None:
+        """The training set repeated to `steps` batches: the x (shared) and each model's labels."""
+        rows = steps * base.batch_size
+        tiled.update(x=_tile(x_train, rows), **{f"y:{k}": _tile(v, rows) for k, v in labels_y.items()})
+
+    def block(label: str) -> tuple[np.ndarray, float]:
+        """One block: a fit epoch over the tiled training set; returns its step intervals and wall time."""
         timer = StepTimer()
-        inputs, _ = fit_inputs(recipes[label], _tile(x_train, rows), _tile(labels_y[label], rows),
-                               base.batch_size, data.kind, base.seed)
+        inputs, _ = fit_inputs(recipes[label], tiled["x"], tiled[f"y:{label}"], base.batch_size, data.kind, base.seed)
         t0 = time.perf_counter()
         models[label].fit(**inputs, epochs=1, verbose=0, callbacks=[timer])
         wall = time.perf_counter() - t0
@@ -222,10 +227,11 @@ def _time_blocks(session: Session, node: dict) -> dict:
 
     # 2. warm up (trace/compile) and size the blocks from the baseline's step time
     t = time.perf_counter()
-    steps = session.block_min_steps
-    warmup = {label: float(np.median(block(label, steps * base.batch_size)[0])) for label in labels}
-    base_step_s = float(np.median(block(setting_label(()), steps * base.batch_size)[0]))
+    tile_to(session.block_min_steps)
+    warmup = {label: float(np.median(block(label)[0])) for label in labels}
+    base_step_s = float(np.median(block(setting_label(()))[0]))
     steps = max(session.block_min_steps, math.ceil(session.block_min_s / max(base_step_s, 1e-9)) + 1)
+    tile_to(steps)
     warmup_s = time.perf_counter() - t
 
     # 3. rounds of blocks in a seeded random order
@@ -235,7 +241,7 @@ def _time_blocks(session: Session, node: dict) -> dict:
         this_round = [labels[i] for i in rng.permutation(len(labels))]
         order.append(this_round)
         for label in this_round:
-            dts, wall = block(label, steps * base.batch_size)
+            dts, wall = block(label)
             step_time_s[label].append(float(np.median(dts)))
             block_wall_s[label].append(wall)
             measured_s += float(dts.sum())
@@ -246,8 +252,8 @@ def _time_blocks(session: Session, node: dict) -> dict:
                          "rounds": int(len(L))} for label, L in round_log_ratios(step_time_s).items()}
     base_blocks = np.asarray(step_time_s[setting_label(())])
     record = session_skeleton(session, "ok", None, node)
-    record["blocks"] = {"steps": steps, "build_order": build_order, "order": order, "step_time_s": step_time_s, "wall_s": block_wall_s,
-                        "warmup_step_time_s": warmup}
+    record["blocks"] = {"steps": steps, "build_order": build_order, "order": order, "step_time_s": step_time_s,
+                        "wall_s": block_wall_s, "warmup_step_time_s": warmup}
     record["estimates"] = estimates
     record["timing"] = {"data_and_build_s": build_s, "warmup_s": warmup_s, "rounds_s": rounds_s,
                         "measured_s": measured_s, "baseline_step_time_s": float(np.median(base_blocks))}
