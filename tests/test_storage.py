@@ -40,8 +40,8 @@ def _leftovers(root: pathlib.Path) -> list[str]:
 
 
 def test_full_disk_is_one_line_keeps_finished_trials_and_resumes(tmp_path, tmpfs):
-    # 6 trials of ~15 KiB each and their logs: a 64 KiB tmpfs fills up in the middle of the run
-    suite = write_suite(tmp_path / "s.yaml", regularizers=["none", "l2", "dropout"], repeats=2, epochs=2,
+    # 6 trials of ~10 KiB each and their logs: a 64 KiB tmpfs fills up in the middle of the run
+    suite = write_suite(tmp_path / "s.yaml", regularizers=["none", "l2", "dropout"], repeats=2, epochs=1,
                         paired=False, cpus_per_trial=1, isolation="cpu")
     proc = regbench("run", "--suite", suite, "--executor", "process", "--out", tmpfs, "--no-report")
     line = _one_line_error(proc)
