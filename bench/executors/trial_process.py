@@ -141,8 +141,11 @@ class TrialProcess:
         """SIGKILL the trial's whole process group and wait for it."""
         try:
             os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        except ProcessLookupError:  # a zygote child killed before its os.setsid(): no group yet
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         if self._popen is not None:
             self._popen.wait()
         else:
@@ -206,8 +209,8 @@ class Launcher:
                    "core_lock_dir": self.extra_env.get("REGBENCH_CORE_LOCK_DIR"),
                    "launched_unix": time.time(), "start_note": None, "parent_pid": None}
         argv = [str(request_path), str(out_path)]
-        deadline = time.monotonic() + unit.timeout_s
         zygote = self._zygote(unit.backend) if self.start_method == "zygote" else None
+        deadline = time.monotonic() + unit.timeout_s  # the trial's own time: a zygote's start is not counted
         if self.start_method == "zygote" and zygote is None:
             request["start_note"] = self._unavailable.get(unit.backend)
         if zygote is not None:
