@@ -67,6 +67,21 @@ def test_cluster_detection(monkeypatch):
     assert rconnect.joins_cluster() is True
 
 
+def test_a_local_node_keeps_the_loopback_address():
+    """What binds a private instance to loopback (connect._loopback_node), without starting one:
+    inside it Ray takes 127.0.0.1 as this node's IP instead of rewriting it to the outward
+    address; outside it (joining a cluster) nothing changes. The real ports: test_ray_local_security."""
+    import ray
+    from ray._private import ray_constants, services
+
+    assert not ray.is_initialized()
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    with rconnect._loopback_node():
+        assert services.resolve_ip_for_localhost(rconnect.LOOPBACK) == "127.0.0.1"
+        assert services.get_node_ip_address() == "127.0.0.1"
+    assert ray_constants.ENABLE_RAY_CLUSTER == before
+
+
 def test_trial_process_module_imports_neither_ray_nor_a_framework():
     code = ("import sys, bench.executors.child, bench.executors.trial_process; "
             "print(sorted(m for m in ('ray', 'keras', 'tensorflow', 'jax', 'torch') if m in sys.modules))")

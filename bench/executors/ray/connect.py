@@ -2,12 +2,14 @@
 
 `ray.init()` with no address, so `ray submit`, `ray job submit` and RAY_ADDRESS join that
 cluster and everything else starts a private local instance (no dashboard, logs not forwarded,
-shut down at the end). RAY_ADDRESS=local forces a private instance. A caller that has already
-called `ray.init()` (tests, notebooks) keeps its connection. REGBENCH_RAY_SHIP_CODE=1 ships
-this checkout's `bench/` with the job (runtime_env py_modules) instead of the installed one.
+every port on 127.0.0.1, token auth on, shut down at the end). RAY_ADDRESS=local forces a private
+instance. A caller that has already called `ray.init()` (tests, notebooks) keeps its connection.
+REGBENCH_RAY_SHIP_CODE=1 ships this checkout's `bench/` with the job (runtime_env py_modules)
+instead of the installed one.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import socket
@@ -82,8 +84,37 @@ def connect() -> bool:
     # first use); Ray announces that with a warning on every run, which we keep off stderr.
     # RAY_AUTH_MODE=disabled still opts out.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    ray.init(include_dashboard=False, resources={NODE_SLOT: 1}, object_store_memory=128 * 2**20, **kwargs)
+    with _loopback_node():
+        ray.init(include_dashboard=False, resources={NODE_SLOT: 1}, object_store_memory=128 * 2**20,
+                 _node_ip_address=LOOPBACK, **kwargs)
     return True
+
+
+LOOPBACK = "127.0.0.1"
+
+
+@contextlib.contextmanager
+def _loopback_node():
+    """While starting a private local instance, let its node keep 127.0.0.1 as its IP.
+
+    Every Ray 2.60 service binds by the node's IP: the GCS, the raylet (node and object manager),
+    core workers, the dashboard and runtime-env agents and the metrics servers of the monitor, the
+    dashboard head and the agent listen on 127.0.0.1 only when the node's IP is 127.0.0.1, and on
+    all interfaces (or the outward address) otherwise. But ray.init() rewrites a requested
+    127.0.0.1 to the machine's outward IP, except where Ray clusters are off (its macOS/Windows
+    default, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0), which only changes that lookup
+    (services.get_node_ip_address). That switch is read at import, so it is turned off here for
+    the one ray.init() call and restored after; the processes Ray starts get the address on their
+    command line. Joining a cluster never comes here. tests/test_ray_local_security.py checks the
+    result: every listening socket of a local run is on loopback."""
+    from ray._private import ray_constants
+
+    was = getattr(ray_constants, "ENABLE_RAY_CLUSTER", True)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = was
 
 
 def reaper_main(driver_pid: int, poll_s: float = 1.0, grace_s: float = 3.0) -> None:
