@@ -37,6 +37,7 @@ isolation: cpu
 cpus_per_trial: 1
 timeout_s: {timeout_s}
 max_retries: 2
+paired: false
 {extra}
 """
 
@@ -157,8 +158,15 @@ def test_smoke_suite_end_to_end(tmp_path):
         assert r["node"]["fingerprint_id"] in manifest["nodes"]
     fp = next(iter(manifest["nodes"].values()))
     assert {"cpu", "gpus", "versions", "hostname"} <= set(fp)
+    # the paired sessions ran after the trials, through the same Ray tasks: 2 per precision
+    sessions = [json.loads(p.read_text()) for p in (run_dir / "sessions").glob("*.json")]
+    assert sorted(p.stem for p in (run_dir / "sessions").glob("*.json")) == sorted(manifest["session_ids"])
+    assert sorted(s["status"] for s in sessions) == ["ok", "ok", "skipped", "skipped"]
+    assert all(s["node"]["executor"] == "ray" for s in sessions if s["status"] == "ok")
+    first_session = min(s["started_at"] for s in sessions if s["status"] == "ok")
+    assert max(r["finished_at"] for r in ran.values()) <= first_session  # a batch ends before the next
     # plain progress lines (stderr is not a terminal here)
-    assert "[6/6]" in err
+    assert "[10/10]" in err
     assert time.monotonic() - t0 < 180
 
 
