@@ -152,7 +152,7 @@ def run_session(session: Session, executor: str = "process", gpu: bool | None = 
     started, t_wall = now_iso(), time.perf_counter()
     node, gpu, skipped = start_process(session.base, executor, gpu)
     if skipped:
-        record = session_skeleton(session, "skipped", skipped["reason"], node)
+        record = session_skeleton(session, skipped["status"], skipped["reason"], node)
     else:
         try:
             record = _time_blocks(session, node)

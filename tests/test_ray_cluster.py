@@ -35,6 +35,7 @@ device: gpu
 isolation: gpu
 timeout_s: 300
 max_retries: 2
+paired: false
 {extra}
 """
 
@@ -98,7 +99,9 @@ def test_placement_one_trial_per_gpu_and_accelerator_pinning(cluster, tmp_path):
     rc, out, err = run_cli(suite, tmp_path / "out", cluster.address)
     assert rc == 0, err
     records, manifest = load_run(tmp_path / "out")
-    assert len(records) == 4 and all(r["status"] == "ok" for r in records.values()), err
+    assert len(records) == 4, err
+    for r in records.values():  # each trial process ran on its fake GPU, saw none, and said so
+        assert r["status"] == "failed" and "sees no GPU" in r["reason"], r["reason"]
     node_of = {h100.node_id: "H100", a100.node_id: "A100"}
     intervals: dict = {}
     for tid, r in records.items():
@@ -132,14 +135,15 @@ def test_infeasible_accelerator_type_fails_fast(cluster, tmp_path):
 
 
 def test_node_removed_mid_run_trial_lands_once_on_another_node(cluster, tmp_path):
-    first = cluster.add_node(num_cpus=1, num_gpus=1)
-    second = cluster.add_node(num_cpus=1, num_gpus=1)
+    first = cluster.add_node(num_cpus=1)
+    second = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     nodes = {first.node_id: first, second.node_id: second}
     markers = tmp_path / "markers"
     markers.mkdir()
     suite = tmp_path / "lose.yaml"
-    suite.write_text(SUITE.format(name="lose", regularizers="[none, l2, dropout]", extra=""))
+    suite.write_text(SUITE.format(name="lose", regularizers="[none, l2, dropout]", extra="")
+                     .replace("device: gpu", "device: cpu").replace("isolation: gpu", "isolation: cpu"))
     proc = run_cli(suite, tmp_path / "out", cluster.address, {"REGBENCH_RAY_MARKER_DIR": str(markers)},
                    background=True)
     deadline = time.monotonic() + 120
