@@ -13,8 +13,18 @@ from bench import backends
 
 
 def host_peak_bytes() -> int:
-    """Peak resident set size of this process (Linux reports KiB)."""
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    """Peak resident set size of this process: the kernel's high-water mark of its own memory
+    (VmHWM in /proc/self/status, KiB). Not getrusage's ru_maxrss where /proc is readable: Linux
+    carries ru_maxrss across execve, so a trial process started as a fresh interpreter by a large
+    parent (a driver, a Ray worker) would report the parent's size when that is larger."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
 
 
 class MemoryTracker:
