@@ -142,4 +142,4 @@ def test_host_peak_is_this_process_and_read_at_the_end_of_the_window():
     assert 150 * MIB < r["tracked"] < 350 * MIB, r  # its own 150 MiB + the interpreter and numpy
     assert r["tracked"] == r["at_stop"]
     assert r["after"] > r["tracked"] + 200 * MIB, r  # the later 250 MiB shows in the process...
-    assert r["after"] == r["hwm"], r  # ...as the kernel's high-water mark of this process says
+    assert abs(r["after"] - r["hwm"]) < 2 * MIB, r  # ...as this process's high-water mark (read just before) says
