@@ -226,16 +226,19 @@ def test_session_records_really_drift(sessions):
 
 
 def test_round_log_ratios_pair_within_the_round_against_both_baselines(sessions):
-    """Defect caught: a reference that ignores the round (a session-wide baseline), or only one of
-    the two baseline instances: each round's log ratio is then off by the round's drift or by the
-    instance's own speed, not by 0.1% noise."""
+    """Defect caught: a reference that ignores the round (a session-wide baseline), only one of the
+    two baseline instances, or blocks matched by rank rather than by round: the log ratios are then
+    off by the round's drift, by the instance's own speed, or by the drift between mismatched rounds,
+    not by 0.1% noise. Only the rounds a burst hit (at most 3 of 12 per setting) may be off."""
     for rec in sessions:
         ratios = paired.round_log_ratios(rec)
         assert set(ratios) == {"none (A/A)", "l2", "dropout"}
         for label, factor in TRUTH.items():
             assert len(ratios[label]) == 12
-            np.testing.assert_allclose(ratios[label], np.log(factor), atol=0.005)
-        np.testing.assert_allclose(ratios["none (A/A)"], -2 * SKEW, atol=0.005)  # second instance over first
+            exact = np.abs(ratios[label] - np.log(factor)) < 0.005
+            assert exact.sum() >= 9, (label, np.round(ratios[label] - np.log(factor), 3))
+        aa = np.abs(ratios["none (A/A)"] + 2 * SKEW) < 0.005  # second instance over first
+        assert aa.sum() >= 10, ratios["none (A/A)"]
 
 
 def test_paired_estimates_recover_the_truth_with_a_tight_interval(sessions):
