@@ -39,6 +39,49 @@ def validate(path) -> subprocess.CompletedProcess:
     return regbench("validate", path, timeout=120)
 
 
+# sitecustomize for processes of tests that need "no GPU" and "no network" to be true on any host:
+# NVML cannot be imported (so no GPU is seen, whatever the machine has) and every connection or name
+# lookup beyond the loopback is refused. CUDA_VISIBLE_DEVICES="" hides the GPUs from the frameworks.
+OFFLINE_CPU = r"""
+import socket, sys
+
+sys.modules["pynvml"] = None  # `import pynvml` raises ImportError: NVML, hence every GPU, is invisible
+_LOCAL = (None, "", "localhost", "127.0.0.1", "::1")
+
+
+def _guard(connect):
+    def local_only(self, address, *args):
+        if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in _LOCAL:
+            raise OSError(101, f"Network is unreachable (blocked by the test): {address[0]}")
+        return connect(self, address, *args)
+    return local_only
+
+
+socket.socket.connect = _guard(socket.socket.connect)
+socket.socket.connect_ex = _guard(socket.socket.connect_ex)
+_getaddrinfo = socket.getaddrinfo
+
+
+def _no_dns(host, *args, **kwargs):
+    if host not in _LOCAL:
+        raise socket.gaierror(-3, f"Temporary failure in name resolution (blocked by the test): {host}")
+    return _getaddrinfo(host, *args, **kwargs)
+
+
+socket.getaddrinfo = _no_dns
+"""
+
+
+@pytest.fixture(scope="session")
+def offline_cpu(tmp_path_factory) -> dict:
+    """Environment for `regbench(..., env=offline_cpu)`: the process and its children see no GPU and
+    no network (see OFFLINE_CPU), so a test that needs either absent does not depend on the host."""
+    d = tmp_path_factory.mktemp("offline-cpu")
+    (d / "sitecustomize.py").write_text(OFFLINE_CPU)
+    return {"PYTHONPATH": os.pathsep.join(p for p in (str(d), str(ROOT), os.environ.get("PYTHONPATH")) if p),
+            "CUDA_VISIBLE_DEVICES": ""}
+
+
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory) -> pathlib.Path:
     """One real smoke run with the process executor, shared by the tests that read a run."""

@@ -198,7 +198,10 @@ def test_report_files_and_tables(known_run):
     over = pd.read_csv(out / "overhead.csv")
     assert {"estimate", "ci_low", "ci_high", "mark", "n_repeats", "change_pct"} <= set(over.columns)
     md = (out / "summary.md").read_text()
-    assert "| l2 |" in md and "+20" in md
+    l2 = over[(over["setting"] == "l2") & (over["metric"] == "step_time") & (over["precision"] == "float32")]
+    assert len(l2) == 1 and l2.iloc[0]["estimate"] == pytest.approx(1.2, abs=0.015)
+    row = next(line for line in md.splitlines() if line.startswith("| digits_mlp | float32 | l2 |"))
+    assert analysis.format_estimate(l2.iloc[0]) in row  # the markdown shows the CSV's own estimate and CI
 
 
 def test_compare_puts_devices_side_by_side(tmp_path):

@@ -1,6 +1,8 @@
 import json
 import pathlib
 
+import numpy as np
+import pytest
 
 from tests.conftest import regbench, validate, write_suite
 
@@ -30,11 +32,14 @@ def test_smoke_run_meets_the_trial_file_contract(smoke_run):
     assert statuses == {("float32", "ok"), ("mixed_float16", "skipped")}  # no fp16 on a CPU without XLA
     for r in (r for r in records if r["status"] == "ok"):
         t = r["timing"]
-        assert t["steady_state_steps"] >= 30 and t["jit_compile"] is False
+        assert t["steady_state_steps"] == 42 and t["jit_compile"] is False  # 2 epochs x (22 - 1) steps
         assert 0 < t["step_time_p50_s"] <= t["step_time_p95_s"]
         assert r["memory"]["device_peak_bytes"] is None and r["memory"]["null_reasons"]["device_peak_bytes"]
-        assert r["energy"]["energy_j"] is None and "NVML" in r["energy"]["null_reasons"]["energy_j"] or \
-            "CUDA_VISIBLE_DEVICES" in r["energy"]["null_reasons"]["energy_j"]
+        e = r["energy"]
+        assert e["energy_j"] is None and e["mean_power_w"] is None and e["energy_per_sample_j"] is None, e
+        reason = e["null_reasons"]["energy_j"]  # a CPU trial: CUDA hidden (GPU host) or no NVML at all
+        assert reason == "CUDA_VISIBLE_DEVICES is empty: this trial runs on the CPU" or \
+            reason.startswith("NVML unavailable ("), reason
         assert r["compute"]["flops_per_sample"] == 3 * 2 * (64 * 256 + 256 * 256 + 256 * 10)
         assert 0 < r["compute"]["mfu"] < 1
         c = r["convergence"]
@@ -44,14 +49,31 @@ def test_smoke_run_meets_the_trial_file_contract(smoke_run):
     assert (smoke_run / "trials.parquet").exists() and (smoke_run / "curves.parquet").exists()
 
 
-def test_plan_suites_env_validate():
+def test_offline_cpu_blocks_nvml_and_the_network(offline_cpu):
+    """The precondition of the tests below: under offline_cpu NVML cannot load and nothing beyond
+    the loopback can be reached (so 'no GPU' and 'no network' hold on any host)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import socket\n"
+            "try:\n    import pynvml\nexcept ImportError:\n    print('no nvml')\n"
+            "for host in ('192.0.2.1', 'example.com'):\n"
+            "    try:\n        socket.create_connection((host, 80), timeout=2)\n"
+            "    except OSError as e:\n        print('blocked' if 'blocked by the test' in str(e) else e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, **offline_cpu}).stdout.split()
+    assert out == ["no", "nvml", "blocked", "blocked"], out
+
+
+def test_plan_suites_env_validate(offline_cpu):
     plan = regbench("plan", "--suite", "smoke", "--json", check=True)
     trials = json.loads(plan.stdout)
     assert len(trials) == 6 and {t["setting"] for t in trials} == {"none", "l2", "dropout"}
     suites = regbench("suites", check=True).stdout
     assert all(name in suites for name in ("smoke", "quick", "full", "gpu"))
-    env = json.loads(regbench("env", "--json", check=True).stdout)
-    assert env["cpu_count"] >= 1 and env["gpus"] == [] and env["gpu_reason"]
+    env = json.loads(regbench("env", "--json", env=offline_cpu, check=True).stdout)
+    assert env["cpu_count"] >= 1 and env["gpus"] == [] and env["gpu_reason"] == "NVML unavailable (ModuleNotFoundError)"
     ok = regbench("validate", "bench/suites/quick.yaml", check=True).stdout
     assert "valid suite 'quick': 108 trials" in ok
 
@@ -73,7 +95,7 @@ def test_plan_and_validate_name_the_pairs_that_do_not_apply(tmp_path):
     assert "5 trials = 2 workloads x 3 regularizer settings" in ok and "less 1 not-applicable" in ok
 
 
-def test_bad_input_exits_2_with_one_line(tmp_path):
+def test_bad_input_exits_2_with_one_line(tmp_path, offline_cpu):
     bad = write_suite(tmp_path / "bad.yaml", regularizers=[{"dropout": {"rate": 1.5}}])
     one_line_error(regbench("run", "--suite", bad, "--out", tmp_path / "out"), "bad.yaml", "dropout.rate", "1.5")
     assert not (tmp_path / "out").exists()  # nothing written for bad input
@@ -84,18 +106,19 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
     one_line_error(regbench("validate", tmp_path / "missing.yaml"), "missing.yaml: file not found")
     one_line_error(regbench("run", "--suite", "smoke", "--only", "zzz", "--out", tmp_path / "o2"), "--only")
     # a GPU suite on a machine without one is refused before any trial runs, leaving no empty run dir
-    one_line_error(regbench("run", "--suite", "gpu", "--executor", "process", "--out", tmp_path / "o3"),
-                   "device: gpu", "no GPU", progress_lines=1)
+    one_line_error(regbench("run", "--suite", "gpu", "--executor", "process", "--out", tmp_path / "o3",
+                            env=offline_cpu), "device: gpu", "no GPU", progress_lines=1)
     assert not any((tmp_path / "o3").iterdir())
 
 
-def test_failures_are_results_and_the_run_goes_on(tmp_path):
+def test_failures_are_results_and_the_run_goes_on(tmp_path, offline_cpu):
     suite = write_suite(
         tmp_path / "f.yaml", workloads=[{"name": "digits_mlp", "batch_sizes": [4096]},
                                         {"name": "synthetic_cnn", "max_train_samples": 256}],
         regularizers=["none"], epochs=2, learning_rate=1e30, paired=False)
     # batch 4096 > the 1437 digits training rows: that trial raises; lr=1e30 overflows the weights: NaN.
-    proc = regbench("run", "--suite", suite, "--executor", "process", "--out", tmp_path / "out", "--no-report")
+    proc = regbench("run", "--suite", suite, "--executor", "process", "--out", tmp_path / "out", "--no-report",
+                    env=offline_cpu)
     assert proc.returncode == 0, proc.stderr
     run = pathlib.Path(proc.stdout.strip().splitlines()[-1])
     recs = {json.loads(p.read_text())["trial"]["workload"]: json.loads(p.read_text())
@@ -146,4 +169,13 @@ def test_selfcheck_measures_overhead_and_noise():
     h, n = out["harness"], out["noise"]
     for key in ("bare_step_s", "noop_callback_step_s", "with_harness_step_s", "reported_step_mean_s"):
         assert 0 < h[key] < 1, key
-    assert n["trials"] == 2 and len(n["step_time_p50_s"]) == 2 and n["across_trial_cv_of_p50"] >= 0
+    # the figures are what their definitions say, from the values the output lists
+    assert h["harness_overhead"] == pytest.approx(h["with_harness_step_s"] / h["noop_callback_step_s"] - 1)
+    assert h["harness_vs_default_fit"] == pytest.approx(h["with_harness_step_s"] / h["bare_step_s"] - 1)
+    assert h["reported_vs_noop"] == pytest.approx(h["reported_step_mean_s"] / h["noop_callback_step_s"] - 1)
+    assert h["rounds"] == 1 and h["steps"] == [100, 1000]
+    p50 = np.asarray(n["step_time_p50_s"])
+    assert n["trials"] == 2 and len(p50) == 2 and (p50 > 0).all()
+    assert n["across_trial_cv_of_p50"] == pytest.approx(p50.std(ddof=1) / p50.mean(), rel=1e-9)
+    assert n["across_trial_cv_of_p50"] > 0  # two fresh processes never time identically
+    assert 0 < n["mean_within_trial_cv"] < 5

@@ -305,3 +305,74 @@ def test_data_dir_first_keras_home_used_in_place_and_where(env, tmp_path, monkey
     assert "cifar10: missing" in out
     assert main(["data", "verify", "nope"]) == 2
     assert "unknown workload 'nope'" in capsys.readouterr().err
+
+
+TRAIN_ON_STAGED = """
+import json
+import numpy as np
+from bench.runner import run_trial
+from bench.trial import Trial
+from bench.workloads import cifar10_resnet, fashion_mnist_cnn
+
+out = {}
+for name, module in (("fashion_mnist_cnn", fashion_mnist_cnn), ("cifar10_resnet20", cifar10_resnet)):
+    d = module.load(0)
+    np.savez(OUT + "/" + name + ".npz", x_train=d.x_train, y_train=d.y_train, x_val=d.x_val, y_val=d.y_val)
+    r = run_trial(Trial(workload=name, regularizers=(("l2", {"l2": 1e-4}),), precision="float32", batch_size=8,
+                        epochs=2, cpu_threads=1), gpu=False)
+    out[name] = {"status": r["status"], "reason": r["reason"], "timing": r.get("timing"),
+                 "convergence": {k: v for k, v in (r.get("convergence") or {}).items() if k != "curve"}}
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_real_format_files_load_exactly_and_train(tmp_path):
+    """Defect caught: a loader that reads the real formats wrongly (CIFAR-10's channel-major records
+    transposed wrongly, labels off by a byte, train and test swapped, batches out of order) yet
+    does not fail; or a staged dataset a trial cannot train on. Tiny files in the real formats,
+    written here, go through each workload's load() and one real two-epoch trial each, offline."""
+    keras_home = tmp_path / "keras"
+    rng = np.random.default_rng(7)
+    fashion = {"train": (rng.integers(0, 256, (32, 28, 28)), rng.integers(0, 10, 32)),
+               "t10k": (rng.integers(0, 256, (16, 28, 28)), rng.integers(0, 10, 16))}
+    files = {}
+    for split, (images, labels) in fashion.items():
+        files[f"{split}-images-idx3-ubyte.gz"], files[f"{split}-labels-idx1-ubyte.gz"] = idx_gz(images), idx_gz(labels)
+    write(keras_home / "datasets" / "fashion-mnist", files)
+    cifar = {}
+    for name in data.CIFAR_FILES:
+        rec = rng.integers(0, 256, (8, data.CIFAR_RECORD_BYTES)).astype(np.uint8)
+        rec[:, 0] = rng.integers(0, 10, 8)
+        cifar[name] = rec
+    write(keras_home / "datasets" / "cifar-10-batches-bin", {n: r.tobytes() for n, r in cifar.items()})
+
+    proc = run_blocked(f"OUT = {str(tmp_path)!r}\n" + TRAIN_ON_STAGED, KERAS_HOME=str(keras_home),
+                       KERAS_BACKEND="tensorflow")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert attempts(proc) == 0  # nothing was downloaded or even looked up
+    result = json.loads(proc.stdout.split("RESULT ", 1)[1])
+
+    f = np.load(tmp_path / "fashion_mnist_cnn.npz")
+    np.testing.assert_array_equal(f["x_train"], (fashion["train"][0] / 255.0).astype("float32")[..., None])
+    np.testing.assert_array_equal(f["y_train"], fashion["train"][1])
+    np.testing.assert_array_equal(f["x_val"], (fashion["t10k"][0] / 255.0).astype("float32")[..., None])
+    np.testing.assert_array_equal(f["y_val"], fashion["t10k"][1])
+
+    def pixels(records):  # record: label byte, then 1024 red, 1024 green, 1024 blue bytes, row-major
+        return (records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1) / 255.0).astype("float32")
+
+    c = np.load(tmp_path / "cifar10_resnet20.npz")
+    train = np.concatenate([cifar[f"data_batch_{i}.bin"] for i in range(1, 6)])
+    np.testing.assert_array_equal(c["x_train"], pixels(train))
+    assert c["x_train"][3, 5, 7, 2] == np.float32(train[3, 1 + 2 * 1024 + 5 * 32 + 7] / 255.0)  # blue of row 5, col 7
+    np.testing.assert_array_equal(c["y_train"], train[:, 0])
+    np.testing.assert_array_equal(c["x_val"], pixels(cifar["test_batch.bin"]))
+    np.testing.assert_array_equal(c["y_val"], cifar["test_batch.bin"][:, 0])
+
+    for name, n_train in (("fashion_mnist_cnn", 32), ("cifar10_resnet20", 40)):
+        r = result[name]
+        assert r["status"] == "ok", r
+        steps = n_train // 8
+        assert r["timing"]["steps_run"] == 2 * steps and r["timing"]["steady_state_steps"] == steps - 1
+        conv = r["convergence"]
+        assert conv["applicable"] and conv["epochs_run"] == 2 and 0 <= conv["final_val_accuracy"] <= 1

@@ -173,7 +173,8 @@ def test_smoke_suite_end_to_end(tmp_path):
 def test_infeasible_gpu_request_fails_fast(tmp_path):
     suite = tiny_suite(tmp_path, name="needsgpu", repeats=1, extra="device: gpu")
     t0 = time.monotonic()
-    proc = start_run(["--suite", str(suite)], ray_env(), tmp_path / "out")
+    # a GPU-less cluster on any host: the local Ray instance counts the GPUs CUDA_VISIBLE_DEVICES shows
+    proc = start_run(["--suite", str(suite)], ray_env(CUDA_VISIBLE_DEVICES=""), tmp_path / "out")
     rc, out, err = finish(proc, timeout_s=120)
     assert rc == 2, err
     last = err.strip().splitlines()[-1]

@@ -3,6 +3,7 @@ import pytest
 
 from bench import regularizers as R
 from bench.errors import UserError
+from tests.model_facts import INPUT_SHAPES, TINY_MODELS, data_for
 
 
 def test_elastic_net_maps_to_keras_l1l2_with_sklearn_convention():
@@ -54,24 +55,6 @@ def test_every_entry_documents_itself_and_defaults_are_valid():
 
 
 # ---- the newer entries, read back from what Keras built ------------------------------------------
-
-TINY_MODELS = {"transformer_encoder": {"layers": 2, "width": 16, "heads": 2, "seq_len": 8, "vocab": 16, "classes": 4},
-               "resnet50": {"image_size": 32, "classes": 10, "depth": 14, "width": 4}}
-INPUT_SHAPES = {"digits_mlp": (64,), "fashion_mnist_cnn": (28, 28, 1), "cifar10_resnet20": (32, 32, 3),
-                "synthetic_cnn": (32, 32, 3)}
-
-
-def data_for(name: str, n: int = 16):
-    """Data with the workload's shapes (no dataset files needed)."""
-    from bench.workloads import WORKLOADS
-    from bench.workloads.common import Data
-
-    if name in TINY_MODELS:
-        return WORKLOADS[name].load(0, n, **TINY_MODELS[name])
-    x = np.random.default_rng(0).random((n, *INPUT_SHAPES[name])).astype("float32")
-    y = np.arange(n, dtype="int32") % 10
-    return Data(x, y, x, y, num_classes=10, kind=WORKLOADS[name].KIND)
-
 
 def setting(*names, **params):
     return [R.normalize(n, params.get(n, {}), "t") for n in names]

@@ -4,7 +4,7 @@ allocator's device peak.
 host_peak_bytes is the process's peak resident set over the window: on Linux the kernel's
 high-water mark (VmHWM) is reset to the current RSS at start() (/proc/self/clear_refs, "5") and read
 at stop(), so neither the imports before training (a fresh interpreter) nor the evaluation after it
-count; where that reset is not possible, ru_maxrss (peak since the process began) with the window
+count; where that reset is not possible, the peak since the process began, with the window
 noted in host_peak_window. A child forked from the zygote starts with the pages it shares with the
 zygote not yet counted in its RSS until it touches them, so absolute host peaks differ by start
 method: analysis never pairs trials of different start methods (process.start_method is a cell key).
@@ -22,8 +22,18 @@ from bench import backends
 
 
 def host_peak_bytes() -> int:
-    """Peak resident set size of this process since it began (Linux reports KiB)."""
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    """Peak resident set size of this process: the kernel's high-water mark of its own memory
+    (VmHWM in /proc/self/status, KiB). Not getrusage's ru_maxrss where /proc is readable: Linux
+    carries ru_maxrss across execve, so a trial process started as a fresh interpreter by a large
+    parent (a driver, a Ray worker) would report the parent's size when that is larger."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
 
 
 def reset_host_peak() -> bool:
@@ -34,18 +44,6 @@ def reset_host_peak() -> bool:
         return True
     except OSError:
         return False
-
-
-def host_peak_since_reset_bytes() -> int | None:
-    """VmHWM of this process (bytes), or None where /proc/self/status has none."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 class MemoryTracker:
@@ -68,8 +66,7 @@ class MemoryTracker:
                 self.reason = f"allocator peak unavailable: {type(e).__name__}: {e}"[:300]
 
     def stop(self) -> None:
-        hwm = host_peak_since_reset_bytes() if self.window == "training window" else None
-        self.host_peak_bytes = hwm if hwm is not None else host_peak_bytes()
+        self.host_peak_bytes = host_peak_bytes()  # since start() when the reset worked
         if self.gpu and self.reason is None:
             try:
                 backends.synchronize(self.backend)
