@@ -132,3 +132,12 @@ def test_selfcheck_measures_overhead_and_noise():
     for key in ("bare_step_s", "noop_callback_step_s", "with_harness_step_s", "reported_step_mean_s"):
         assert 0 < h[key] < 1, key
     assert n["trials"] == 2 and len(n["step_time_p50_s"]) == 2 and n["across_trial_cv_of_p50"] >= 0
+
+
+def test_devices_suite_without_a_gpu_is_refused_in_one_line(tmp_path):
+    suite = write_suite(tmp_path / "mixed.yaml", devices=["gpu", "cpu"], paired=False)
+    proc = regbench("run", "--suite", suite, "--executor", "process", "--out", tmp_path / "out", timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("regbench: error: suite t lists devices: ['gpu', 'cpu'] but this machine has no GPU")
+    assert not any((tmp_path / "out").iterdir())  # refused before any trial ran: no run left behind

@@ -163,3 +163,29 @@ def test_a_setting_that_applies_to_no_workload_is_an_error(tmp_path):
         tmp_path, workloads=["transformer_encoder", "digits_mlp"], regularizers=["none", "l2", ["l2", {"mixup": {"alpha": 0.4}}]])
     msg = error(tmp_path, workloads=["synthetic_cnn", "transformer_encoder"], regularizers=[["mixup", "stochastic_depth"]])
     assert "regularizers[0]: mixup+stochastic_depth applies to none of this suite's workloads" in msg
+
+
+def test_devices_run_each_trial_once_per_kind(tmp_path):
+    s = parse(tmp_path, regularizers=["none", "l2"], devices=["gpu", "cpu"], cpus_per_trial=2, gpu_host_cpus=3,
+              accelerator_types=["H100", "A100"], paired=False)
+    assert s.device == "mixed" and s.devices == ("gpu", "cpu")
+    copies = sorted((t.setting, t.device, t.accelerator_type, t.cpu_threads) for t in s.trials)
+    # GPU copies once per accelerator type with the reserved host threads; CPU copies once, unpinned
+    assert copies == sorted([(st, "gpu", a, 3) for st in ("none", "l2") for a in ("H100", "A100")]
+                            + [(st, "cpu", None, 2) for st in ("none", "l2")])
+    assert len({t.cell_id for t in s.trials}) == 6 and all(t.device in t.trial_id for t in s.trials)
+    single = parse(tmp_path, devices=["cpu"])  # one kind: the same as device: cpu
+    assert single.device == "cpu" and single.devices == () and single.trials[0].device is None
+    assert single.trials[0].trial_id == parse(tmp_path, device="cpu").trials[0].trial_id
+
+
+@pytest.mark.parametrize("fields,expected", [
+    ({"devices": ["gpu", "tpu"]}, "devices[1]: unknown value 'tpu'"),
+    ({"devices": ["gpu", "gpu"]}, "devices[1]: gpu is listed twice"),
+    ({"devices": ["gpu", "cpu"], "device": "gpu"}, "devices: give either device (one kind) or devices"),
+    ({"devices": ["gpu", "cpu"], "isolation": "node"}, "isolation: node (one trial per node) cannot run"),
+    ({"devices": [], "isolation": "node"}, "devices: is empty"),
+    ({"devices": ["gpu", "cpu"], "gpu_host_cpus": 0}, "gpu_host_cpus: 0 is out of range"),
+])
+def test_bad_devices_are_one_line(tmp_path, fields, expected):
+    assert expected in error(tmp_path, **fields)

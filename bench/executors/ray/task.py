@@ -65,7 +65,7 @@ def trial_task(kind: str, unit_dict: dict, gpu: bool, attempt_log, options: dict
     gpu_ids = [str(g) for g in ctx.get_accelerator_ids().get("GPU", [])]
     info = {"node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address(),
             "hostname": socket.gethostname(), "worker_pid": os.getpid(), "gpu_ids": gpu_ids,
-            "code_hash": code_hash()}
+            "code_hash": code_hash(), "placement_group_id": ctx.get_placement_group_id()}
     if attempt_log is not None:  # wait for it: the driver counts attempts from these
         try:
             ray.get(attempt_log.started.remote(unit.unit_id, dict(info)), timeout=30)
