@@ -47,9 +47,17 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="write RUN_DIR/report/ (HTML, Markdown, CSV)")
     rep.add_argument("run_dir")
 
-    cmp_ = sub.add_parser("compare", help="hardware/backends side by side")
-    cmp_.add_argument("run_dirs", nargs="+")
-    cmp_.add_argument("--out", default=None, help="output folder (default: results/compare-<time>)")
+    cmp_ = sub.add_parser("compare", help="devices, software versions, backends or runs side by side; a regression gate")
+    cmp_.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="runs to compare (with --baseline: the candidates)")
+    cmp_.add_argument("--by", choices=("device", "software", "backend", "run"), default=None,
+                      help="the axis to compare across, everything else held equal (default: device)")
+    cmp_.add_argument("--baseline", metavar="RUN_DIR", help="compare each RUN_DIR with this run, cell by cell")
+    cmp_.add_argument("--fail-on", metavar="METRIC:PCT[,...]",
+                      help="with --baseline: exit 1 when a cell got worse by more than PCT (points for accuracy) "
+                           "with its 95%% CI excluding no change, e.g. step_time:5,best_val_accuracy:1")
+    cmp_.add_argument("--prices", metavar="FILE", help="YAML: device name -> price per hour, for samples per dollar")
+    cmp_.add_argument("--out", default=None,
+                      help="output folder (default: results/compare-<time>; with --fail-on: no report unless given)")
 
     e = sub.add_parser("env", help="this node's fingerprint")
     e.add_argument("--json", action="store_true")
@@ -207,18 +215,37 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    """Side by side (`--by`), or each candidate against `--baseline`; with `--fail-on`, the gate:
+    one line per offending cell on stdout and exit 1, else exit 0 (analysis/gate.py)."""
     import datetime as dt
 
     import analysis
 
-    runs = [pathlib.Path(p) for p in args.run_dirs]
+    if args.fail_on is not None and not args.baseline:
+        raise UserError("--fail-on: needs --baseline RUN_DIR (the run the candidates are held against)")
+    if args.baseline and args.by not in (None, "run"):
+        raise UserError(f"--by {args.by}: --baseline compares runs (--by run); drop one of them")
+    runs = ([pathlib.Path(args.baseline)] if args.baseline else []) + [pathlib.Path(p) for p in args.run_dirs]
     out = pathlib.Path(args.out) if args.out else pathlib.Path("results") / f"compare-{dt.datetime.now():%Y%m%d-%H%M%S}"
     try:
-        index = analysis.write_compare(runs, out)
+        prices = analysis.load_prices(args.prices) if args.prices else None
+        if args.fail_on is None:
+            reference = runs[0].name if args.baseline else None
+            print(analysis.write_compare(runs, out, by="run" if args.baseline else (args.by or "device"),
+                                         prices=prices, reference=reference))
+            return 0
+        thresholds = analysis.gate.parse_fail_on(args.fail_on)
+        data = analysis.load(runs)
+        result = analysis.gate.check(next(iter(data.manifests)), data.trials, thresholds)
+        if args.out:
+            print(f"report: {analysis.write_compare(runs, out, by='run', prices=prices, reference=next(iter(data.manifests)))}",
+                  file=sys.stderr)
     except analysis.AnalysisInputError as e:
         raise UserError(str(e)) from None
-    print(index)
-    return 0
+    for line in result.lines:
+        print(line)
+    print(result.summary, file=sys.stderr)
+    return 1 if result.failed else 0
 
 
 def cmd_env(args) -> int:
