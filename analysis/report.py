@@ -227,6 +227,9 @@ def run_metadata(data: RunData, manifest: dict) -> pd.DataFrame:
             ("devices", devices), ("backends", ", ".join(sorted(t["backend"].dropna().unique()))),
             ("trials", f"{len(t)} read: " + ", ".join(f"{n} {s}" for s, n in counts.items())),
             ("unreadable or missing files", str(len(data.problems)))]
+    for r in manifest.get("retries") or []:
+        rows.append((f"retry round {r.get('round')}", f"{len(r.get('units') or [])} failed unit(s) run again "
+                     f"({'finished' if r.get('finished_at') else 'interrupted'}); old records in history/"))
     return pd.DataFrame([(k, "" if v is None else str(v)) for k, v in rows], columns=["field", "value"])
 
 

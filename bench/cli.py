@@ -26,6 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--suite", default=DEFAULT_SUITE, help="built-in suite name or YAML file (default: quick)")
     run.add_argument("--out", default="results", help="folder for the run directory (default: results)")
     run.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run: only trials without a file")
+    run.add_argument("--retry-failed", action="store_true",
+                     help="with --resume: run again the trials recorded as failed (not diverged, not skipped); "
+                          "their old records move to RUN_DIR/history/")
     run.add_argument("--executor", choices=("ray", "process"), default=None,
                      help="ray (default) or process (one subprocess per trial, no Ray)")
     run.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default=None)
@@ -100,11 +103,19 @@ def cmd_run(args) -> int:
     from bench.store import RunStore, now_iso
 
     executor = args.executor or os.environ.get("REGBENCH_EXECUTOR", "ray")
+    if args.retry_failed and not args.resume:
+        raise UserError("--retry-failed: needs --resume RUN_DIR (the run whose failed trials to run again)")
     if args.resume:
+        from bench import retry
+
         store = RunStore.open(pathlib.Path(args.resume))
         manifest = store.manifest()
         if "suite_input" not in manifest:
             raise UserError(f"{store.manifest_path}: suite_input missing; cannot resume this run")
+        if args.retry_failed:
+            round_no, ids = retry.begin(store)
+            print(f"retry round {round_no}: {len(ids)} failed unit(s) to run again; their old records are in "
+                  f"{store.path / retry.HISTORY}" if ids else "retry: no failed trial to run again", file=sys.stderr)
         suite = suite_mod.parse(manifest["suite_input"], manifest["suite"]["source"],
                                 backend_override=manifest["suite"]["backend"])
         planned = set(manifest.get("trial_ids") or [])
@@ -151,6 +162,8 @@ def cmd_run(args) -> int:
         return 130
     progress.close()
     store.update_manifest(status="complete", finished_at=now_iso())
+    if args.resume:
+        retry.finish(store)  # every unit of an open retry round has its new record now
     store.export_parquet()
     c = progress.counts
     print(f"done: {c['ok']} ok, {c['failed']} failed, {c['diverged']} diverged, {c['skipped']} skipped",
