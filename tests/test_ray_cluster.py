@@ -173,7 +173,7 @@ def test_devices_gpu_and_cpu_side_by_side_with_reserved_host_cpus(cluster, tmp_p
     that holds their host CPUs; CPU trials only on the cores those leave (node `gpu_node`: 3 CPUs - 2
     GPUs x 1 reserved = 1 CPU trial at a time), and on the CPU-only node."""
     gpu_node = cluster.add_node(num_cpus=3, num_gpus=2)
-    cpu_node = cluster.add_node(num_cpus=2, num_gpus=0)
+    cpu_node = cluster.add_node(num_cpus=1, num_gpus=0)
     cluster.wait_for_nodes()
     suite = tmp_path / "mixed.yaml"
     suite.write_text(SUITE.format(name="mixed", regularizers="[none, l2, dropout]", extra="").replace(
