@@ -1,4 +1,4 @@
-"""`regbench`: run, plan, report, compare, env, suites, validate, selfcheck, data.
+"""`regbench`: run, plan, report, compare, export, env, suites, validate, selfcheck, data.
 
 Progress goes to stderr; `run` prints the run directory as its last stdout line. Errors are one
 line on stderr with exit code 2 (bad input) or 1 (a failure while working).
@@ -61,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--prices", metavar="FILE", help="YAML: device name -> price per hour, for samples per dollar")
     cmp_.add_argument("--out", default=None,
                       help="output folder (default: results/compare-<time>; with --fail-on: no report unless given)")
+
+    ex = sub.add_parser("export", help="a run's trials to MLflow tracking (pip install 'regbench[mlflow]')")
+    ex.add_argument("run_dir", metavar="RUN_DIR")
+    ex.add_argument("--mlflow", required=True, metavar="URI",
+                    help="tracking URI: sqlite:///path/mlflow.db, file:///path/mlruns, http://host:5000")
+    ex.add_argument("--experiment", default=None, help="experiment name (default: regbench-<suite name>)")
 
     e = sub.add_parser("env", help="this node's fingerprint")
     e.add_argument("--json", action="store_true")
@@ -261,6 +267,21 @@ def cmd_compare(args) -> int:
     return 1 if result.failed else 0
 
 
+def cmd_export(args) -> int:
+    """One MLflow run per trial, with params, metrics and the trial file as an artifact."""
+    from analysis.errors import AnalysisInputError
+    from analysis.mlflow_export import export
+
+    try:
+        result = export(pathlib.Path(args.run_dir), args.mlflow, args.experiment)
+    except AnalysisInputError as e:
+        raise UserError(str(e)) from None
+    print(f"exported {len(result.exported)} trials of {args.run_dir} to {args.mlflow} (experiment "
+          f"{result.experiment}, id {result.experiment_id})" + (f"; {len(result.present)} were there already"
+                                                               if result.present else ""))
+    return 0
+
+
 def cmd_env(args) -> int:
     from bench.env import fingerprint
 
@@ -382,7 +403,8 @@ def cmd_data(args) -> int:
     return 1 if failed else 0
 
 
-COMMANDS = {"run": cmd_run, "plan": cmd_plan, "report": cmd_report, "compare": cmd_compare, "env": cmd_env,
+COMMANDS = {"run": cmd_run, "plan": cmd_plan, "report": cmd_report, "compare": cmd_compare, "export": cmd_export,
+            "env": cmd_env,
             "suites": cmd_suites, "validate": cmd_validate, "selfcheck": cmd_selfcheck, "data": cmd_data}
 
 if __name__ == "__main__":
