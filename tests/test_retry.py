@@ -94,3 +94,14 @@ def test_the_failure_list_links_each_failed_trials_log(smoke_run, tmp_path):
     fails = analysis.failures(analysis.load(run)).set_index("trial_id")
     assert fails.loc[failed_id, "log"] == f"../logs/{failed_id}.log"
     assert (fails.loc[skipped, "log"] == "").all()  # decided without a process: no log to link
+    # the notebook API gives the report's numbers
+    import pandas as pd
+
+    data = analysis.load(run)
+    api = analysis.overhead(data.trials, sessions=data.sessions)
+    csv = pd.read_csv(index.parent / "overhead.csv")
+    assert len(api) == len(csv) and len(api)
+    key = ["setting", "metric", "method"]
+    merged = api.merge(csv, on=key, suffixes=("", "_csv"))
+    assert len(merged) == len(api)
+    assert (merged["estimate"] - merged["estimate_csv"]).abs().max() < 1e-9
