@@ -116,6 +116,7 @@ def held_equal(trials: pd.DataFrame, axis: str, manifests: dict | None = None) -
     labels = list(dict.fromkeys(df[axis].astype(str))) if len(df) else []
     own = {"device": "device_name", "backend": "backend"}.get(axis)
     also, differs = [], [f"{KEY_NAMES[k]} (goes with the {axis})" for k in CELL_KEYS if k not in keys and k != own]
+    multi: list = []  # the cells with trials in more than one group: the compared ones
     if len(df):
         other = {a: with_axis(df, a, manifests)[a].astype(str) for a in AXES if a != axis}
         keyed = with_keys(df, [k for k in keys if k != "setting"])
@@ -124,10 +125,14 @@ def held_equal(trials: pd.DataFrame, axis: str, manifests: dict | None = None) -
         for a, col in other.items():
             n = sum(col.iloc[i].nunique() > 1 for i in multi)
             (differs if n else also).append(a if not n else f"{a} (in {n} of {len(multi)} compared cells)")
+        if not multi:  # nothing was paired: nothing to say about the pairs
+            also, differs = [], []
     held = [KEY_NAMES[k] for k in keys]
+    paired = bool(multi)
     sentence = (f"Compared across {axis} ({len(labels)} groups: {', '.join(labels) or 'none'}). Held equal in every "
                 f"pair: {', '.join(held)}." + (f" Also the same in every pair: {', '.join(also)}." if also else "")
-                + (f" Not held equal: {', '.join(differs)}." if differs else ""))
+                + (f" Not held equal: {', '.join(differs)}." if differs else "")
+                + ("" if paired else f" No cell has trials in more than one {axis} group: nothing was paired."))
     return {"axis": axis, "labels": labels, "held": held, "also_equal": also, "differs": differs,
             "sentence": sentence}
 

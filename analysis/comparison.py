@@ -179,7 +179,9 @@ def write_compare(run_dirs, out_dir, *, by: str = "device", prices: dict | None 
         write_csv(df, out / f"{name}.csv")
 
     labelled = c.overhead.assign(device=c.overhead[axis]) if not c.overhead.empty else c.overhead
-    tp = c.throughput.assign(device=c.throughput[axis]) if not c.throughput.empty else c.throughput
+    tp = c.throughput.copy()
+    if len(tp):  # one bar per group and device model
+        tp["device"] = tp[axis].astype(str) + ("" if axis == "device" else " · " + tp["device_name"].map(plots.short_device))
     sp = c.speedup.assign(device=c.speedup[axis]) if not c.speedup.empty else c.speedup
     figs = [("compare_step_time", f"Step-time overhead of each regularizer per {axis} (%).",
              plots.hardware_heatmap(labelled, title=f"Step-time overhead by {axis} (%)", by="device")),

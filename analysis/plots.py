@@ -340,7 +340,7 @@ def throughput_bars(throughput: pd.DataFrame, title: str = "Baseline throughput 
         devices = list(dict.fromkeys(sub["device"]))
         h = 0.8 / len(precisions)
         for k, p in enumerate(precisions):
-            rows = sub[sub["precision"] == p].groupby("device").first().reindex(devices)
+            rows = sub[sub["precision"] == p].drop_duplicates("device").set_index("device").reindex(devices)
             y = np.arange(len(devices)) - 0.4 + h * (k + 0.5)
             _bars_with_ci(ax, y, rows, "samples_per_s", h, palette[p], p)
         ax.set_yticks(np.arange(len(devices)), devices)

@@ -183,3 +183,22 @@ def test_gate_changes_match_the_python_api(base_and_candidates):
 
     assert row["estimate"] == pytest.approx(np.exp(np.log(cand).mean() - np.log(base).mean()))
     assert json.loads(json.dumps(result.lines)) == result.lines and len(result.lines) == 2
+
+
+def test_by_backend_pairs_the_same_device_and_cell_across_backends(tmp_path):
+    from tests.fixtures import synthetic_runs as synthetic
+
+    tf = synthetic.write_run(tmp_path / "tf", repeats=4, seed=1, device_name="Intel Xeon")
+    jx = synthetic.write_run(tmp_path / "jx", repeats=4, seed=2, device_name="Intel Xeon", backend="jax",
+                             base_step_time_s=0.005)
+    other = synthetic.write_run(tmp_path / "h100", repeats=4, seed=3, device_name="NVIDIA H100", backend="jax")
+    data = analysis.load([tf, jx, other])
+    c = analysis.compare(data.trials, by="backend", manifests=data.manifests)
+    step = c.changes[c.changes["metric"] == "step_time"]
+    assert set(step["device_name"]) == {"Intel Xeon"}  # the H100's jax trials have no tensorflow twin
+    assert (step["backend"] == "jax").all() and (step["reference"] == "tensorflow").all()
+    assert step["estimate"].to_numpy() == pytest.approx(0.5, rel=0.03) and (step["mark"] == "significant").all()
+    assert "Held equal in every pair: workload, precision, batch size, device," in c.held["sentence"]
+    for by in ("backend", "run"):
+        index = analysis.write_compare([tf, jx, other], tmp_path / f"cmp-{by}", by=by)
+        assert (index.parent / "changes.csv").stat().st_size > 0 and (index.parent / "compare_throughput.png").exists()
