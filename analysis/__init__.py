@@ -1,24 +1,29 @@
 """Read regbench runs, compute overheads with confidence intervals, compare runs, draw plots, write reports.
 
-Notebook use (the same numbers as the report)::
+Notebook use (the same numbers as the report and `regbench compare`)::
 
     import analysis
-    data = analysis.load("results/<run-id>")        # RunData: trials, curves, problems, manifests
-    table = analysis.overhead(data.trials)           # one row per cell x setting x metric, with 95% CIs
+    data = analysis.load("results/<run-id>")        # RunData: trials, curves, sessions, problems, manifests
+    table = analysis.overhead(data.trials, sessions=data.sessions)  # one row per cell x setting x metric, 95% CIs
     speed = analysis.precision_speedup(data.trials)  # mixed precision vs float32, per setting
-    side = analysis.compare(analysis.load([run_a, run_b]).trials)
+    both = analysis.load([run_a, run_b])
+    side = analysis.compare(both.trials, both.sessions, by="software", manifests=both.manifests)
+    side.changes                                     # each group vs the reference, cell by cell, Welch 95% CIs
+    gate = analysis.gate.check(both.trials["run"].iloc[0], both.trials, analysis.gate.parse_fail_on("step_time:5"))
     fig = analysis.plots.overhead_bars(table)        # a matplotlib Figure
 
-Writers used by the CLI: `write_report(run_dir)` and `write_compare(run_dirs, out_dir)`.
+Every table is a tidy pandas DataFrame (one row per observation; the columns are documented in
+each function). Writers used by the CLI: `write_report(run_dir)`, `write_compare(run_dirs, out_dir)`.
 """
-from analysis import plots, stats
+from analysis import axes, efficiency, gate, plots, stats
 from analysis.comparison import Comparison, compare, write_compare
+from analysis.efficiency import load_prices
 from analysis.errors import AnalysisInputError
 from analysis.overheads import METRICS, format_estimate, overhead
-from analysis.report import write_report
+from analysis.report import failures, write_report
 from analysis.runs import SCHEMA_VERSION_READ, RunData, load
 from analysis.speedups import precision_speedup
 
-__all__ = ["AnalysisInputError", "Comparison", "METRICS", "RunData", "SCHEMA_VERSION_READ", "compare",
-           "format_estimate", "load", "overhead", "plots", "precision_speedup", "stats", "write_compare",
-           "write_report"]
+__all__ = ["AnalysisInputError", "Comparison", "METRICS", "RunData", "SCHEMA_VERSION_READ", "axes", "compare",
+           "efficiency", "failures", "format_estimate", "gate", "load", "load_prices", "overhead", "plots",
+           "precision_speedup", "stats", "write_compare", "write_report"]

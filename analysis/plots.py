@@ -284,17 +284,21 @@ def speedup_bars(speedup: pd.DataFrame, title: str = "Mixed-precision speedup ov
 
 
 def hardware_heatmap(table: pd.DataFrame, metric: str = "step_time",
-                     title: str = "Step-time overhead by device (%)") -> Figure:
-    """Heatmap: rows workload · precision · setting, columns device (· backend); cells percent change.
+                     title: str = "Step-time overhead by device (%)", by: str | None = None) -> Figure:
+    """Heatmap: rows workload · precision · setting, columns device (· backend), or the labels in
+    column `by`; cells percent change.
 
     '~' marks a CI that includes no change, '?' too few repeats."""
-    df = table[(table["metric"] == metric)].copy()
-    df = df[_finite(df["change_pct"])]
+    df = table[(table["metric"] == metric)].copy() if len(table) else table
+    df = df[_finite(df["change_pct"])] if len(df) else df
     if df.empty:
         return _empty(f"{title}: no data")
-    df["device"] = df["device_name"].map(short_device)
-    if df["backend"].nunique() > 1:
-        df["device"] = df["device"] + " · " + df["backend"]
+    if by is not None:
+        df["device"] = df[by].astype(str)
+    else:
+        df["device"] = df["device_name"].map(short_device)
+        if df["backend"].nunique() > 1:
+            df["device"] = df["device"] + " · " + df["backend"]
     df["row"] = df["workload"] + " · " + df["precision"] + " · " + df["setting"]
     df["label"] = df["change_pct"].map(lambda v: f"{v:+.0f}") + df["mark"].map(
         {stats.NOISE: "~", stats.TOO_FEW: "?"}).fillna("")
@@ -313,7 +317,7 @@ def hardware_heatmap(table: pd.DataFrame, metric: str = "step_time",
         sns.heatmap(values, annot=labels.fillna("").to_numpy(), fmt="", cmap="vlag", center=0, vmin=-lim, vmax=lim,
                     linewidths=0.5, ax=axes[0, 0], cbar_kws={"label": "change vs baseline (%)"},
                     annot_kws={"size": 8})
-    axes[0, 0].set_xlabel("device")
+    axes[0, 0].set_xlabel(by or "device")
     axes[0, 0].set_ylabel("workload · precision · setting")
     _title(fig, f"{title}\n~ CI includes 0 (noise), ? too few repeats")
     return fig
@@ -336,7 +340,7 @@ def throughput_bars(throughput: pd.DataFrame, title: str = "Baseline throughput 
         devices = list(dict.fromkeys(sub["device"]))
         h = 0.8 / len(precisions)
         for k, p in enumerate(precisions):
-            rows = sub[sub["precision"] == p].groupby("device").first().reindex(devices)
+            rows = sub[sub["precision"] == p].drop_duplicates("device").set_index("device").reindex(devices)
             y = np.arange(len(devices)) - 0.4 + h * (k + 0.5)
             _bars_with_ci(ax, y, rows, "samples_per_s", h, palette[p], p)
         ax.set_yticks(np.arange(len(devices)), devices)

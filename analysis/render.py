@@ -42,15 +42,20 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def html_table(df: pd.DataFrame, max_rows: int | None = 500) -> str:
-    """An HTML table of df (all values escaped); marks in cells get a CSS class."""
+def html_table(df: pd.DataFrame, max_rows: int | None = 500, links: dict | None = None) -> str:
+    """An HTML table of df (all values escaped); marks in cells get a CSS class. links: {column:
+    value -> href}: that column's non-empty cells become links."""
     shown = df if max_rows is None else df.head(max_rows)
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in shown.columns)
+    link_at = {i: (links or {})[c] for i, c in enumerate(shown.columns) if c in (links or {})}
     rows = []
     for values in shown.itertuples(index=False, name=None):
         cells = []
-        for v in values:
+        for i, v in enumerate(values):
             text = _fmt(v)
+            if i in link_at and text:
+                cells.append(f'<td><a href="{html.escape(link_at[i](v), quote=True)}">{html.escape(text)}</a></td>')
+                continue
             cls = _cell_class(text)
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 cls = (cls + " num").strip()

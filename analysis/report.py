@@ -1,6 +1,7 @@
 """`regbench report RUN_DIR`: RUN_DIR/report/ with index.html (plots embedded), summary.md, CSVs, PNGs."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -79,19 +80,26 @@ def speedup_display(speedup: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(keys).reset_index(drop=True)
 
 
-def failures(data: RunData) -> pd.DataFrame:
-    """Every trial that is not ok, and every file that could not be used, with its reason."""
+def failures(data: RunData, link_from: Path | None = None) -> pd.DataFrame:
+    """Every trial that is not ok, and every file that could not be used, with its reason. `log`:
+    the trial process's output kept in the run (RUN/logs/<trial_id>.log), as a path relative to
+    `link_from` (default: the run's report/ folder), or "" when the run kept none."""
     t = data.trials
     bad = t[t["status"] != "ok"]
+    logs = []
+    for run_dir, trial_id in zip(bad["run_dir"], bad["trial_id"]):
+        log = Path(run_dir) / "logs" / f"{trial_id}.log"
+        logs.append(os.path.relpath(log, link_from or Path(run_dir) / "report") if log.is_file() else "")
     rows = pd.DataFrame({"run": bad["run"], "trial_id": bad["trial_id"], "status": bad["status"],
                          "workload": bad["workload"], "setting": bad["setting"], "precision": bad["precision"],
-                         "device": bad["device_name"], "reason": bad["reason"].fillna("(no reason recorded)")})
+                         "device": bad["device_name"], "reason": bad["reason"].fillna("(no reason recorded)"),
+                         "log": pd.Series(logs, index=bad.index, dtype=object)})
     if not data.problems.empty:
         pr = data.problems
         rows = pd.concat([rows, pd.DataFrame({
             "run": pr["run"], "trial_id": pr["file"].map(lambda f: Path(f).name), "status": "unreadable",
-            "workload": None, "setting": None, "precision": None, "device": None, "reason": pr["reason"]})],
-            ignore_index=True)
+            "workload": None, "setting": None, "precision": None, "device": None, "reason": pr["reason"],
+            "log": ""})], ignore_index=True)
     return rows.reset_index(drop=True)
 
 
@@ -219,6 +227,9 @@ def run_metadata(data: RunData, manifest: dict) -> pd.DataFrame:
             ("devices", devices), ("backends", ", ".join(sorted(t["backend"].dropna().unique()))),
             ("trials", f"{len(t)} read: " + ", ".join(f"{n} {s}" for s, n in counts.items())),
             ("unreadable or missing files", str(len(data.problems)))]
+    for r in manifest.get("retries") or []:
+        rows.append((f"retry round {r.get('round')}", f"{len(r.get('units') or [])} failed unit(s) run again "
+                     f"({'finished' if r.get('finished_at') else 'interrupted'}); old records in history/"))
     return pd.DataFrame([(k, "" if v is None else str(v)) for k, v in rows], columns=["field", "value"])
 
 
@@ -252,7 +263,8 @@ def markdown(title, meta, facts, noise, unstable, wide, sp, base, fails, figs, m
     parts += ["\n## Overhead vs baseline\n", METHOD_NOTE + "\n\n", render.md_table(wide, max_rows)]
     parts += ["\n## Mixed precision: speedup over float32\n", render.md_table(sp, max_rows)]
     parts += ["\n## Baselines\n", render.md_table(base, max_rows)]
-    parts += ["\n## Failed, diverged, skipped and unreadable trials\n", render.md_table(fails, max_rows)]
+    linked = fails.assign(log=fails["log"].map(lambda v: f"[{v}]({v})" if v else "")) if len(fails) else fails
+    parts += ["\n## Failed, diverged, skipped and unreadable trials\n", render.md_table(linked, max_rows)]
     parts += ["\n## Figures\n"] + [f"- [{stem}.png]({stem}.png): {caption}\n" for stem, caption, _ in figs]
     return "".join(parts)
 
@@ -277,7 +289,7 @@ def html_report(title, meta, facts, noise, unstable, wide, sp, base, fails, figs
     body += [render.h(2, "Mixed precision: speedup over float32"), render.html_table(sp)]
     body += [render.h(2, "Baselines"), render.html_table(base)]
     body += ['<h2 id="failures">Failed, diverged, skipped and unreadable trials</h2>',
-             render.html_table(fails, 2000) if len(fails) else render.p("None.")]
+             render.html_table(fails, 2000, links={"log": str}) if len(fails) else render.p("None.")]
     body.append(render.p("Tables as CSV next to this page: overhead.csv, precision_speedup.csv, failures.csv, "
                          "trials.csv, curves.csv.", "small"))
     return render.html_page(title, body)

@@ -59,3 +59,26 @@ def marks(n, low, high, null_value: float, min_n: int = MIN_REPEATS_FOR_CI) -> n
     out[np.isnan(low) | np.isnan(high) | (n < min_n)] = TOO_FEW
     out[np.isnan(n) | (n == 0)] = NO_DATA
     return out
+
+
+def diff_ci(a, b, *, confidence: float = CONFIDENCE, min_n: int = MIN_REPEATS_FOR_CI) -> tuple[float, float, float, int]:
+    """Difference of means b - a of two independent samples with a Welch t interval (unequal
+    variances, Welch-Satterthwaite degrees of freedom): (estimate, ci_low, ci_high, min(n_a, n_b)).
+
+    The bounds are NaN when either sample has fewer than min_n values; two constant samples give
+    the difference itself as both bounds."""
+    a, b = (np.asarray(x, dtype=float) for x in (a, b))
+    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    n = int(min(a.size, b.size))
+    if not n:
+        return np.nan, np.nan, np.nan, n
+    est = float(b.mean() - a.mean())
+    if n < max(2, min_n):
+        return est, np.nan, np.nan, n
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    se = float(np.sqrt(va + vb))
+    if se == 0:
+        return est, est, est, n
+    df = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1))
+    half = float(_scipy_stats.t.ppf(0.5 + confidence / 2, df) * se)
+    return est, est - half, est + half, n

@@ -1,4 +1,4 @@
-"""`regbench`: run, plan, report, compare, env, suites, validate, selfcheck, data.
+"""`regbench`: run, plan, report, compare, export, env, suites, validate, selfcheck, data.
 
 Progress goes to stderr; `run` prints the run directory as its last stdout line. Errors are one
 line on stderr with exit code 2 (bad input) or 1 (a failure while working).
@@ -26,6 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--suite", default=DEFAULT_SUITE, help="built-in suite name or YAML file (default: quick)")
     run.add_argument("--out", default="results", help="folder for the run directory (default: results)")
     run.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run: only trials without a file")
+    run.add_argument("--retry-failed", action="store_true",
+                     help="with --resume: run again the trials recorded as failed (not diverged, not skipped); "
+                          "their old records move to RUN_DIR/history/")
     run.add_argument("--executor", choices=("ray", "process"), default=None,
                      help="ray (default) or process (one subprocess per trial, no Ray)")
     run.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default=None)
@@ -47,9 +50,23 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="write RUN_DIR/report/ (HTML, Markdown, CSV)")
     rep.add_argument("run_dir")
 
-    cmp_ = sub.add_parser("compare", help="hardware/backends side by side")
-    cmp_.add_argument("run_dirs", nargs="+")
-    cmp_.add_argument("--out", default=None, help="output folder (default: results/compare-<time>)")
+    cmp_ = sub.add_parser("compare", help="devices, software versions, backends or runs side by side; a regression gate")
+    cmp_.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="runs to compare (with --baseline: the candidates)")
+    cmp_.add_argument("--by", choices=("device", "software", "backend", "run"), default=None,
+                      help="the axis to compare across, everything else held equal (default: device)")
+    cmp_.add_argument("--baseline", metavar="RUN_DIR", help="compare each RUN_DIR with this run, cell by cell")
+    cmp_.add_argument("--fail-on", metavar="METRIC:PCT[,...]",
+                      help="with --baseline: exit 1 when a cell got worse by more than PCT (points for accuracy) "
+                           "with its 95%% CI excluding no change, e.g. step_time:5,best_val_accuracy:1")
+    cmp_.add_argument("--prices", metavar="FILE", help="YAML: device name -> price per hour, for samples per dollar")
+    cmp_.add_argument("--out", default=None,
+                      help="output folder (default: results/compare-<time>; with --fail-on: no report unless given)")
+
+    ex = sub.add_parser("export", help="a run's trials to MLflow tracking (pip install 'regbench[mlflow]')")
+    ex.add_argument("run_dir", metavar="RUN_DIR")
+    ex.add_argument("--mlflow", required=True, metavar="URI",
+                    help="tracking URI: sqlite:///path/mlflow.db, file:///path/mlruns, http://host:5000")
+    ex.add_argument("--experiment", default=None, help="experiment name (default: regbench-<suite name>)")
 
     e = sub.add_parser("env", help="this node's fingerprint")
     e.add_argument("--json", action="store_true")
@@ -95,11 +112,19 @@ def cmd_run(args) -> int:
     from bench.store import RunStore, now_iso
 
     executor = args.executor or os.environ.get("REGBENCH_EXECUTOR", "ray")
+    if args.retry_failed and not args.resume:
+        raise UserError("--retry-failed: needs --resume RUN_DIR (the run whose failed trials to run again)")
     if args.resume:
+        from bench import retry
+
         store = RunStore.open(pathlib.Path(args.resume))
         manifest = store.manifest()
         if "suite_input" not in manifest:
             raise UserError(f"{store.manifest_path}: suite_input missing; cannot resume this run")
+        if args.retry_failed:
+            round_no, ids = retry.begin(store)
+            print(f"retry round {round_no}: {len(ids)} failed unit(s) to run again; their old records are in "
+                  f"{store.path / retry.HISTORY}" if ids else "retry: no failed trial to run again", file=sys.stderr)
         suite = suite_mod.parse(manifest["suite_input"], manifest["suite"]["source"],
                                 backend_override=manifest["suite"]["backend"])
         planned = set(manifest.get("trial_ids") or [])
@@ -154,6 +179,8 @@ def cmd_run(args) -> int:
                            f"regbench run --resume {store.path}") from None
     progress.close()
     store.update_manifest(status="complete", finished_at=now_iso())
+    if args.resume:
+        retry.finish(store)  # every unit of an open retry round has its new record now
     store.export_parquet()
     c = progress.counts
     print(f"done: {c['ok']} ok, {c['failed']} failed, {c['diverged']} diverged, {c['skipped']} skipped",
@@ -223,17 +250,51 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    """Side by side (`--by`), or each candidate against `--baseline`; with `--fail-on`, the gate:
+    one line per offending cell on stdout and exit 1, else exit 0 (analysis/gate.py)."""
     import datetime as dt
 
     import analysis
 
-    runs = [pathlib.Path(p) for p in args.run_dirs]
+    if args.fail_on is not None and not args.baseline:
+        raise UserError("--fail-on: needs --baseline RUN_DIR (the run the candidates are held against)")
+    if args.baseline and args.by not in (None, "run"):
+        raise UserError(f"--by {args.by}: --baseline compares runs (--by run); drop one of them")
+    runs = ([pathlib.Path(args.baseline)] if args.baseline else []) + [pathlib.Path(p) for p in args.run_dirs]
     out = pathlib.Path(args.out) if args.out else pathlib.Path("results") / f"compare-{dt.datetime.now():%Y%m%d-%H%M%S}"
     try:
-        index = analysis.write_compare(runs, out)
+        prices = analysis.load_prices(args.prices) if args.prices else None
+        if args.fail_on is None:
+            reference = runs[0].name if args.baseline else None
+            print(analysis.write_compare(runs, out, by="run" if args.baseline else (args.by or "device"),
+                                         prices=prices, reference=reference))
+            return 0
+        thresholds = analysis.gate.parse_fail_on(args.fail_on)
+        data = analysis.load(runs)
+        result = analysis.gate.check(next(iter(data.manifests)), data.trials, thresholds)
+        if args.out:
+            print(f"report: {analysis.write_compare(runs, out, by='run', prices=prices, reference=next(iter(data.manifests)))}",
+                  file=sys.stderr)
     except analysis.AnalysisInputError as e:
         raise UserError(str(e)) from None
-    print(index)
+    for line in result.lines:
+        print(line)
+    print(result.summary, file=sys.stderr)
+    return 1 if result.failed else 0
+
+
+def cmd_export(args) -> int:
+    """One MLflow run per trial, with params, metrics and the trial file as an artifact."""
+    from analysis.errors import AnalysisInputError
+    from analysis.mlflow_export import export
+
+    try:
+        result = export(pathlib.Path(args.run_dir), args.mlflow, args.experiment)
+    except AnalysisInputError as e:
+        raise UserError(str(e)) from None
+    print(f"exported {len(result.exported)} trials of {args.run_dir} to {args.mlflow} (experiment "
+          f"{result.experiment}, id {result.experiment_id})" + (f"; {len(result.present)} were there already"
+                                                               if result.present else ""))
     return 0
 
 
@@ -358,7 +419,8 @@ def cmd_data(args) -> int:
     return 1 if failed else 0
 
 
-COMMANDS = {"run": cmd_run, "plan": cmd_plan, "report": cmd_report, "compare": cmd_compare, "env": cmd_env,
+COMMANDS = {"run": cmd_run, "plan": cmd_plan, "report": cmd_report, "compare": cmd_compare, "export": cmd_export,
+            "env": cmd_env,
             "suites": cmd_suites, "validate": cmd_validate, "selfcheck": cmd_selfcheck, "data": cmd_data}
 
 if __name__ == "__main__":

@@ -73,6 +73,11 @@ class Session:
         return self.base.timeout_s
 
     @property
+    def device(self) -> str | None:
+        """The device kind the session's cell runs on ("gpu" | "cpu"; None: the suite's)."""
+        return self.base.device
+
+    @property
     def labels(self) -> list[str]:
         return [setting_label(s) for s in self.settings]
 

@@ -26,7 +26,8 @@ TOP_KEYS = {
     "regularizers": "list of settings", "precisions": "list", "batch_sizes": "list of ints",
     "repeats": "int", "epochs": "int", "seed": "int", "backend": "tensorflow|jax|torch",
     "jit_compile": "auto|on|off", "isolation": "gpu|node|cpu", "cpus_per_trial": "int",
-    "device": "auto|gpu|cpu", "timeout_s": "seconds", "allow_slow_precision": "bool",
+    "device": "auto|gpu|cpu", "devices": "list of device kinds, e.g. [gpu, cpu]: every trial once per kind",
+    "gpu_host_cpus": "CPUs reserved for each GPU trial's host threads in a `devices` suite", "timeout_s": "seconds", "allow_slow_precision": "bool",
     "accelerator_types": "list", "expected_trial_s": "seconds", "max_retries": "int",
     "learning_rate": "Adam learning rate",
     "paired": "paired step-time sessions: {sessions, rounds, block_min_steps, block_min_s, isolation, "
@@ -59,6 +60,8 @@ class Suite:
     max_retries: int
     resolved: dict  # the suite as plain data, defaults filled in (stored in the manifest)
     paired: dict | None = None  # PAIRED_DEFAULTS filled in, or None: no paired sessions
+    devices: tuple = ()  # ("gpu", "cpu"): each trial once per kind (device == "mixed"); () otherwise
+    gpu_host_cpus: int = 1  # with `devices`: CPUs (and pinned cores) reserved for each GPU trial
 
     @property
     def paired_isolation(self) -> str:
@@ -188,6 +191,11 @@ def parse(data: dict, source: str, backend_override: str | None = None) -> Suite
     jit = _choice(f"{f}: jit_compile", data.get("jit_compile", "auto"), ("auto", "on", "off"))
     isolation = _choice(f"{f}: isolation", data.get("isolation", "gpu"), ("gpu", "node", "cpu"))
     device = _choice(f"{f}: device", data.get("device", "auto"), ("auto", "gpu", "cpu"))
+    kinds, host_cpus = _devices(f, data, isolation)
+    if len(kinds) == 1:
+        device, kinds = kinds[0], ()
+    elif kinds:
+        device = "mixed"
     repeats = _int(f"{f}: repeats", data.get("repeats", 3), 1, 1000)
     epochs = _int(f"{f}: epochs", data.get("epochs", 10), 1, 100000)
     seed = _int(f"{f}: seed", data.get("seed", 0), 0)
@@ -271,13 +279,14 @@ def parse(data: dict, source: str, backend_override: str | None = None) -> Suite
                 continue
             for prec in precisions:
                 for bs in w["batch_sizes"] or batch_sizes:
-                    for acc in accel:
+                    for kind, acc in _placements(kinds, accel):
+                        threads = host_cpus if kind == "gpu" else cpus  # GPU trials are capped too
                         cells.append(dict(
                             workload=w["name"], regularizers=reg, precision=prec, batch_size=bs,
                             backend=backend, epochs=w.get("epochs") or epochs, learning_rate=float(lr),
                             target_val_accuracy=w.get("target_val_accuracy"), jit_compile=jit,
                             max_train_samples=w.get("max_train_samples"), steps_per_epoch=w.get("steps_per_epoch"),
-                            cpu_threads=cpus, timeout_s=float(timeout),
+                            cpu_threads=threads, timeout_s=float(timeout), device=kind,
                             allow_slow_precision=allow_slow, accelerator_type=acc, model=w["model"]))
     # Repeats interleave (all cells of repeat 0, then repeat 1, ...) and the cells of each repeat run
     # in a random order, seeded (suite seed, repeat): drift and neighbours hit every setting alike.
@@ -290,7 +299,7 @@ def parse(data: dict, source: str, backend_override: str | None = None) -> Suite
         "workloads": workloads, "regularizers": [[{"name": n, "params": p} for n, p in s] for s in settings],
         "settings": names, "precisions": precisions, "batch_sizes": batch_sizes, "repeats": repeats,
         "epochs": epochs, "seed": seed, "learning_rate": float(lr), "jit_compile": jit, "isolation": isolation, "device": device,
-        "cpus_per_trial": cpus, "timeout_s": float(timeout), "allow_slow_precision": allow_slow,
+        "cpus_per_trial": cpus, "devices": list(kinds), "gpu_host_cpus": host_cpus, "timeout_s": float(timeout), "allow_slow_precision": allow_slow,
         "accelerator_types": accel, "max_retries": retries, "expected_trial_s": float(expected),
         "order": "cells in a random order per repeat, seeded by (seed, repeat)", "paired": paired or False,
         "not_applicable": not_applicable,
@@ -298,7 +307,33 @@ def parse(data: dict, source: str, backend_override: str | None = None) -> Suite
     return Suite(name=name, description=resolved["description"], source=source, trials=trials,
                  isolation=isolation, cpus_per_trial=cpus, device=device, expected_trial_s=float(expected),
                  max_retries=retries, resolved=resolved, paired=paired,
-                 not_applicable=tuple(not_applicable))
+                 not_applicable=tuple(not_applicable), devices=tuple(kinds), gpu_host_cpus=host_cpus)
+
+
+def _devices(f: str, data: dict, isolation: str) -> tuple[list, int]:
+    """`devices: [gpu, cpu]` (every trial once per kind) and `gpu_host_cpus`; ([], 1) when absent."""
+    host_cpus = _int(f"{f}: gpu_host_cpus", data.get("gpu_host_cpus", 1), 1, 1024)
+    if "devices" not in data:
+        return [], host_cpus
+    if "device" in data:
+        _fail(f"{f}: devices", "give either device (one kind) or devices (several), not both")
+    kinds = _list(f"{f}: devices", data["devices"])
+    for i, k in enumerate(kinds):
+        _choice(f"{f}: devices[{i}]", k, ("gpu", "cpu"))
+        if k in kinds[:i]:
+            _fail(f"{f}: devices[{i}]", f"{k} is listed twice")
+    if len(kinds) > 1 and isolation == "node":
+        _fail(f"{f}: isolation", "node (one trial per node) cannot run GPU and CPU trials side by side; "
+                                 "use isolation: gpu with devices")
+    return kinds, host_cpus
+
+
+def _placements(kinds, accel) -> list[tuple]:
+    """(device kind, accelerator type) of each copy of a cell: GPU copies once per accelerator type,
+    CPU copies once (an accelerator type pins GPUs only)."""
+    if not kinds:
+        return [(None, a) for a in accel]
+    return [("gpu", a) for a in accel] * ("gpu" in kinds) + [("cpu", None)] * ("cpu" in kinds)
 
 
 def filter_trials(trials, pattern: str | None):

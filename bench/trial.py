@@ -51,6 +51,7 @@ class Trial:
     allow_slow_precision: bool = False
     accelerator_type: str | None = None  # pin to a hardware class, e.g. "H100"
     model: dict | None = None  # the workload's model options ({layers, width, ...}); None: it has none
+    device: str | None = None  # "gpu" | "cpu": the device kind this copy runs on (a `devices` suite); None: the suite's
 
     kind = "trial"  # a unit of work the executors run (the other kind: bench.paired.Session)
 
@@ -78,7 +79,7 @@ class Trial:
     def trial_id(self) -> str:
         slug = "-".join(
             [self.workload, self.setting.replace("(", "_").replace(")", "").replace("=", "").replace(",", "_"),
-             self.precision, f"b{self.batch_size}", self.backend[:2], f"r{self.repeat}"]
+             self.precision, f"b{self.batch_size}", self.backend[:2], f"r{self.repeat}"] + [self.device] * bool(self.device)
         )
         slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in slug)[:90]
         return f"{slug}-{_short_hash(self._identity(with_repeat=True))}"
@@ -91,8 +92,9 @@ class Trial:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["regularizers"] = [{"name": n, "params": dict(p)} for n, p in self.regularizers]
-        if d["model"] is None:  # absent rather than null: ids of workloads without options stay as they were
-            del d["model"]
+        for key in ("model", "device"):  # absent rather than null: ids of trials without them stay as they were
+            if d[key] is None:
+                del d[key]
         return d
 
     def to_record(self) -> dict:

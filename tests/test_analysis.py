@@ -210,16 +210,16 @@ def test_compare_puts_devices_side_by_side(tmp_path):
                               device_name="NVIDIA H100 80GB HBM3", backend="jax", base_step_time_s=0.001)
     c = analysis.compare(analysis.load([cpu, gpu]).trials)
     tp = c.throughput[c.throughput["precision"] == "float32"].set_index("device")
-    assert tp.loc["H100 80GB HBM3 · jax", "vs_first_device"] == pytest.approx(10, rel=0.05)
+    assert tp.loc["H100 80GB HBM3 · jax", "vs_reference"] == pytest.approx(10, rel=0.05)
     st = c.overhead[(c.overhead["metric"] == "step_time") & (c.overhead["setting"] == "l2")
                     & (c.overhead["precision"] == "float32")].set_index("device")
     assert st.loc["Intel Xeon · tensorflow", "estimate"] == pytest.approx(1.2, abs=0.02)
     assert st.loc["H100 80GB HBM3 · jax", "estimate"] == pytest.approx(1.02, abs=0.02)
-    assert {"Intel Xeon · tensorflow", "H100 80GB HBM3 · jax"} <= set(c.overhead_by_device.columns)
+    assert {"Intel Xeon · tensorflow", "H100 80GB HBM3 · jax"} <= set(c.overhead_by_axis.columns)
     index = analysis.write_compare([cpu, gpu], tmp_path / "cmp")
     assert index == tmp_path / "cmp" / "index.html"
-    for name in ("summary.md", "throughput.csv", "overhead.csv", "hardware_step_time.png",
-                 "hardware_throughput.png"):
+    for name in ("summary.md", "throughput.csv", "overhead.csv", "compare_step_time.png",
+                 "compare_throughput.png"):
         assert (index.parent / name).stat().st_size > 0
     with pytest.raises(analysis.AnalysisInputError):
         analysis.write_compare([cpu, tmp_path / "nope"], tmp_path / "cmp2")

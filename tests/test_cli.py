@@ -179,3 +179,13 @@ def test_selfcheck_measures_overhead_and_noise():
     assert n["across_trial_cv_of_p50"] == pytest.approx(p50.std(ddof=1) / p50.mean(), rel=1e-9)
     assert n["across_trial_cv_of_p50"] > 0  # two fresh processes never time identically
     assert 0 < n["mean_within_trial_cv"] < 5
+
+
+
+def test_devices_suite_without_a_gpu_is_refused_in_one_line(tmp_path):
+    suite = write_suite(tmp_path / "mixed.yaml", devices=["gpu", "cpu"], paired=False)
+    proc = regbench("run", "--suite", suite, "--executor", "process", "--out", tmp_path / "out", timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("regbench: error: suite t lists devices: ['gpu', 'cpu'] but this machine has no GPU")
+    assert not any((tmp_path / "out").iterdir())  # refused before any trial ran: no run left behind

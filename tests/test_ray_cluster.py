@@ -170,3 +170,41 @@ def test_node_removed_mid_run_trial_lands_once_on_another_node(cluster, tmp_path
         os.kill(victim["trial_pid"], 0)
     attempts = [json.loads(p.read_text()) for p in markers.glob(f"{victim['trial_id']}.*.json")]
     assert sorted(a["node_id"] for a in attempts) == sorted([victim["node_id"], survivor_id])
+
+
+def test_devices_gpu_and_cpu_side_by_side_with_reserved_host_cpus(cluster, tmp_path):
+    """devices: [gpu, cpu]: each trial once per kind; GPU trials one per GPU inside a placement group
+    that holds their host CPUs; CPU trials only on the cores those leave (node `gpu_node`: 3 CPUs - 2
+    GPUs x 1 reserved = 1 CPU trial at a time), and on the CPU-only node."""
+    gpu_node = cluster.add_node(num_cpus=3, num_gpus=2)
+    cpu_node = cluster.add_node(num_cpus=1, num_gpus=0)
+    cluster.wait_for_nodes()
+    suite = tmp_path / "mixed.yaml"
+    suite.write_text(SUITE.format(name="mixed", regularizers="[none, l2, dropout]", extra="").replace(
+        "device: gpu\nisolation: gpu", "devices: [gpu, cpu]\ngpu_host_cpus: 1\ncpus_per_trial: 1\npaired: false"))
+    rc, out, err = run_cli(suite, tmp_path / "out", cluster.address)
+    assert rc == 0, err
+    records, manifest = load_run(tmp_path / "out")
+    assert len(records) == 6 and all(r["status"] == "ok" for r in records.values()), err
+    kinds = sorted((r["trial"]["setting"], r["trial"]["device"]) for r in records.values())
+    assert kinds == sorted((s, k) for s in ("none", "l2", "dropout") for k in ("gpu", "cpu"))
+    gpu_spans, cpu_on_gpu_node = {}, []
+    for r in records.values():
+        info, kind = r["node"]["ray"], r["trial"]["device"]
+        assert r["node"]["device_kind"] == kind
+        if kind == "gpu":
+            assert info["node_id"] == gpu_node.node_id and len(info["gpu_ids"]) == 1
+            assert info["placement_group_id"], info  # ran inside the host-CPU reservation
+            assert r["trial"]["cpu_threads"] == 1
+            gpu_spans.setdefault(info["gpu_ids"][0], []).append((info["t_start"], info["t_end"]))
+        else:
+            assert info["gpu_ids"] == [] and not info["placement_group_id"], info
+            assert info["node_id"] in (gpu_node.node_id, cpu_node.node_id)
+            if info["node_id"] == gpu_node.node_id:
+                cpu_on_gpu_node.append((info["t_start"], info["t_end"]))
+    for spans in gpu_spans.values():  # one trial per GPU at a time
+        spans.sort()
+        assert all(s1 >= e0 for (_, e0), (s1, _) in zip(spans, spans[1:])), spans
+    cpu_on_gpu_node.sort()  # the GPU node's one unreserved CPU: its CPU trials never overlapped
+    assert all(s1 >= e0 for (_, e0), (s1, _) in zip(cpu_on_gpu_node, cpu_on_gpu_node[1:])), cpu_on_gpu_node
+    assert "3 on GPUs, 1 GPU + 1 reserved CPU each; 3 on CPUs" in err

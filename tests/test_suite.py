@@ -176,3 +176,29 @@ def test_every_trial_carries_its_thread_cap_gpu_trials_too(tmp_path):
         assert {t.cpu_threads for t in s.trials} == {3}
     a, b = parse(tmp_path, cpus_per_trial=1).trials[0], parse(tmp_path, cpus_per_trial=2).trials[0]
     assert a.cell_id != b.cell_id and "cpu_threads" in CELL_KEYS
+
+
+def test_devices_run_each_trial_once_per_kind(tmp_path):
+    s = parse(tmp_path, regularizers=["none", "l2"], devices=["gpu", "cpu"], cpus_per_trial=2, gpu_host_cpus=3,
+              accelerator_types=["H100", "A100"], paired=False)
+    assert s.device == "mixed" and s.devices == ("gpu", "cpu")
+    copies = sorted((t.setting, t.device, t.accelerator_type, t.cpu_threads) for t in s.trials)
+    # GPU copies once per accelerator type with the reserved host threads; CPU copies once, unpinned
+    assert copies == sorted([(st, "gpu", a, 3) for st in ("none", "l2") for a in ("H100", "A100")]
+                            + [(st, "cpu", None, 2) for st in ("none", "l2")])
+    assert len({t.cell_id for t in s.trials}) == 6 and all(t.device in t.trial_id for t in s.trials)
+    single = parse(tmp_path, devices=["cpu"])  # one kind: the same as device: cpu
+    assert single.device == "cpu" and single.devices == () and single.trials[0].device is None
+    assert single.trials[0].trial_id == parse(tmp_path, device="cpu").trials[0].trial_id
+
+
+@pytest.mark.parametrize("fields,expected", [
+    ({"devices": ["gpu", "tpu"]}, "devices[1]: unknown value 'tpu'"),
+    ({"devices": ["gpu", "gpu"]}, "devices[1]: gpu is listed twice"),
+    ({"devices": ["gpu", "cpu"], "device": "gpu"}, "devices: give either device (one kind) or devices"),
+    ({"devices": ["gpu", "cpu"], "isolation": "node"}, "isolation: node (one trial per node) cannot run"),
+    ({"devices": [], "isolation": "node"}, "devices: is empty"),
+    ({"devices": ["gpu", "cpu"], "gpu_host_cpus": 0}, "gpu_host_cpus: 0 is out of range"),
+])
+def test_bad_devices_are_one_line(tmp_path, fields, expected):
+    assert expected in error(tmp_path, **fields)

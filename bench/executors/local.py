@@ -2,7 +2,9 @@
 
 Slots: one per visible GPU for GPU suites (the process sees only its GPU), otherwise
 cpu_count // cpus_per_trial CPU slots; isolation "node" runs one trial at a time, and so do
-paired sessions on a CPU (a neighbour on another core shifts step-time ratios). Work comes in
+paired sessions on a CPU (a neighbour on another core shifts step-time ratios). A `devices:
+[gpu, cpu]` suite gets both: one slot per GPU, each with `gpu_host_cpus` cores its trial pins
+(its host threads), and CPU slots on the cores left. A unit pinned to a kind takes a slot of it. Work comes in
 batches (isolated trials, then sessions; see bench/plan.py): a batch finishes before the next
 starts. A trial process that dies without writing its record (killed, segfault) is retried up to
 max_retries times; a trial that raised is recorded once (the record says why). A trial past its
@@ -23,6 +25,8 @@ from bench.executors.trial_process import Launcher, collect, failure_record, pre
 def slots_for(suite, kind: str = "trial") -> list[list[str] | None]:
     """One entry per slot: the GPU tokens it owns, or None for a CPU slot."""
     gpus, _ = env.gpus()
+    if suite.device == "mixed":
+        return _mixed_slots(suite, gpus, kind)
     if suite.device != "cpu" and gpus:
         tokens = env.visible_gpu_tokens()
         ids = tokens if tokens is not None else [str(g["index"]) for g in gpus]
@@ -34,6 +38,29 @@ def slots_for(suite, kind: str = "trial") -> list[list[str] | None]:
     if suite.isolation == "node" or (kind == "session" and suite.paired_isolation == "node"):
         return [None]
     return [None] * max(1, (os.cpu_count() or 1) // suite.cpus_per_trial)
+
+
+def _mixed_slots(suite, gpus, kind: str) -> list[list[str] | None]:
+    """GPU slots (one per visible GPU) and CPU slots on the cores their host threads leave."""
+    tokens = env.visible_gpu_tokens()
+    ids = tokens if tokens is not None else [str(g["index"]) for g in gpus]
+    if not ids or not gpus:
+        raise UserError(f"suite {suite.name} lists devices: {list(suite.devices)} but this machine has no GPU "
+                        "visible to NVML; drop gpu from devices or use a machine with a GPU")
+    cores = len(os.sched_getaffinity(0))
+    left = cores - len(ids) * suite.gpu_host_cpus
+    cpu_slots = 1 if kind == "session" and suite.paired_isolation == "node" else left // suite.cpus_per_trial
+    if cpu_slots < 1:
+        raise UserError(f"suite {suite.name}: {len(ids)} GPU(s) x gpu_host_cpus {suite.gpu_host_cpus} leave "
+                        f"{max(left, 0)} of {cores} cores, fewer than cpus_per_trial {suite.cpus_per_trial} for a "
+                        "CPU trial; lower gpu_host_cpus or cpus_per_trial")
+    return [[i] for i in ids] + [None] * cpu_slots
+
+
+def _fits(unit, slot) -> bool:
+    """A unit pinned to a device kind runs only in a slot of that kind."""
+    want = getattr(unit, "device", None)
+    return want is None or (want == "gpu") == (slot is not None)
 
 
 def run_local(batches, store, suite, progress, start_method: str | None = None) -> None:
@@ -65,15 +92,18 @@ def _run_batch(units, launcher, store, suite, progress) -> None:
     attempts: dict[str, int] = {}
     try:
         while pending or running:
-            while pending and free:
-                unit = pending.pop(0)
-                slot = free[0]
+            while True:
+                pick = next(((i, j) for i, unit in enumerate(pending) for j, slot in enumerate(free)
+                             if _fits(unit, slots[slot])), None)
+                if pick is None:
+                    break
+                unit, slot = pending.pop(pick[0]), free[pick[1]]
                 skipped = precheck(unit, "process", gpu=slots[slot] is not None)
                 if skipped:
                     store.write_record(unit.kind, skipped)
                     progress.finished(skipped, was_running=False)
                     continue
-                free.pop(0)
+                free.remove(slot)
                 attempts[unit.unit_id] = attempts.get(unit.unit_id, 0) + 1
                 running.append((launcher.launch(unit, slots[slot], attempts[unit.unit_id]), slot))
                 progress.started()

@@ -205,7 +205,7 @@ class Launcher:
         child_env = trial_environment(unit.backend, unit.cpu_threads, gpu_tokens)
         child_env.update(self.extra_env)
         request = {"kind": unit.kind, "unit": unit.to_dict(), "executor": self.executor, "gpu": gpu,
-                   "pin_cores": unit.cpu_threads if not gpu else None,
+                   "pin_cores": unit.cpu_threads if not gpu or unit.device == "gpu" else None,
                    "core_lock_dir": self.extra_env.get("REGBENCH_CORE_LOCK_DIR"),
                    "launched_unix": time.time(), "start_note": None, "parent_pid": None}
         argv = [str(request_path), str(out_path)]

@@ -19,8 +19,8 @@ import time
 
 from bench.errors import UserError
 from bench.executors.ray.connect import SHIP_CODE_ENV, connect, start_reaper
-from bench.executors.ray.resources import (NODE_WAIT_ENV, alive_nodes, check_feasible, infeasible_reason,
-                                           request_for, wants_gpu)
+from bench.executors.ray.resources import (NODE_WAIT_ENV, alive_nodes, check_feasible, host_reservation,
+                                           infeasible_reason, on_gpu, request_for, reserve_gpu_hosts, wants_gpu)
 from bench.executors.ray.task import AttemptLog, TrialProcessDied, code_hash, trial_task
 from bench.executors.trial_process import default_start_method, failure_record
 
@@ -91,7 +91,7 @@ def _stage_data(ray, workloads: list[str], progress) -> None:
 
 def _run(units, store, suite, progress, ray, start_method: str, cancel_on_exit: bool = True) -> None:
     from ray.exceptions import RayTaskError, TaskCancelledError
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
     from bench import env
     from bench.executors.trial_process import precheck
@@ -100,7 +100,7 @@ def _run(units, store, suite, progress, ray, start_method: str, cancel_on_exit: 
     gpu = wants_gpu(suite, nodes)
     requests = {}
     for t in units:
-        req = request_for(t, suite, gpu)
+        req = request_for(t, suite, on_gpu(t, gpu))
         requests.setdefault(json.dumps(req, sort_keys=True), req)
     nodes = check_feasible(requests, suite.name, progress.note)
 
@@ -122,7 +122,7 @@ def _run(units, store, suite, progress, ray, start_method: str, cancel_on_exit: 
     # starting a process: the decision depends on the precision, backend and jit setting only.
     todo = []
     for t in units:
-        skipped = None if gpu else precheck(t, "ray", gpu=False)
+        skipped = None if on_gpu(t, gpu) else precheck(t, "ray", gpu=False)
         if skipped:
             skipped["node"]["ray"] = {"evaluated_on": "driver"}
             store.write_record(t.kind, skipped)
@@ -134,6 +134,7 @@ def _run(units, store, suite, progress, ray, start_method: str, cancel_on_exit: 
     if not todo:
         return
 
+    host_groups = _reserve_hosts(todo, suite, gpu, nodes, progress) if suite.device == "mixed" else {}
     driver_node = ray.get_runtime_context().get_node_id()
     attempt_log = ray.remote(num_cpus=0, max_restarts=-1)(AttemptLog).options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(driver_node, soft=True)).remote()
@@ -143,19 +144,27 @@ def _run(units, store, suite, progress, ray, start_method: str, cancel_on_exit: 
     out: dict = {}  # ref -> PendingUnit
     by_id: dict = {}
     for t in todo:
-        req = request_for(t, suite, gpu)
+        req = request_for(t, suite, on_gpu(t, gpu))
+        key = json.dumps(req, sort_keys=True)
         custom = {k: v for k, v in req.items() if k not in ("CPU", "GPU")}
+        placed = {"scheduling_strategy": PlacementGroupSchedulingStrategy(host_groups[key], placement_group_bundle_index=-1)
+                  } if key in host_groups else {}
         ref = task.options(
             num_cpus=req["CPU"], num_gpus=req.get("GPU", 0), resources=custom or None,
             max_retries=suite.max_retries, retry_exceptions=[TrialProcessDied],
-            name=f"regbench:{t.unit_id}"[:120],
-        ).remote(t.kind, t.to_dict(), bool(gpu), attempt_log, options)
-        o = PendingUnit(t, ref, json.dumps(req, sort_keys=True))
+            name=f"regbench:{t.unit_id}"[:120], **placed,
+        ).remote(t.kind, t.to_dict(), on_gpu(t, gpu), attempt_log, options)
+        o = PendingUnit(t, ref, key)
         out[ref] = o
         by_id[t.unit_id] = o
     what = "paired sessions" if todo[0].kind == "session" else "trials"
-    progress.note(f"ray: {len(todo)} {what} submitted to {len(nodes)} node(s) "
-                  f"({'1 GPU' if gpu else f'{suite.cpus_per_trial} CPU'} each, isolation {suite.isolation})")
+    if suite.device == "mixed":
+        n_gpu = sum(on_gpu(t, gpu) for t in todo)
+        each = (f"{n_gpu} on GPUs, 1 GPU + {suite.gpu_host_cpus} reserved CPU each; {len(todo) - n_gpu} on CPUs, "
+                f"{suite.cpus_per_trial} CPU each")
+    else:
+        each = f"{'1 GPU' if gpu else f'{suite.cpus_per_trial} CPU'} each, isolation {suite.isolation}"
+    progress.note(f"ray: {len(todo)} {what} submitted to {len(nodes)} node(s) ({each})")
 
     warned_hash: set = set()
     drain_ref = attempt_log.drain.remote()
@@ -184,7 +193,8 @@ def _run(units, store, suite, progress, ray, start_method: str, cancel_on_exit: 
             for ref in ready:
                 o = out.pop(ref)
                 by_id.pop(o.unit.unit_id, None)
-                record, fp, info, log = _collect(ray, ref, o, gpu, suite, RayTaskError, TaskCancelledError)
+                record, fp, info, log = _collect(ray, ref, o, on_gpu(o.unit, gpu), suite, RayTaskError,
+                                                 TaskCancelledError)
                 if log:
                     store.write_log(o.unit.unit_id, log, f"attempt {max(o.attempts, 1)}: pid {info.get('trial_pid')}, "
                                                            f"{info.get('start_method')} on {info.get('hostname')}")
@@ -229,6 +239,26 @@ def _run(units, store, suite, progress, ray, start_method: str, cancel_on_exit: 
                 ray.kill(attempt_log)
             except Exception:  # noqa: BLE001
                 pass
+            for pg in host_groups.values():
+                try:
+                    ray.util.remove_placement_group(pg)
+                except Exception:  # noqa: BLE001 - best effort while stopping
+                    pass
+
+
+def _reserve_hosts(units, suite, gpu, nodes, progress) -> dict:
+    """A `devices` suite: hold one GPU and its host CPUs per bundle for the batch (resources.py)."""
+    gpu_shapes: dict = {}
+    cpu_requests: dict = {}
+    for t in units:
+        req = request_for(t, suite, on_gpu(t, gpu))
+        key = json.dumps(req, sort_keys=True)
+        if on_gpu(t, gpu):
+            gpu_shapes.setdefault(key, [req, 0])[1] += 1
+        else:
+            cpu_requests[key] = req
+    shapes = host_reservation([tuple(v) for v in gpu_shapes.values()], list(cpu_requests.values()), nodes, suite.name)
+    return reserve_gpu_hosts(shapes, progress.note) if shapes else {}
 
 
 def _collect(ray, ref, o, gpu, suite, RayTaskError, TaskCancelledError):

@@ -7,6 +7,11 @@ instance declares it, cluster YAMLs declare `resources: {regbench_node_slot: 1}`
 type. `accelerator_type: H100` pins a trial to nodes whose resource `accelerator_type:H100`
 exists. A request no node can satisfy fails before anything is submitted (UserError, one line);
 REGBENCH_NODE_WAIT_S gives an autoscaling cluster that long to add a node.
+
+A `devices: [gpu, cpu]` suite runs GPU and CPU trials side by side. Its GPU trials ask for one
+GPU plus `gpu_host_cpus` CPUs, and those CPUs are held for the whole batch: one placement group
+bundle {GPU: 1, CPU: gpu_host_cpus} per GPU (`reserve_gpu_hosts`), in which every GPU trial
+runs; CPU trials are scheduled as usual and so get only the cores the bundles leave.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ def alive_nodes() -> list[dict]:
 
 
 def wants_gpu(suite, nodes: list[dict]) -> bool:
+    """Whether the suite's unpinned units run on GPUs (a unit pinned by `devices` says itself)."""
     if suite.device == "gpu":
         return True
     if suite.device == "cpu":
@@ -94,3 +100,48 @@ def check_feasible(requests: dict, suite_name: str, note=None) -> list[dict]:
             note(f"waiting up to {deadline - time.monotonic():.0f} s more ({NODE_WAIT_ENV}) for a node: {reasons[0]}")
             note = None
         time.sleep(2.0)
+
+
+def on_gpu(unit, batch_gpu: bool) -> bool:
+    """Does this unit run on a GPU: its own device pin (a `devices` suite), else the batch's choice."""
+    return unit.device == "gpu" if getattr(unit, "device", None) else batch_gpu
+
+
+def host_reservation(gpu_requests: list[dict], cpu_requests: list[dict], nodes: list[dict],
+                     suite_name: str) -> list[tuple[dict, int]]:
+    """(bundle, count) per GPU request shape: one bundle per GPU that can hold the shape's host CPUs,
+    at most one per GPU unit waiting for it. UserError when the cores the bundles leave cannot hold
+    any CPU unit (the batch would wait forever)."""
+    out = []
+    reserved = {n["NodeID"]: 0.0 for n in nodes}
+    for req, units in gpu_requests:
+        fits = [n for n in nodes if all(n["Resources"].get(k, 0.0) >= v for k, v in req.items())]
+        per_node = {n["NodeID"]: int(min(n["Resources"]["GPU"] // req["GPU"], n["Resources"]["CPU"] // req["CPU"]))
+                    for n in fits}
+        for node_id, k in per_node.items():
+            reserved[node_id] += k * req["CPU"]
+        out.append((req, min(units, sum(per_node.values()))))
+    for req in cpu_requests:
+        if not any(all(n["Resources"].get(k, 0.0) - (reserved[n["NodeID"]] if k == "CPU" else 0.0) >= v
+                       for k, v in req.items()) for n in nodes):
+            free = ", ".join(f"{n.get('NodeManagerAddress', '?')}: {n['Resources'].get('CPU', 0) - reserved[n['NodeID']]:g}"
+                             for n in nodes[:6])
+            raise UserError(f"suite {suite_name}: after reserving each GPU trial's host CPUs (gpu_host_cpus), no node "
+                            f"has the {req['CPU']:g} CPUs a CPU trial asks for (CPUs left: {free}); lower "
+                            "gpu_host_cpus or cpus_per_trial, or add CPU nodes")
+    return [(req, n) for req, n in out if n > 0]
+
+
+def reserve_gpu_hosts(shapes: list[tuple[dict, int]], note=None) -> dict:
+    """One placement group per GPU request shape with `count` bundles of that shape; returns
+    {shape key: placement group} once every group is placed (waits, saying so once)."""
+    from ray.util import placement_group
+
+    groups = {json.dumps(req, sort_keys=True): placement_group([dict(req)] * n, strategy="PACK", name="regbench-gpu-hosts")
+              for req, n in shapes}
+    for pg in groups.values():
+        if not pg.wait(30) and note is not None:
+            note("ray: waiting for GPUs and their host CPUs to be free (placement group pending)")
+        while not pg.wait(30):
+            pass
+    return groups

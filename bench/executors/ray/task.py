@@ -57,20 +57,31 @@ def trial_task(kind: str, unit_dict: dict, gpu: bool, attempt_log, options: dict
     "ray", "log"}; raises TrialProcessDied."""
     import ray
 
-    from bench import env
-    from bench.executors.trial_process import read_log_tail, unit_from_dict, wait_and_collect
+    from bench.executors.trial_process import unit_from_dict
 
     unit = unit_from_dict(kind, unit_dict)
     ctx = ray.get_runtime_context()
     gpu_ids = [str(g) for g in ctx.get_accelerator_ids().get("GPU", [])]
     info = {"node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address(),
             "hostname": socket.gethostname(), "worker_pid": os.getpid(), "gpu_ids": gpu_ids,
-            "code_hash": code_hash()}
-    if attempt_log is not None:  # wait for it: the driver counts attempts from these
-        try:
-            ray.get(attempt_log.started.remote(unit.unit_id, dict(info)), timeout=30)
-        except ray.exceptions.RayError:
-            pass
+            "code_hash": code_hash(), "placement_group_id": ctx.get_placement_group_id()}
+    # The driver counts attempts from these. Waited for only once the trial process is done: a task
+    # blocked in ray.get lends its CPUs to the next task, which would then share this trial's cores.
+    started = attempt_log.started.remote(unit.unit_id, dict(info)) if attempt_log is not None else None
+    try:
+        return _attempt(unit, gpu, gpu_ids, info, options)
+    finally:
+        if started is not None:  # registered before the result lands
+            try:
+                ray.get(started, timeout=30)
+            except ray.exceptions.RayError:
+                pass
+
+
+def _attempt(unit, gpu: bool, gpu_ids: list, info: dict, options: dict) -> dict:
+    from bench import env
+    from bench.executors.trial_process import read_log_tail, wait_and_collect
+
     launcher = _launcher(options)
     t_task = time.time()
     tokens = None if gpu is False else (gpu_ids or env.visible_gpu_tokens() or [])
