@@ -31,10 +31,15 @@ BACKEND_PACKAGES = {"tensorflow": ("tensorflow",), "jax": ("jax", "jaxlib"), "to
 KEY_NAMES = {"workload": "workload", "setting": "regularizer setting", "precision": "precision",
              "batch_size": "batch size", "backend": "backend", "device_name": "device", "epochs": "epochs",
              "learning_rate": "learning rate", "steps_per_epoch": "steps per epoch",
-             "max_train_samples": "training samples", "cpu_threads": "thread cap"}
+             "max_train_samples": "training samples", "cpu_threads": "thread cap",
+             "start_method": "trial process start method"}
 UNKNOWN_SOFTWARE = "unknown software (no fingerprint in the manifest)"
 CHANGE_COLUMNS = ["metric", "kind", "unit", "reference", "n_reference", "n", "reference_mean", "mean", "estimate",
                   "ci_low", "ci_high", "change_pct", "ci_low_pct", "ci_high_pct", "mark"]
+
+
+def key_name(key: str) -> str:
+    return KEY_NAMES.get(key, key.replace("_", " "))
 
 
 def check_axis(axis: str) -> str:
@@ -115,7 +120,7 @@ def held_equal(trials: pd.DataFrame, axis: str, manifests: dict | None = None) -
     keys = pair_keys(trials, axis)
     labels = list(dict.fromkeys(df[axis].astype(str))) if len(df) else []
     own = {"device": "device_name", "backend": "backend"}.get(axis)
-    also, differs = [], [f"{KEY_NAMES[k]} (goes with the {axis})" for k in CELL_KEYS if k not in keys and k != own]
+    also, differs = [], [f"{key_name(k)} (goes with the {axis})" for k in CELL_KEYS if k not in keys and k != own]
     multi: list = []  # the cells with trials in more than one group: the compared ones
     if len(df):
         other = {a: with_axis(df, a, manifests)[a].astype(str) for a in AXES if a != axis}
@@ -127,7 +132,7 @@ def held_equal(trials: pd.DataFrame, axis: str, manifests: dict | None = None) -
             (differs if n else also).append(a if not n else f"{a} (in {n} of {len(multi)} compared cells)")
         if not multi:  # nothing was paired: nothing to say about the pairs
             also, differs = [], []
-    held = [KEY_NAMES[k] for k in keys]
+    held = [key_name(k) for k in keys]
     paired = bool(multi)
     sentence = (f"Compared across {axis} ({len(labels)} groups: {', '.join(labels) or 'none'}). Held equal in every "
                 f"pair: {', '.join(held)}." + (f" Also the same in every pair: {', '.join(also)}." if also else "")

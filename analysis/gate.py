@@ -98,7 +98,7 @@ def check(baseline: str, trials: pd.DataFrame, thresholds: list[Threshold]) -> G
         raise AnalysisInputError("--baseline: no candidate run with readable trials to compare")
     if changed.empty:
         raise AnalysisInputError(f"no cell of {', '.join(candidates)} matches a cell of the baseline {baseline} "
-                                 f"(pairs need equal {', '.join(axes.KEY_NAMES[k] for k in keys)}; ok trials only)")
+                                 f"(pairs need equal {', '.join(axes.key_name(k) for k in keys)}; ok trials only)")
     varying = [k for k in keys if k not in ("workload", "setting", "precision", "batch_size", "backend", "device_name")
                and changed[k].nunique(dropna=False) > 1]
     limit = {t.metric.name: t for t in thresholds}
