@@ -106,6 +106,44 @@ def gpu_visible(backend: str) -> bool:
         return False
 
 
+def model_device(backend: str, model) -> str:
+    """Where the framework actually placed the model (its first variable), as the framework names
+    it: TensorFlow '/job:localhost/replica:0/task:0/device:GPU:0', JAX 'gpu:0 (NVIDIA H100 80GB
+    HBM3)', torch 'cuda:0'. A GPU trial whose framework fell back to the CPU (a broken CUDA
+    plugin: JAX warns and runs on the CPU, Keras on torch picks 'cpu') shows here."""
+    value = model.weights[0].value
+    if backend == "tensorflow":
+        return str(value.device)
+    if backend == "jax":
+        device = sorted(value.devices(), key=lambda d: d.id)[0]
+        return f"{device.platform}:{device.id} ({device.device_kind})"
+    return str(value.device)
+
+
+def is_gpu_device(backend: str, device: str) -> bool:
+    """Is `device` (as model_device names it) a GPU?"""
+    if backend == "tensorflow":
+        return ":GPU:" in device.upper()
+    if backend == "jax":
+        return device.split(":")[0].lower() in ("gpu", "cuda", "rocm")
+    return device.startswith("cuda")
+
+
+class WrongDevice(RuntimeError):
+    """The framework placed the model elsewhere than the trial asked (a GPU trial on the CPU)."""
+
+
+def check_device(backend: str, device: str, gpu: bool) -> None:
+    """Raises WrongDevice when `device` (model_device) is not the kind the trial asked for: a GPU
+    trial must not record CPU step times beside an idle GPU's NVML readings."""
+    if is_gpu_device(backend, device) != gpu:
+        want, got = ("GPU", "the CPU") if gpu else ("CPU", "a GPU")
+        raise WrongDevice(f"a {want} trial ran on {got}: {backend} placed the model on {device} "
+                          f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}; "
+                          + ("is the framework's CUDA build or plugin installed and the driver loaded?)" if gpu
+                             else "the trial process should see no GPU)"))
+
+
 def synchronize(backend: str, *values) -> None:
     """Block the host until the device has finished the work behind `values` (and, on torch GPU,
     everything queued before). TF runs each Keras step synchronously; JAX and torch-on-GPU do not."""

@@ -159,7 +159,7 @@ def run_session(session: Session, executor: str = "process", gpu: bool | None = 
         record = session_skeleton(session, "skipped", skipped["reason"], node)
     else:
         try:
-            record = _time_blocks(session, node)
+            record = _time_blocks(session, node, gpu)
         except Exception as exc:  # noqa: BLE001 - a failure is a result
             record = session_skeleton(session, "failed", classify_failure(exc), node)
             record["traceback"] = traceback.format_exc()[-4000:]
@@ -184,7 +184,7 @@ def _tile(x, rows: int):
     return np.concatenate([x] * reps)[:rows] if reps > 1 else x[:rows]
 
 
-def _time_blocks(session: Session, node: dict) -> dict:
+def _time_blocks(session: Session, node: dict, gpu: bool) -> dict:
     import keras
 
     from bench.inputs import fit_inputs
@@ -210,6 +210,8 @@ def _time_blocks(session: Session, node: dict) -> dict:
         labels_y[label] = prepared.y_train[:len(x_train)]
         models[label] = build_model(session.trial_for(settings[label]), workload, recipes[label], prepared)
     build_s = time.perf_counter() - t
+    node["framework_device"] = backends.model_device(base.backend, models[AA_LABEL])
+    backends.check_device(base.backend, node["framework_device"], gpu)
 
     def block(label: str, rows: int) -> tuple[np.ndarray, float]:
         """One block: a fit epoch over the first `rows` of the tiled training set; returns its step

@@ -41,6 +41,8 @@ def node_record(executor: str, gpu: bool, cpu_threads: int | None) -> dict:
 
 
 def classify_failure(exc: BaseException) -> str:
+    if isinstance(exc, backends.WrongDevice):
+        return str(exc)[:500]
     text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
     if isinstance(exc, MemoryError) or any(
             s in text for s in ("RESOURCE_EXHAUSTED", "out of memory", "OutOfMemory", "OOM")):
@@ -150,6 +152,8 @@ def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
     t = time.perf_counter()
     model = build_model(trial, workload, recipe, data)
     build_s = time.perf_counter() - t
+    node["framework_device"] = backends.model_device(trial.backend, model)
+    backends.check_device(trial.backend, node["framework_device"], gpu)  # WrongDevice: a failed trial
 
     # 3. timed training: arrays, or a PyDataset that augments batch by batch on the input side
     inputs, input_pipeline = fit_inputs(recipe, x_train, y_train, trial.batch_size, data.kind, trial.seed)
