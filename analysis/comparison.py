@@ -19,7 +19,7 @@ from analysis.overheads import BASELINE, format_estimate, overhead
 from analysis.speedups import precision_speedup
 from analysis.report import METHOD_NOTE, failures, format_speedup, write_csv
 
-_THROUGHPUT_KEYS = ["workload", "batch_size", "precision", "device", "device_name", "backend"]
+_THROUGHPUT_KEYS = ["workload", "batch_size", "precision", "device", "device_name", "backend", "float32_matmul"]
 
 
 @dataclasses.dataclass
@@ -34,10 +34,13 @@ class Comparison:
 
 
 def device_labels(df: pd.DataFrame) -> pd.Series:
-    """Short device model, plus backend when more than one backend is present."""
+    """Short device model, plus backend when more than one backend is present, plus the float32
+    matmul policy when runs used different ones (their cells are never paired or pooled)."""
     label = df["device_name"].map(plots.short_device)
     if df["backend"].nunique() > 1:
         label = label + " · " + df["backend"].astype(str)
+    if "float32_matmul" in df and df["float32_matmul"].nunique(dropna=False) > 1:
+        label = label + " · float32 " + df["float32_matmul"].fillna("unknown").astype(str)
     return label
 
 

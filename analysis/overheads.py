@@ -5,7 +5,8 @@ Two sources, named in the `method` column:
   alternate in short blocks inside one process; analysis/paired.py.
 - "isolated trials" (everything else, and step time when there are no sessions): a regularized
   trial is paired with the baseline (setting "none") of the same run, workload, precision, batch
-  size, backend, device model, epoch budget, learning rate, thread cap and repeat. Per pair we take
+  size, backend, device model, epoch budget, learning rate, thread cap, float32 matmul policy (ieee or
+  tf32: never paired across) and repeat. Per pair we take
   the ratio (throughputs, memory, energy per sample, time to target) or the difference (best val
   accuracy, generalization gap); a cell's estimate is the geometric mean of its ratios (mean of
   its differences) with a Student t interval over repeats.
@@ -49,7 +50,7 @@ BASELINE = "none"
 
 # What must match for two trials to be compared ("budget" columns are optional in trial files).
 CELL_KEYS = ["workload", "precision", "batch_size", "backend", "device_name", "epochs", "learning_rate",
-             "steps_per_epoch", "max_train_samples", "cpu_threads"]
+             "steps_per_epoch", "max_train_samples", "cpu_threads", "float32_matmul"]
 PAIR_KEYS = ["run"] + CELL_KEYS + ["repeat"]
 OVERHEAD_COLUMNS = CELL_KEYS + ["setting", "metric", "method", "kind", "unit", "n_repeats", "estimate", "ci_low",
                                 "ci_high", "change_pct", "ci_low_pct", "ci_high_pct", "mark", "baseline_mean",

@@ -89,6 +89,46 @@ def configure_process(backend: str, cpu_threads: int | None, gpu: bool | None = 
     # (sched_getaffinity): the executors pin a CPU trial to `cpu_threads` cores before JAX starts.
 
 
+FLOAT32_MATMUL = ("ieee", "tf32")  # the float32 matmul/conv policy of a suite; README "GPUs"
+
+
+def set_float32_matmul(backend: str, policy: str) -> dict:
+    """Apply one float32 matmul/convolution policy on any backend; returns the framework's own
+    settings read back after applying it (recorded per trial).
+
+    "ieee": float32 products in float32 (no TensorFloat-32), the same on all three backends.
+    "tf32": TensorFloat-32 for float32 matmuls and convolutions on Ampere and newer GPUs.
+    Left alone, TensorFlow and JAX use TF32 for float32 matmuls on such GPUs and torch does for
+    convolutions only, so float32 would not be the same float32 across backends.
+    """
+    if policy not in FLOAT32_MATMUL:
+        raise ValueError(f"unknown float32 matmul policy {policy!r} (known: {', '.join(FLOAT32_MATMUL)})")
+    tf32 = policy == "tf32"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_tensor_float_32_execution(tf32)
+        return {"tensor_float_32_execution": bool(tf.config.experimental.tensor_float_32_execution_enabled())}
+    if backend == "jax":
+        import jax
+
+        jax.config.update("jax_default_matmul_precision", "tensorfloat32" if tf32 else "float32")
+        return {"jax_default_matmul_precision": jax.config.jax_default_matmul_precision}
+    import torch
+
+    value = "tf32" if tf32 else "ieee"
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9: the new API only (mixing raises)
+        flags = {"cuda.matmul": torch.backends.cuda.matmul, "cudnn.conv": torch.backends.cudnn.conv,
+                 "cudnn.rnn": torch.backends.cudnn.rnn}
+        for flag in flags.values():
+            flag.fp32_precision = value
+        return {f"{name}.fp32_precision": flag.fp32_precision for name, flag in flags.items()}
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    return {"cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32}
+
+
 def gpu_visible(backend: str) -> bool:
     if backend == "tensorflow":
         import tensorflow as tf

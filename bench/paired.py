@@ -124,6 +124,7 @@ def session_skeleton(session: Session, status: str, reason: str | None, node: di
         "status": status, "reason": reason,
         "session": {**session.to_dict(), "group_id": session.group_id, "workload": b.workload,
                     "precision": b.precision, "batch_size": b.batch_size, "backend": b.backend,
+                    "float32_matmul": b.float32_matmul,
                     "repeat": b.repeat, "seed": b.seed, "labels": [AA_LABEL, *session.labels],
                     "cell_ids": {AA_LABEL: b.cell_id, **{setting_label(s): session.trial_for(s).cell_id
                                                          for s in session.settings + session.same_step}},
@@ -159,7 +160,9 @@ def run_session(session: Session, executor: str = "process", gpu: bool | None = 
         record = session_skeleton(session, "skipped", skipped["reason"], node)
     else:
         try:
+            float32_matmul = backends.set_float32_matmul(session.backend, session.base.float32_matmul)
             record = _time_blocks(session, node, gpu)
+            record["process"]["float32_matmul"] = float32_matmul  # the framework's settings, read back
         except Exception as exc:  # noqa: BLE001 - a failure is a result
             record = session_skeleton(session, "failed", classify_failure(exc), node)
             record["traceback"] = traceback.format_exc()[-4000:]

@@ -10,7 +10,7 @@ import json
 
 SECTIONS = (
     ("trial", ("workload", "setting", "precision", "batch_size", "backend", "repeat", "seed", "epochs", "cell_id",
-               "learning_rate", "steps_per_epoch", "max_train_samples", "target_val_accuracy")),
+               "learning_rate", "steps_per_epoch", "max_train_samples", "target_val_accuracy", "float32_matmul")),
     ("node", ("hostname", "device_kind", "device_name", "executor", "fingerprint_id", "accelerator_type",
               "cpu_threads", "gpu_uuid")),
     ("timing", ("data_s", "build_s", "first_step_s", "train_s", "validation_s", "steady_state_steps",

@@ -78,11 +78,15 @@ def run_trial(trial: Trial, executor: str = "process", gpu: bool | None = None) 
     skipped = skip_record(trial, node)
     if skipped:
         return skipped
+    float32_matmul = None  # the framework's own TF32 settings, read back
     try:
+        float32_matmul = backends.set_float32_matmul(trial.backend, trial.float32_matmul)
         record = _measure(trial, node, gpu)
     except Exception as exc:  # noqa: BLE001 - a failure is a result
         record = result_skeleton(trial, "failed", classify_failure(exc), node)
         record["traceback"] = traceback.format_exc()[-4000:]
+    if float32_matmul is not None:
+        record.setdefault("process", {})["float32_matmul"] = float32_matmul
     record.update(started_at=started, finished_at=now_iso(), wall_s=time.perf_counter() - t_wall)
     return record
 
@@ -188,8 +192,9 @@ def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
                             final_train, final_val, skipped)
 
     # 5. compute: analytic FLOPs vs this node's measured matmul peak at this precision
-    peak, peak_note = node_peak_flops_per_s(trial.backend, precision.COMPUTE_DTYPE[trial.precision], gpu,
-                                            node.get("gpu_uuid") or node["cpu"])
+    dtype = precision.COMPUTE_DTYPE[trial.precision]
+    peak, peak_note = node_peak_flops_per_s(trial.backend, dtype, gpu, node.get("gpu_uuid") or node["cpu"],
+                                            trial.float32_matmul if dtype == "float32" else None)
     compute = compute_section(model, timing["samples_per_s"], peak, peak_note)
 
     # 6. the record

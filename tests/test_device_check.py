@@ -2,7 +2,8 @@
 it placed it (TensorFlow, JAX and torch each), and a GPU trial the framework put on the CPU (a
 broken CUDA plugin, a CPU-only build) fails with that reason instead of recording CPU step times
 as `device_kind: gpu`. On this CPU-only machine every framework falls back to the CPU, which is
-exactly the failure to catch."""
+exactly the failure to catch. The same trial processes show the float32 matmul policy applied
+through each framework's own switch."""
 from __future__ import annotations
 
 import importlib.util
@@ -28,17 +29,29 @@ def run_child(trial: Trial, tmp_path, gpu: bool) -> dict:
     return json.loads(out.read_text())
 
 
+# The float32 matmul policy each trial process applied, as its framework reports it (tests/test_float32_policy.py):
+# each case sets the value its framework does NOT default to, so a policy left unapplied shows.
+APPLIED = {
+    "jax": ("ieee", {"jax_default_matmul_precision": "float32"}),
+    "torch": ("tf32", {"cuda.matmul.fp32_precision": "tf32", "cudnn.conv.fp32_precision": "tf32",
+                       "cudnn.rnn.fp32_precision": "tf32"}),
+    "tensorflow": ("ieee", {"tensor_float_32_execution": False}),
+}
+
+
 @pytest.mark.parametrize("backend", ["jax", "torch", "tensorflow"])
 def test_gpu_trial_that_runs_on_the_cpu_fails_with_the_reason(tmp_path, backend):
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed")
+    policy, applied = APPLIED[backend]
     trial = Trial(workload="digits_mlp", regularizers=(), precision="float32", batch_size=64, epochs=2,
-                  backend=backend)
+                  backend=backend, float32_matmul=policy)
     r = run_child(trial, tmp_path, gpu=True)
     assert r["status"] == "failed", (r["status"], r.get("reason"))
     assert r["reason"].startswith("a GPU trial ran on the CPU: " + backend), r["reason"]
     assert r["node"]["device_kind"] == "gpu" and "cpu" in r["node"]["framework_device"].lower()
     assert "timing" not in r  # no step times were recorded as GPU step times
+    assert r["trial"]["float32_matmul"] == policy and r["process"]["float32_matmul"] == applied
 
 
 def test_device_names_per_backend():
