@@ -35,6 +35,7 @@ class Metric:
 
 METRICS = (
     Metric("step_time", "step_time_p50_s", "ratio", "s", "step time, steady state", True),
+    Metric("free_running_step_time", "free_running_step_s", "ratio", "s", "step time, free-running", True),
     Metric("end_to_end_throughput", "end_to_end_samples_per_s", "ratio", "samples/s",
            "end-to-end training throughput", False),
     Metric("steady_throughput", "samples_per_s", "ratio", "samples/s", "steady-state throughput", False),

@@ -20,7 +20,10 @@ METHOD_NOTE = (
     "and repeat; ratios are summarized by their geometric mean over repeats, differences (accuracy, gap; in "
     "percentage points) by their mean, with a 95% Student t interval over repeats. Steady-state throughput "
     "excludes the first epoch, the first batch of each epoch and validation; end-to-end throughput is samples "
-    "over training wall time after the first step, validation excluded (per-epoch costs count). A repeat that "
+    "over training wall time after the first step, validation excluded (per-epoch costs count). Step time is the "
+    "median of steps each synced on the host (the host's work plus the device's); free-running step time is one "
+    "more epoch timed with one sync per window (host and device overlap, as in training without per-step "
+    "callbacks), from isolated trials. A repeat that "
     "never reached the target counts its whole training time in time to target. '~noise': the interval "
     "includes no change; 'too few repeats': one value, no interval.")
 
