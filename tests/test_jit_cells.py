@@ -20,6 +20,7 @@ import numpy as np
 import keras
 from bench import backends, suite
 from bench.regularizers import recipe_for
+from bench.measure.compute import forward_flops_per_sample
 from bench.runner import build_model
 from bench.workloads import WORKLOADS
 from bench.workloads.common import pipeline_augment, random_shift_flip_layer
@@ -33,6 +34,10 @@ for t in suite.load("gpu", backend="jax").trials:
             loaded[t.workload] = w.load(t.seed, 1, **(t.model or {}))
         model = build_model(t, w, recipe, recipe.prepare_data(loaded[t.workload]))
         out["built"][key] = {**backends.jit_record(model, t.jit_compile), "layers": sorted({type(l).__name__ for l in model._flatten_layers()})}
+        if not t.regularizers:
+            out.setdefault("sizes", {})[t.workload] = {
+                "train_flops_per_sample": 3 * forward_flops_per_sample(model), "batch_size": t.batch_size,
+                "steps_per_epoch": t.max_train_samples // t.batch_size}
     out["cells"][t.trial_id] = key
 
 # RandomShiftFlip is pipeline_augment's transform: each output image is the input flipped or not,
@@ -73,6 +78,22 @@ def test_every_jax_cell_of_the_gpu_suite_compiles(probe):
     assert not_compiled == {}
     aug = [r for key, r in probe["built"].items() if key.endswith("|augmentation")]
     assert aug and all("RandomShiftFlip" in r["layers"] and "RandomTranslation" not in r["layers"] for r in aug)
+
+
+def test_gpu_suite_is_sized_for_the_gpu(probe):
+    """Each steady epoch lasts seconds at an H200's achievable bf16 rate (NVML's power and utilization
+    need spans over 1 s), and a step is GPU work rather than Keras host work; FLOPs from the suite's
+    own models (gpu.yaml states the same estimates)."""
+    bf16_flop_s = 350e12  # ~35% of an H200's dense bf16 peak: the fast end, so the shortest windows
+    images_per_s = {"resnet50": 3500.0}  # ResNet-50 reaches far less of the peak; the fast end of H100/H200
+    host_step_s = 0.002  # Keras' host work per step, generous
+    sizes = probe["sizes"]
+    assert set(sizes) == {"transformer_encoder", "resnet50", "synthetic_cnn"}
+    for workload, s in sizes.items():
+        step_s = (s["batch_size"] / images_per_s[workload] if workload in images_per_s
+                  else s["train_flops_per_sample"] * s["batch_size"] / bf16_flop_s)
+        assert s["steps_per_epoch"] * step_s >= 2.0, (workload, s, step_s)
+        assert step_s >= 5 * host_step_s, (workload, s, step_s)
 
 
 def test_random_shift_flip_is_the_pipeline_transform(probe):
