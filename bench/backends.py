@@ -24,6 +24,18 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF
                "TF_NUM_INTEROP_THREADS")
 
 
+RECORDED_ENV = THREAD_VARS + ("CUDA_DEVICE_ORDER", "CUDA_VISIBLE_DEVICES", "XLA_FLAGS", "JAX_PLATFORMS",
+                               "KERAS_BACKEND")
+
+
+def recorded_environment() -> dict:
+    """The trial process's thread and device environment as it ran (process.environment of the
+    record; None: unset), and how many CPUs it may run on (sched_getaffinity)."""
+    out = {var: os.environ.get(var) for var in RECORDED_ENV}
+    out["cpu_affinity"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return out
+
+
 def process_environment(backend: str, cpu_threads: int | None, gpu: bool | None = None) -> dict:
     """Environment variables of a trial process, set before the framework initialises a device.
 

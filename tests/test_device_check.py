@@ -22,7 +22,8 @@ def run_child(trial: Trial, tmp_path, gpu: bool) -> dict:
     """One trial in a fresh interpreter, the executors' way, told it has a GPU (or not)."""
     src, out = tmp_path / "t.request.json", tmp_path / "t.out.json"
     src.write_text(json.dumps({"kind": "trial", "unit": trial.to_dict(), "executor": "process", "gpu": gpu}))
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT),
+           "OMP_NUM_THREADS": "1"}  # as a 1-CPU Ray task would leave it
     proc = subprocess.run([sys.executable, "-m", "bench.executors.child", str(src), str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -52,6 +53,9 @@ def test_gpu_trial_that_runs_on_the_cpu_fails_with_the_reason(tmp_path, backend)
     assert r["node"]["device_kind"] == "gpu" and "cpu" in r["node"]["framework_device"].lower()
     assert "timing" not in r  # no step times were recorded as GPU step times
     assert r["trial"]["float32_matmul"] == policy and r["process"]["float32_matmul"] == applied
+    recorded = r["process"]["environment"]  # the trial process's thread and device environment
+    assert recorded["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID" and recorded["KERAS_BACKEND"] == backend
+    assert recorded["OMP_NUM_THREADS"] is None  # a GPU trial without a cap: no inherited OMP_NUM_THREADS=1
 
 
 def test_device_names_per_backend():

@@ -61,6 +61,7 @@ class StepTimer(keras.callbacks.Callback):
     # -- train -------------------------------------------------------------
     def on_train_begin(self, logs=None):
         self.train_begin = time.perf_counter()
+        self.cpu_begin = time.process_time()  # CPU seconds of every thread of this process
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -99,6 +100,7 @@ class StepTimer(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.train_end = time.perf_counter()
+        self.cpu_end = time.process_time()
 
     # -- validation inside fit ---------------------------------------------
     def on_test_begin(self, logs=None):
@@ -163,9 +165,13 @@ class StepTimer(keras.callbacks.Callback):
                 step_time_cv=float(t.std() / mean) if mean > 0 else None,
                 samples_per_s=float(batch_size * len(t) / t.sum()),
             )
+        fit_wall_s = self.train_end - self.train_begin
+        fit_cpu_s = self.cpu_end - self.cpu_begin
         return dict(first_step_s=self.first_step_s, train_s=train_s, validation_s=self.validation_s,
                     steps_run=self.steps_run, **stats, end_to_end_samples_per_s=end_to_end,
-                    per_epoch_overhead_s=self.per_epoch_overhead_s())
+                    per_epoch_overhead_s=self.per_epoch_overhead_s(),
+                    fit_wall_s=fit_wall_s, fit_cpu_s=fit_cpu_s,
+                    cpu_busy_threads=fit_cpu_s / fit_wall_s if fit_wall_s > 0 else None)
 
 
 def sync_model(backend: str, model) -> None:
