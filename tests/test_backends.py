@@ -203,36 +203,50 @@ def test_nvml_absent_or_no_gpu_is_null_with_reason(monkeypatch):
 # ---- the GPU check script, on the CPU ---------------------------------------------------------
 
 def test_gpu_check_script_on_cpu(tmp_path, no_tf_no_ray):
-    """Every step of bench/gpu_check.sh except the wheel install (tested by hand in a venv with the
-    GPU machine's package set, see the report), on a one-trial CPU suite, with TF and Ray blocked."""
+    """tests/benchmarks/gpu_check.sh end to end in its CPU fallback (no GPU: gpu_check_cpu.yaml), every
+    step but the wheel install (tested by hand in a venv with the GPU machine's package set), with TF
+    and Ray blocked: torch first, then jax, each within its share of the budget; both get results,
+    a backend its share cuts short stops cleanly with what it has, and the summary gives the
+    per-trial cost."""
     _need("jax")
-    suite = tmp_path / "tiny.yaml"
-    suite.write_text("name: tiny\nworkloads: [digits_mlp]\nregularizers: [none]\nprecisions: [float32]\n"
-                     "batch_sizes: [64]\nrepeats: 1\nepochs: 2\nisolation: cpu\ncpus_per_trial: 1\n")
+    _need("torch")
+    import time
+
     out = tmp_path / "out"
+    budget = 100
     env = {**os.environ, **no_tf_no_ray, "OUT": str(out), "PYTHON": sys.executable, "GPUCHECK_WHEELS": "skip",
-           "GPUCHECK_SUITE": str(suite), "GPUCHECK_BACKENDS": "jax nosuchbackend", "GPUCHECK_SYNC": "0",
-           "GPUCHECK_BUDGET_S": "200", "CUDA_VISIBLE_DEVICES": "", "GPUCHECK_COMMIT": "abc123"}
+           "GPUCHECK_BACKENDS": "torch jax nosuchbackend", "GPUCHECK_SYNC": "0", "GPUCHECK_MIN_S": "0",
+           "GPUCHECK_BUDGET_S": str(budget), "CUDA_VISIBLE_DEVICES": "", "GPUCHECK_COMMIT": "abc123"}
+    t = time.monotonic()
     proc = subprocess.run(["bash", str(ROOT / "tests" / "benchmarks" / "gpu_check.sh")], env=env, capture_output=True,
                           text=True, timeout=300)
+    took = time.monotonic() - t
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert took < budget + 2 * 20 + 30, took  # the shares, a stop each, set-up and packing
     dest = out / "gpucheck"
     files = sorted(p.name for p in dest.iterdir())
-    assert files == ["env.json", "log.txt", "run-jax.tar.gz", "summary.txt"], files
+    assert files == ["env.json", "log.txt", "run-jax.tar.gz", "run-torch.tar.gz", "summary.txt"], files
     assert all(p.relative_to(out).parts.__len__() <= 3 for p in out.rglob("*"))  # $OUT/a/b/file at most
     summary = (dest / "summary.txt").read_text()
-    assert "device: cpu" in summary and "jax: exit 0" in summary and "-> results/reference/cpu-jax/" in summary
-    assert "nosuchbackend: not installed" in summary
-    unpacked = tmp_path / "reference" / "cpu-jax"
-    unpacked.mkdir(parents=True)
-    with tarfile.open(dest / "run-jax.tar.gz") as tar:
-        tar.extractall(unpacked)
-    recs = _records(unpacked)
-    assert [r["status"] for r in recs.values()] == ["ok"]
-    manifest = json.loads((unpacked / "manifest.json").read_text())
-    assert manifest["status"] == "complete" and manifest["git_commit"]  # from git, or GPUCHECK_COMMIT without .git
-    proc = validate(unpacked)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-500:]
+    assert "device: cpu" in summary and "gpu_check_cpu.yaml" in summary and "nosuchbackend: not installed" in summary
+    lines = summary.splitlines()
+    assert [line.split(":")[0] for line in lines if line.startswith(("torch:", "jax:"))] == ["torch", "jax"]
+    assert summary.count("  per-trial cost: median ") == 2, summary
+    for backend in ("torch", "jax"):
+        assert f"-> results/reference/cpu-{backend}/" in summary
+        unpacked = tmp_path / "reference" / f"cpu-{backend}"
+        unpacked.mkdir(parents=True)
+        with tarfile.open(dest / f"run-{backend}.tar.gz") as tar:
+            tar.extractall(unpacked)
+        recs = _records(unpacked)
+        assert any(r["status"] == "ok" for r in recs.values()), (backend, summary)
+        assert all(r["status"] == "ok" for r in recs.values()), [r.get("reason") for r in recs.values()]
+        manifest = json.loads((unpacked / "manifest.json").read_text())
+        assert manifest["status"] in ("complete", "interrupted") and manifest["git_commit"]
+        assert len(manifest["trial_ids"]) == 12
+        if manifest["status"] == "complete":
+            proc = validate(unpacked)
+            assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-500:]
 
 
 def test_gpu_check_script_stops_at_its_budget(tmp_path):

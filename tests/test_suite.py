@@ -163,3 +163,18 @@ def test_a_setting_that_applies_to_no_workload_is_an_error(tmp_path):
         tmp_path, workloads=["transformer_encoder", "digits_mlp"], regularizers=["none", "l2", ["l2", {"mixup": {"alpha": 0.4}}]])
     msg = error(tmp_path, workloads=["synthetic_cnn", "transformer_encoder"], regularizers=[["mixup", "stochastic_depth"]])
     assert "regularizers[0]: mixup+stochastic_depth applies to none of this suite's workloads" in msg
+
+
+def test_gpu_check_subset_is_the_gpu_suite_at_its_sizes():
+    """tests/benchmarks/gpu_check.yaml checks the gpu suite: same workloads at the same sizes, same policy."""
+    gpu = S.load("gpu")
+    check = S.load(str(S.SUITES_DIR.parents[1] / "tests" / "benchmarks" / "gpu_check.yaml"))
+    sizes = {w["name"]: w for w in gpu.resolved["workloads"]}
+    for w in check.resolved["workloads"]:
+        assert w == sizes[w["name"]], w["name"]
+    for key in ("float32_matmul", "epochs", "jit_compile", "device", "isolation", "paired"):
+        assert check.resolved[key] == gpu.resolved[key], key
+    assert {t.setting for t in check.trials} <= set(gpu.resolved["settings"])
+    assert {t.precision for t in check.trials} <= set(gpu.resolved["precisions"])
+    cpu = S.load(str(S.SUITES_DIR.parents[1] / "tests" / "benchmarks" / "gpu_check_cpu.yaml"))
+    assert cpu.device != "gpu" and cpu.paired is None
