@@ -79,6 +79,10 @@ def test_smoke_suite_on_backend_without_tensorflow_or_ray(backend_smoke, backend
         # JAX: XLA always (mixed_float16 runs fused, ~2x float32 on this CPU, not ~100x); torch: eager.
         assert t["jit_compile"] is (backend == "jax") and t["jit_disabled_by"] == []
         assert t["steady_state_steps"] >= 20 and 0 < t["step_time_p50_s"] < 1.0
+        assert t["free_running_syncs"] == "window" and t["free_running_step_s"] > 0  # no per-step wait here
+        assert r["node"]["framework_device"].lower().startswith("cpu")  # where the framework put the model
+        assert r["process"]["environment"]["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+        assert r["process"]["environment"]["OMP_NUM_THREADS"] == "1"  # the suite's cpus_per_trial
         assert r["memory"]["device_peak_bytes"] is None and r["memory"]["null_reasons"]["device_peak_bytes"]
         assert r["energy"]["energy_j"] is None and r["energy"]["null_reasons"]["energy_j"]  # no NVML / CPU trial
         assert r["compute"]["peak_flops_per_s"] > 1e9
