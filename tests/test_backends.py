@@ -217,7 +217,7 @@ def test_gpu_check_script_on_cpu(tmp_path, no_tf_no_ray):
     import time
 
     out = tmp_path / "out"
-    budget = 100
+    budget = 80
     env = {**os.environ, **no_tf_no_ray, "OUT": str(out), "PYTHON": sys.executable, "GPUCHECK_WHEELS": "skip",
            "GPUCHECK_BACKENDS": "torch jax nosuchbackend", "GPUCHECK_SYNC": "0", "GPUCHECK_MIN_S": "0",
            "GPUCHECK_BUDGET_S": str(budget), "CUDA_VISIBLE_DEVICES": "", "GPUCHECK_COMMIT": "abc123"}

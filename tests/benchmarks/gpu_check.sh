@@ -11,8 +11,8 @@
 # $OUT (the device returns at most 8 files, at most 2 folders deep). Without a GPU (NVML sees none)
 # the script runs its CPU fallback, tests/benchmarks/gpu_check_cpu.yaml: the same code path on
 # CPU-sized models, which is how the per-trial cost of the path is measured on a development machine.
-# summary.txt gives, per backend, the trials finished and the per-trial cost (median trial wall
-# time, and launch to record), and how many trials the share would hold at that cost.
+# summary.txt gives, per backend, the trials finished within its share and the per-trial cost
+# (median trial wall time, and launch to record).
 #
 # Before the call, once, on the development machine (repo root; /.whl/ is git-ignored):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -152,8 +152,8 @@ if ran:
     launched = [r["process"]["finished_unix"] - r["process"]["launched_unix"] for r in ran
                 if (r.get("process") or {}).get("launched_unix") and r["process"].get("finished_unix")]
     start = statistics.median(launched) if launched else float("nan")
-    print(f"  per-trial cost: median {wall:.1f} s in the trial, {start:.1f} s launch to record "
-          f"({len(ran)} trials); a {share} s share holds ~{share / max(start if start == start else wall, 1e-9):.0f} at that cost")
+    print(f"  per-trial cost: median {wall:.1f} s in the trial, {start:.1f} s launch to record; "
+          f"{len(ran)} trials finished within a {share} s share")
 for r in recs:
     t, e, mem = r.get("timing") or {}, r.get("energy") or {}, r.get("memory") or {}
     fmt = lambda v, f, scale=1: format(v / scale, f) if isinstance(v, (int, float)) else "-"
