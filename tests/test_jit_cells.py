@@ -5,6 +5,7 @@ in a JAX process (one per distinct workload x setting: the precision changes no 
 support), on the CPU."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 from tests.conftest import ROOT
 
 PROBE = r"""
-import collections, json, sys
+import json
 import numpy as np
 import keras
 from bench import backends, suite
@@ -23,7 +24,7 @@ from bench.regularizers import recipe_for
 from bench.measure.compute import forward_flops_per_sample
 from bench.runner import build_model
 from bench.workloads import WORKLOADS
-from bench.workloads.common import pipeline_augment, random_shift_flip_layer
+from bench.workloads.common import random_shift_flip_layer
 
 out, loaded = {"cells": {}, "built": {}}, {}
 for t in suite.load("gpu", backend="jax").trials:
@@ -42,6 +43,16 @@ for t in suite.load("gpu", backend="jax").trials:
 
 # RandomShiftFlip is pipeline_augment's transform: each output image is the input flipped or not,
 # then shifted by at most the factor, the border reflected.
+# The jit-safe layer really traces and runs inside the compiled train step (a small CNN, 2 steps).
+import dataclasses
+t = next(t for t in suite.load("gpu", backend="jax").trials if t.setting == "augmentation" and t.workload == "synthetic_cnn")
+t = dataclasses.replace(t, model={"width": 4}, precision="mixed_bfloat16")
+w, recipe = WORKLOADS[t.workload], recipe_for(t.regularizers)
+data = w.load(0, 64, width=4)
+model = build_model(t, w, recipe, data)
+history = model.fit(data.x_train, data.y_train, batch_size=32, epochs=1, verbose=0)
+out["trained"] = {"jit_compile": bool(model.jit_compile), "loss": history.history["loss"][-1]}
+
 keras.config.set_dtype_policy("float32")  # build_model left the last cell's policy set
 layer = random_shift_flip_layer()(0.25, seed=3)
 x = np.random.default_rng(0).random((16, 8, 8, 3)).astype("float32")
@@ -62,7 +73,7 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def probe():
-    if any(__import__("importlib.util").util.find_spec(m) is None for m in ("jax",)):
+    if importlib.util.find_spec("jax") is None:
         pytest.skip("jax is not installed")
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": "",
            "PYTHONPATH": str(ROOT)}
@@ -78,6 +89,7 @@ def test_every_jax_cell_of_the_gpu_suite_compiles(probe):
     assert not_compiled == {}
     aug = [r for key, r in probe["built"].items() if key.endswith("|augmentation")]
     assert aug and all("RandomShiftFlip" in r["layers"] and "RandomTranslation" not in r["layers"] for r in aug)
+    assert probe["trained"]["jit_compile"] is True and probe["trained"]["loss"] > 0  # traced and ran under XLA
 
 
 def test_gpu_suite_is_sized_for_the_gpu(probe):
