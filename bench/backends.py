@@ -106,7 +106,8 @@ FLOAT32_MATMUL = ("ieee", "tf32")  # the float32 matmul/conv policy of a suite; 
 
 def set_float32_matmul(backend: str, policy: str) -> dict:
     """Apply one float32 matmul/convolution policy on any backend; returns the framework's own
-    settings read back after applying it (recorded per trial).
+    settings read back after applying it (recorded per trial; reading them back also proves torch's
+    flags agree).
 
     "ieee": float32 products in float32 (no TensorFloat-32), the same on all three backends.
     "tf32": TensorFloat-32 for float32 matmuls and convolutions on Ampere and newer GPUs.
@@ -128,17 +129,14 @@ def set_float32_matmul(backend: str, policy: str) -> dict:
         return {"jax_default_matmul_precision": jax.config.jax_default_matmul_precision}
     import torch
 
-    value = "tf32" if tf32 else "ieee"
-    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):  # torch >= 2.9: the new API only (mixing raises)
-        flags = {"cuda.matmul": torch.backends.cuda.matmul, "cudnn.conv": torch.backends.cudnn.conv,
-                 "cudnn.rnn": torch.backends.cudnn.rnn}
-        for flag in flags.values():
-            flag.fp32_precision = value
-        return {f"{name}.fp32_precision": flag.fp32_precision for name, flag in flags.items()}
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
-    return {"cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-            "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32}
+    # The two calls that keep torch's old and new (>= 2.9, fp32_precision) TF32 flags in step: setting
+    # only the new per-operator flags leaves the old ones disagreeing, and torch then raises "mix of the
+    # legacy and new APIs" wherever they are read.
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")  # cuBLAS matmuls
+    torch.backends.cudnn.allow_tf32 = tf32  # cuDNN convolutions and RNNs
+    return {"float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "cuda.matmul.allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+            "cudnn.allow_tf32": bool(torch.backends.cudnn.allow_tf32)}
 
 
 def gpu_visible(backend: str) -> bool:

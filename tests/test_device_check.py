@@ -34,8 +34,8 @@ def run_child(trial: Trial, tmp_path, gpu: bool) -> dict:
 # each case sets the value its framework does NOT default to, so a policy left unapplied shows.
 APPLIED = {
     "jax": ("ieee", {"jax_default_matmul_precision": "float32"}),
-    "torch": ("tf32", {"cuda.matmul.fp32_precision": "tf32", "cudnn.conv.fp32_precision": "tf32",
-                       "cudnn.rnn.fp32_precision": "tf32"}),
+    "torch": ("tf32", {"float32_matmul_precision": "high", "cuda.matmul.allow_tf32": True,
+                       "cudnn.allow_tf32": True}),
     "tensorflow": ("ieee", {"tensor_float_32_execution": False}),
 }
 

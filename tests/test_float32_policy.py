@@ -75,3 +75,21 @@ def test_compare_keeps_policies_apart():
                                               for d in _docs({"none": "ieee"})])
     tp = throughput(both)
     assert sorted(tp["float32_matmul"]) == ["ieee", "tf32"] and len(set(device_labels(both))) == 2
+
+
+def test_torch_flags_stay_readable_both_ways():
+    """torch >= 2.9 raises wherever its old and new TF32 flags disagree (cuBLAS reads them on every
+    matmul): after applying either policy, in either order, every flag reads back."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("torch is not installed")
+    import torch
+
+    from bench import backends
+
+    for policy in ("tf32", "ieee", "tf32", "ieee"):
+        applied = backends.set_float32_matmul("torch", policy)
+        assert applied["cuda.matmul.allow_tf32"] is applied["cudnn.allow_tf32"] is (policy == "tf32")
+        for flags in (torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn.rnn):
+            getattr(flags, "fp32_precision", None)  # the new API's view reads too
