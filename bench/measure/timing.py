@@ -237,5 +237,11 @@ def free_running(model, inputs: dict, backend: str, batch_size: int, steps: int 
     """Train one more epoch of `inputs` (model.fit's data keywords) with only a FreeRunTimer and
     return its result. Run after every other training measurement: it trains the model further."""
     timer = FreeRunTimer(backend)
-    model.fit(**inputs, epochs=1, steps_per_epoch=steps, callbacks=[timer], verbose=0)
+    try:
+        model.fit(**inputs, epochs=1, steps_per_epoch=steps, callbacks=[timer], verbose=0)
+    except Exception as e:  # noqa: BLE001 - the trial's other figures stand; this one is null with the reason
+        reason = f"the free-running epoch failed: {type(e).__name__}: {e}".replace("\n", " ")[:300]
+        return {"free_running_step_s": None, "free_running_samples_per_s": None, "free_running_steps": 0,
+                "free_running_syncs": "step" if backend == "tensorflow" else "window",
+                "null_reasons": {"free_running_step_s": reason, "free_running_samples_per_s": reason}}
     return timer.result(batch_size)
