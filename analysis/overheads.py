@@ -5,7 +5,8 @@ Two sources, named in the `method` column:
   alternate in short blocks inside one process; analysis/paired.py.
 - "isolated trials" (everything else, and step time when there are no sessions): a regularized
   trial is paired with the baseline (setting "none") of the same run, workload, precision, batch
-  size, backend, device model, epoch budget, learning rate, thread cap and repeat. Per pair we take
+  size, backend, device model, epoch budget, learning rate, thread cap, float32 matmul policy (ieee or
+  tf32: never paired across) and repeat. Per pair we take
   the ratio (throughputs, memory, energy per sample, time to target) or the difference (best val
   accuracy, generalization gap); a cell's estimate is the geometric mean of its ratios (mean of
   its differences) with a Student t interval over repeats.
@@ -34,6 +35,7 @@ class Metric:
 
 METRICS = (
     Metric("step_time", "step_time_p50_s", "ratio", "s", "step time, steady state", True),
+    Metric("free_running_step_time", "free_running_step_s", "ratio", "s", "step time, free-running", True),
     Metric("end_to_end_throughput", "end_to_end_samples_per_s", "ratio", "samples/s",
            "end-to-end training throughput", False),
     Metric("steady_throughput", "samples_per_s", "ratio", "samples/s", "steady-state throughput", False),
@@ -49,7 +51,7 @@ BASELINE = "none"
 
 # What must match for two trials to be compared ("budget" columns are optional in trial files).
 CELL_KEYS = ["workload", "precision", "batch_size", "backend", "device_name", "epochs", "learning_rate",
-             "steps_per_epoch", "max_train_samples", "cpu_threads", "start_method"]
+             "steps_per_epoch", "max_train_samples", "cpu_threads", "start_method", "float32_matmul"]
 PAIR_KEYS = ["run"] + CELL_KEYS + ["repeat"]
 OVERHEAD_COLUMNS = CELL_KEYS + ["setting", "metric", "method", "kind", "unit", "n_repeats", "estimate", "ci_low",
                                 "ci_high", "change_pct", "ci_low_pct", "ci_high_pct", "mark", "baseline_mean",
@@ -176,7 +178,45 @@ def overhead(trials: pd.DataFrame, metrics=METRICS, *, sessions: list | None = N
         _note_target_hits(table, ok)
     if sessions:
         table = _with_paired_step_time(table, df, sessions)
+    _note_gpu_bound(table, df)
     return table[OVERHEAD_COLUMNS].reset_index(drop=True)
+
+
+GPU_BOUND_UTIL_PERCENT = 80.0
+
+
+def gpu_baselines_not_gpu_bound(trials: pd.DataFrame) -> pd.DataFrame:
+    """GPU baseline cells whose steady-state GPU utilization is under 80% (or unmeasured): their
+    overheads measure host and launch work, not the regularizer. One row per cell (CELL_KEYS)
+    with `util` (median over repeats, NaN when unmeasured) and `why`."""
+    need = {"device_kind", "steady_gpu_util_mean", "setting", "status"}
+    if trials.empty or not need <= set(trials.columns):
+        return pd.DataFrame(columns=CELL_KEYS + ["util", "why"])
+    df = with_keys(trials, CELL_KEYS)
+    base = df[(df["status"] == "ok") & (df["setting"] == BASELINE) & (df["device_kind"] == "gpu")]
+    rows = []
+    for key, g in base.groupby(CELL_KEYS, dropna=False, sort=True):
+        util = pd.to_numeric(g["steady_gpu_util_mean"], errors="coerce").dropna()
+        if util.empty:
+            rows.append((*key, np.nan, "steady-state GPU utilization not measured (window too short, MIG or no "
+                                       "NVML): not shown to be GPU-bound"))
+        elif util.median() < GPU_BOUND_UTIL_PERCENT:
+            rows.append((*key, float(util.median()), f"baseline GPU utilization {util.median():.0f}% < "
+                                                     f"{GPU_BOUND_UTIL_PERCENT:.0f}%: not measuring the regularizer"))
+    return pd.DataFrame(rows, columns=CELL_KEYS + ["util", "why"])
+
+
+def _note_gpu_bound(table: pd.DataFrame, trials: pd.DataFrame) -> None:
+    """Mark every overhead row of a GPU cell whose baseline is not GPU-bound (note column)."""
+    flagged = gpu_baselines_not_gpu_bound(trials)
+    if flagged.empty or table.empty:
+        return
+    why = {tuple(r[k] for k in CELL_KEYS): r["why"] for r in flagged.to_dict("records")}
+    keyed = with_keys(table, CELL_KEYS)
+    for i, row in enumerate(keyed[CELL_KEYS].itertuples(index=False, name=None)):
+        if row in why:
+            note = table.iat[i, table.columns.get_loc("note")]
+            table.iat[i, table.columns.get_loc("note")] = "; ".join(n for n in (why[row], note) if n)
 
 
 def _note_target_hits(table: pd.DataFrame, ok: pd.DataFrame) -> None:

@@ -9,7 +9,8 @@ import pandas as pd
 
 from analysis import plots, render, stats
 from analysis.runs import RunData, load
-from analysis.overheads import BASELINE, CELL_KEYS, METRIC_BY_NAME, format_estimate, overhead
+from analysis.overheads import (BASELINE, CELL_KEYS, METRIC_BY_NAME, format_estimate, gpu_baselines_not_gpu_bound,
+                                overhead)
 from analysis.speedups import ERASES, precision_speedup
 
 METHOD_NOTE = (
@@ -21,7 +22,10 @@ METHOD_NOTE = (
     "and repeat; ratios are summarized by their geometric mean over repeats, differences (accuracy, gap; in "
     "percentage points) by their mean, with a 95% Student t interval over repeats. Steady-state throughput "
     "excludes the first epoch, the first batch of each epoch and validation; end-to-end throughput is samples "
-    "over training wall time after the first step, validation excluded (per-epoch costs count). A repeat that "
+    "over training wall time after the first step, validation excluded (per-epoch costs count). Step time is the "
+    "median of steps each synced on the host (the host's work plus the device's); free-running step time is one "
+    "more epoch timed with one sync per window (host and device overlap, as in training without per-step "
+    "callbacks), from isolated trials. A repeat that "
     "never reached the target counts its whole training time in time to target. '~noise': the interval "
     "includes no change; 'too few repeats': one value, no interval.")
 
@@ -109,6 +113,8 @@ def baselines(trials: pd.DataFrame) -> pd.DataFrame:
     if ok.empty:
         return pd.DataFrame()
     keys = varying_keys(ok)
+    ok = ok.assign(gpu_util_steady=pd.to_numeric(ok["steady_gpu_util_mean"], errors="coerce")
+                   if "steady_gpu_util_mean" in ok else np.nan)
     g = ok.groupby(keys, dropna=False)
     out = pd.DataFrame({
         "repeats": g.size(),
@@ -117,14 +123,20 @@ def baselines(trials: pd.DataFrame) -> pd.DataFrame:
         "peak host memory (MiB)": g["host_peak_bytes"].median() / 2**20,
         "peak device memory (MiB)": g["device_peak_bytes"].median() / 2**20,
         "best val accuracy": g["best_val_accuracy"].median(),
+        "GPU util, steady (%)": g["gpu_util_steady"].median(),
         "jit": g["jit_compile"].agg(lambda s: ", ".join(sorted({str(v) for v in s}))),
     }).reset_index()
     return out.dropna(axis=1, how="all").round(4)
 
 
-def findings(table: pd.DataFrame, speedup: pd.DataFrame, fails: pd.DataFrame, limit: int = 8) -> list[str]:
-    """Short sentences for the top of the report."""
+def findings(table: pd.DataFrame, speedup: pd.DataFrame, fails: pd.DataFrame, limit: int = 8,
+             trials: pd.DataFrame | None = None) -> list[str]:
+    """Short sentences for the top of the report (GPU baselines that are not GPU-bound first)."""
     out = []
+    if trials is not None:
+        for r in gpu_baselines_not_gpu_bound(trials).to_dict("records"):
+            out.append(f"WARNING: the GPU baseline of {r['workload']} ({r['precision']}, {r['backend']}, batch "
+                       f"{r['batch_size']}): {r['why']}; its overheads show host and launch cost.")
     st = table[(table["metric"] == "step_time") & (table["mark"] == stats.SIGNIFICANT)]
     for r in st.sort_values("change_pct", ascending=False).head(limit).to_dict("records"):
         out.append(f"{r['setting']} on {r['workload']} ({r['precision']}): step time {format_estimate(r)}.")
@@ -198,7 +210,7 @@ def write_report(run_dir) -> Path:
     title = f"regbench report: {manifest.get('run_id') or run_dir.name}"
     meta = run_metadata(data, manifest)
     wide, sp, base = overhead_wide(table), speedup_display(speedup), baselines(data.trials)
-    facts = findings(table, speedup, fails)
+    facts = findings(table, speedup, fails, trials=data.trials)
     noise, unstable = stability(data)
     figs = []
     for stem, caption, fig in figures(table, speedup, data.curves):

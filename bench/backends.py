@@ -24,6 +24,18 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF
                "TF_NUM_INTEROP_THREADS")
 
 
+RECORDED_ENV = THREAD_VARS + ("CUDA_DEVICE_ORDER", "CUDA_VISIBLE_DEVICES", "XLA_FLAGS", "JAX_PLATFORMS",
+                               "KERAS_BACKEND")
+
+
+def recorded_environment() -> dict:
+    """The trial process's thread and device environment as it ran (process.environment of the
+    record; None: unset), and how many CPUs it may run on (sched_getaffinity)."""
+    out = {var: os.environ.get(var) for var in RECORDED_ENV}
+    out["cpu_affinity"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return out
+
+
 def process_environment(backend: str, cpu_threads: int | None, gpu: bool | None = None) -> dict:
     """Environment variables of a trial process, set before the framework initialises a device.
 
@@ -89,6 +101,44 @@ def configure_process(backend: str, cpu_threads: int | None, gpu: bool | None = 
     # (sched_getaffinity): the executors pin a CPU trial to `cpu_threads` cores before JAX starts.
 
 
+FLOAT32_MATMUL = ("ieee", "tf32")  # the float32 matmul/conv policy of a suite; README "GPUs"
+
+
+def set_float32_matmul(backend: str, policy: str) -> dict:
+    """Apply one float32 matmul/convolution policy on any backend; returns the framework's own
+    settings read back after applying it (recorded per trial; reading them back also proves torch's
+    flags agree).
+
+    "ieee": float32 products in float32 (no TensorFloat-32), the same on all three backends.
+    "tf32": TensorFloat-32 for float32 matmuls and convolutions on Ampere and newer GPUs.
+    Left alone, TensorFlow and JAX use TF32 for float32 matmuls on such GPUs and torch does for
+    convolutions only, so float32 would not be the same float32 across backends.
+    """
+    if policy not in FLOAT32_MATMUL:
+        raise ValueError(f"unknown float32 matmul policy {policy!r} (known: {', '.join(FLOAT32_MATMUL)})")
+    tf32 = policy == "tf32"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_tensor_float_32_execution(tf32)
+        return {"tensor_float_32_execution": bool(tf.config.experimental.tensor_float_32_execution_enabled())}
+    if backend == "jax":
+        import jax
+
+        jax.config.update("jax_default_matmul_precision", "tensorfloat32" if tf32 else "float32")
+        return {"jax_default_matmul_precision": jax.config.jax_default_matmul_precision}
+    import torch
+
+    # The two calls that keep torch's old and new (>= 2.9, fp32_precision) TF32 flags in step: setting
+    # only the new per-operator flags leaves the old ones disagreeing, and torch then raises "mix of the
+    # legacy and new APIs" wherever they are read.
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")  # cuBLAS matmuls
+    torch.backends.cudnn.allow_tf32 = tf32  # cuDNN convolutions and RNNs
+    return {"float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "cuda.matmul.allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+            "cudnn.allow_tf32": bool(torch.backends.cudnn.allow_tf32)}
+
+
 def gpu_visible(backend: str) -> bool:
     if backend == "tensorflow":
         import tensorflow as tf
@@ -104,6 +154,44 @@ def gpu_visible(backend: str) -> bool:
         return jax.default_backend() == "gpu"
     except RuntimeError:  # JAX_PLATFORMS names a platform that failed to start
         return False
+
+
+def model_device(backend: str, model) -> str:
+    """Where the framework actually placed the model (its first variable), as the framework names
+    it: TensorFlow '/job:localhost/replica:0/task:0/device:GPU:0', JAX 'gpu:0 (NVIDIA H100 80GB
+    HBM3)', torch 'cuda:0'. A GPU trial whose framework fell back to the CPU (a broken CUDA
+    plugin: JAX warns and runs on the CPU, Keras on torch picks 'cpu') shows here."""
+    value = model.weights[0].value
+    if backend == "tensorflow":
+        return str(value.device)
+    if backend == "jax":
+        device = sorted(value.devices(), key=lambda d: d.id)[0]
+        return f"{device.platform}:{device.id} ({device.device_kind})"
+    return str(value.device)
+
+
+def is_gpu_device(backend: str, device: str) -> bool:
+    """Is `device` (as model_device names it) a GPU?"""
+    if backend == "tensorflow":
+        return ":GPU:" in device.upper()
+    if backend == "jax":
+        return device.split(":")[0].lower() in ("gpu", "cuda", "rocm")
+    return device.startswith("cuda")
+
+
+class WrongDevice(RuntimeError):
+    """The framework placed the model elsewhere than the trial asked (a GPU trial on the CPU)."""
+
+
+def check_device(backend: str, device: str, gpu: bool) -> None:
+    """Raises WrongDevice when `device` (model_device) is not the kind the trial asked for: a GPU
+    trial must not record CPU step times beside an idle GPU's NVML readings."""
+    if is_gpu_device(backend, device) != gpu:
+        want, got = ("GPU", "the CPU") if gpu else ("CPU", "a GPU")
+        raise WrongDevice(f"a {want} trial ran on {got}: {backend} placed the model on {device} "
+                          f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}; "
+                          + ("is the framework's CUDA build or plugin installed and the driver loaded?)" if gpu
+                             else "the trial process should see no GPU)"))
 
 
 def synchronize(backend: str, *values) -> None:

@@ -40,7 +40,7 @@ import traceback
 
 import numpy as np
 
-from bench import SCHEMA_VERSION
+from bench import SCHEMA_VERSION, backends
 from bench.regularizers import Recipe, recipe_for, setting_label
 from bench.trial import Trial, canonical_json, now_iso
 
@@ -129,6 +129,7 @@ def session_skeleton(session: Session, status: str, reason: str | None, node: di
         "status": status, "reason": reason,
         "session": {**session.to_dict(), "group_id": session.group_id, "workload": b.workload,
                     "precision": b.precision, "batch_size": b.batch_size, "backend": b.backend,
+                    "float32_matmul": b.float32_matmul,
                     "repeat": b.repeat, "seed": b.seed, "labels": [AA_LABEL, *session.labels],
                     "cell_ids": {AA_LABEL: b.cell_id, **{setting_label(s): session.trial_for(s).cell_id
                                                          for s in session.settings + session.same_step}},
@@ -160,7 +161,9 @@ def run_session(session: Session, executor: str = "process", gpu: bool | None = 
         record = session_skeleton(session, skipped["status"], skipped["reason"], node)
     else:
         try:
-            record = _time_blocks(session, node)
+            float32_matmul = backends.set_float32_matmul(session.backend, session.base.float32_matmul)
+            record = _time_blocks(session, node, gpu)
+            record["process"]["float32_matmul"] = float32_matmul  # the framework's settings, read back
         except Exception as exc:  # noqa: BLE001 - a failure is a result
             record = session_skeleton(session, "failed", classify_failure(exc), node)
             record["traceback"] = traceback.format_exc()[-4000:]
@@ -185,7 +188,7 @@ def _tile(x, rows: int):
     return np.concatenate([x] * reps)[:rows] if reps > 1 else x[:rows]
 
 
-def _time_blocks(session: Session, node: dict) -> dict:
+def _time_blocks(session: Session, node: dict, gpu: bool) -> dict:
     import keras
 
     from bench.inputs import fit_inputs
@@ -211,6 +214,8 @@ def _time_blocks(session: Session, node: dict) -> dict:
         labels_y[label] = prepared.y_train[:len(x_train)]
         models[label] = build_model(session.trial_for(settings[label]), workload, recipes[label], prepared)
     build_s = time.perf_counter() - t
+    node["framework_device"] = backends.model_device(base.backend, models[AA_LABEL])
+    backends.check_device(base.backend, node["framework_device"], gpu)
 
     tiled: dict = {}
 

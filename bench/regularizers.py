@@ -33,7 +33,7 @@ class Recipe:
     l2: float = 0.0
     dropout_rate: float = 0.0
     batch_norm: bool = False
-    augmentation: str | None = None  # None | "model" (Keras layers in the model) | "pipeline" (input side)
+    augmentation: str | None = None  # None | "model" (jit-safe layers) | "model_keras" (Keras layers) | "pipeline"
     augment_strength: float = 0.0  # noise stddev (tabular) or max shift as a fraction of size (images)
     early_stopping: dict | None = None  # {patience, min_delta, monitor, restore_best_weights}
     weight_decay: float = 0.0  # decoupled (AdamW): w -= learning_rate * weight_decay * w per step
@@ -212,11 +212,13 @@ REGISTRY: dict[str, Regularizer] = {
         Regularizer("batch_norm", "BatchNormalization after every hidden Dense/Conv, before the activation.",
                     {}, lambda r, p: setattr(r, "batch_norm", True), _not_transformer),
         Regularizer("augmentation",
-                    "Data augmentation. where=model: Keras layers inside the model (GaussianNoise for "
-                    "tabular; RandomFlip+RandomTranslation for images, which disable XLA). where=pipeline: "
-                    "the same transforms in NumPy on the input side, batch by batch (keras PyDataset). "
+                    "Data augmentation. where=model: layers inside the model, compiled with the step "
+                    "(GaussianNoise for tabular; for images a random flip and a reflect-padded random shift "
+                    "written with keras.ops). where=model_keras: Keras' RandomFlip+RandomTranslation, which "
+                    "switch XLA off for the whole step (supports_jit=False). where=pipeline: the same "
+                    "transforms in NumPy on the input side, batch by batch (keras PyDataset). "
                     "strength: noise stddev (tabular) or max shift as a fraction of the image size.",
-                    {"where": Param("model", choices=("model", "pipeline"), kind=str),
+                    {"where": Param("model", choices=("model", "model_keras", "pipeline"), kind=str),
                      "strength": Param(0.1, low=0.0, high=1.0, low_open=True)}, _augment, _not_tokens),
         Regularizer("early_stopping",
                     "EarlyStopping on an unpenalized validation metric (val_xent_loss by default; "

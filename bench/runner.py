@@ -41,6 +41,8 @@ def node_record(executor: str, gpu: bool, cpu_threads: int | None) -> dict:
 
 
 def classify_failure(exc: BaseException) -> str:
+    if isinstance(exc, backends.WrongDevice):
+        return str(exc)[:500]
     text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
     if isinstance(exc, MemoryError) or any(
             s in text for s in ("RESOURCE_EXHAUSTED", "out of memory", "OutOfMemory", "OOM")):
@@ -89,11 +91,15 @@ def run_trial(trial: Trial, executor: str = "process", gpu: bool | None = None) 
     node, gpu, skipped = start_process(trial, executor, gpu)
     if skipped:
         return skipped
+    float32_matmul = None  # the framework's own TF32 settings, read back
     try:
+        float32_matmul = backends.set_float32_matmul(trial.backend, trial.float32_matmul)
         record = _measure(trial, node, gpu)
     except Exception as exc:  # noqa: BLE001 - a failure is a result
         record = result_skeleton(trial, "failed", classify_failure(exc), node)
         record["traceback"] = traceback.format_exc()[-4000:]
+    if float32_matmul is not None:
+        record.setdefault("process", {})["float32_matmul"] = float32_matmul
     record.update(started_at=started, finished_at=now_iso(), wall_s=time.perf_counter() - t_wall)
     return record
 
@@ -147,7 +153,7 @@ def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
     from bench.measure.convergence import curve_rows, summarize
     from bench.measure.energy import NvmlSampler
     from bench.measure.memory import MemoryTracker
-    from bench.measure.timing import StepTimer
+    from bench.measure.timing import StepTimer, free_running
     from bench.workloads import WORKLOADS
 
     workload = WORKLOADS[trial.workload]
@@ -163,6 +169,8 @@ def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
     t = time.perf_counter()
     model = build_model(trial, workload, recipe, data)
     build_s = time.perf_counter() - t
+    node["framework_device"] = backends.model_device(trial.backend, model)
+    backends.check_device(trial.backend, node["framework_device"], gpu)  # WrongDevice: a failed trial
 
     # 3. timed training: arrays, or a PyDataset that augments batch by batch on the input side
     inputs, input_pipeline = fit_inputs(recipe, x_train, y_train, trial.batch_size, data.kind, trial.seed)
@@ -196,12 +204,18 @@ def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
     convergence = summarize(curve, target if applicable else None, applicable, stopped,
                             final_train, final_val, skipped)
 
-    # 5. compute: analytic FLOPs vs this node's measured matmul peak at this precision
-    peak, peak_note = node_peak_flops_per_s(trial.backend, precision.COMPUTE_DTYPE[trial.precision], gpu,
-                                            node.get("gpu_uuid") or node["cpu"])
+    # 5. the free-running window (one more epoch, one sync per window): after everything else that
+    #    trains, since it trains the model further
+    inputs, _ = fit_inputs(recipe, x_train, y_train, trial.batch_size, data.kind, trial.seed + 1)
+    free = free_running(model, inputs, trial.backend, trial.batch_size, trial.steps_per_epoch)
+
+    # 6. compute: analytic FLOPs vs this node's measured matmul peak at this precision
+    dtype = precision.COMPUTE_DTYPE[trial.precision]
+    peak, peak_note = node_peak_flops_per_s(trial.backend, dtype, gpu, node.get("gpu_uuid") or node["cpu"],
+                                            trial.float32_matmul if dtype == "float32" else None)
     compute = compute_section(model, timing["samples_per_s"], peak, peak_note)
 
-    # 6. the record
+    # 7. the record
     mem = memory.result()
     nv_mem = nvml.memory_result()
     mem.update({k: v for k, v in nv_mem.items() if k != "null_reasons"})
@@ -214,8 +228,11 @@ def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
         status, reason = "failed", (f"no steady-state steps ({timer.steps_run} steps run): "
                                     "raise epochs or steps_per_epoch")
     record = result_skeleton(trial, status, reason, node)
-    record["timing"] = {"data_s": data_s, "build_s": build_s, **timing, "input_pipeline": input_pipeline,
+    free_reasons = free.pop("null_reasons")
+    record["timing"] = {"data_s": data_s, "build_s": build_s, **timing, **free, "input_pipeline": input_pipeline,
                         **backends.jit_record(model, trial.jit_compile)}
+    if free_reasons:
+        record["timing"]["null_reasons"] = {**record["timing"].get("null_reasons", {}), **free_reasons}
     record["memory"] = mem
     record["energy"] = nvml.energy_result(samples_seen, timer.steady_spans(),
                                           timing["steady_state_steps"] * trial.batch_size)

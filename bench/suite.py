@@ -30,6 +30,7 @@ TOP_KEYS = {
     "gpu_host_cpus": "CPUs reserved for each GPU trial's host threads in a `devices` suite", "timeout_s": "seconds", "allow_slow_precision": "bool",
     "accelerator_types": "list", "expected_trial_s": "seconds", "max_retries": "int",
     "learning_rate": "Adam learning rate",
+    "float32_matmul": "ieee|tf32: float32 matmuls and convolutions in IEEE float32 (default) or TensorFloat-32",
     "paired": "paired step-time sessions: {sessions, rounds, block_min_steps, block_min_s, isolation, "
               "target_ci_pct, max_sessions, budget_s} or false",
 }
@@ -189,6 +190,7 @@ def parse(data: dict, source: str, backend_override: str | None = None) -> Suite
     backend = backend_override or data.get("backend", "tensorflow")
     _choice(f"{f}: backend", backend, backends.BACKENDS)
     jit = _choice(f"{f}: jit_compile", data.get("jit_compile", "auto"), ("auto", "on", "off"))
+    f32 = _choice(f"{f}: float32_matmul", data.get("float32_matmul", "ieee"), backends.FLOAT32_MATMUL)
     isolation = _choice(f"{f}: isolation", data.get("isolation", "gpu"), ("gpu", "node", "cpu"))
     device = _choice(f"{f}: device", data.get("device", "auto"), ("auto", "gpu", "cpu"))
     kinds, host_cpus = _devices(f, data, isolation)
@@ -287,7 +289,8 @@ def parse(data: dict, source: str, backend_override: str | None = None) -> Suite
                             target_val_accuracy=w.get("target_val_accuracy"), jit_compile=jit,
                             max_train_samples=w.get("max_train_samples"), steps_per_epoch=w.get("steps_per_epoch"),
                             cpu_threads=threads, timeout_s=float(timeout), device=kind,
-                            allow_slow_precision=allow_slow, accelerator_type=acc, model=w["model"]))
+                            allow_slow_precision=allow_slow, accelerator_type=acc, model=w["model"],
+                            float32_matmul=f32))
     # Repeats interleave (all cells of repeat 0, then repeat 1, ...) and the cells of each repeat run
     # in a random order, seeded (suite seed, repeat): drift and neighbours hit every setting alike.
     trials = tuple(Trial(**cells[i], repeat=r, seed=seed + r)
@@ -298,8 +301,9 @@ def parse(data: dict, source: str, backend_override: str | None = None) -> Suite
         "name": name, "description": data.get("description", ""), "source": source, "backend": backend,
         "workloads": workloads, "regularizers": [[{"name": n, "params": p} for n, p in s] for s in settings],
         "settings": names, "precisions": precisions, "batch_sizes": batch_sizes, "repeats": repeats,
-        "epochs": epochs, "seed": seed, "learning_rate": float(lr), "jit_compile": jit, "isolation": isolation, "device": device,
-        "cpus_per_trial": cpus, "devices": list(kinds), "gpu_host_cpus": host_cpus, "timeout_s": float(timeout), "allow_slow_precision": allow_slow,
+        "epochs": epochs, "seed": seed, "learning_rate": float(lr), "jit_compile": jit, "float32_matmul": f32,
+        "isolation": isolation, "device": device, "cpus_per_trial": cpus, "devices": list(kinds),
+        "gpu_host_cpus": host_cpus, "timeout_s": float(timeout), "allow_slow_precision": allow_slow,
         "accelerator_types": accel, "max_retries": retries, "expected_trial_s": float(expected),
         "order": "cells in a random order per repeat, seeded by (seed, repeat)", "paired": paired or False,
         "not_applicable": not_applicable,

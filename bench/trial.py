@@ -52,6 +52,7 @@ class Trial:
     accelerator_type: str | None = None  # pin to a hardware class, e.g. "H100"
     model: dict | None = None  # the workload's model options ({layers, width, ...}); None: it has none
     device: str | None = None  # "gpu" | "cpu": the device kind this copy runs on (a `devices` suite); None: the suite's
+    float32_matmul: str = "ieee"  # "ieee" | "tf32": float32 matmuls/convolutions (bench.backends.set_float32_matmul)
 
     kind = "trial"  # a unit of work the executors run (the other kind: bench.paired.Session)
 
@@ -95,11 +96,14 @@ class Trial:
         for key in ("model", "device"):  # absent rather than null: ids of trials without them stay as they were
             if d[key] is None:
                 del d[key]
+        if d["float32_matmul"] == "ieee":  # absent when default: ids from before the field stay as they were
+            del d["float32_matmul"]
         return d
 
     def to_record(self) -> dict:
-        """The `trial` section of a trial file."""
+        """The `trial` section of a trial file (float32_matmul always stated)."""
         d = self.to_dict()
+        d["float32_matmul"] = self.float32_matmul
         d["setting"] = self.setting
         d["cell_id"] = self.cell_id
         return d

@@ -84,6 +84,10 @@ def test_smoke_suite_on_backend_without_tensorflow_or_ray(backend_smoke, backend
         assert 0 < t["step_time_p50_s"] <= t["step_time_p95_s"]
         assert t["samples_per_s"] == pytest.approx(64 / t["step_time_mean_s"], rel=1e-9)
         p50[(r["trial"]["setting"], r["trial"]["precision"])] = t["step_time_p50_s"]
+        assert t["free_running_syncs"] == "window" and t["free_running_step_s"] > 0  # no per-step wait here
+        assert r["node"]["framework_device"].lower().startswith("cpu")  # where the framework put the model
+        assert r["process"]["environment"]["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+        assert r["process"]["environment"]["OMP_NUM_THREADS"] == "1"  # the suite's cpus_per_trial
         assert r["memory"]["device_peak_bytes"] is None and r["memory"]["null_reasons"]["device_peak_bytes"]
         assert r["energy"]["energy_j"] is None and r["energy"]["null_reasons"]["energy_j"]  # no NVML / CPU trial
         assert r["compute"]["peak_flops_per_s"] > 1e9
@@ -220,36 +224,50 @@ def test_nvml_absent_or_no_gpu_is_null_with_reason(monkeypatch):
 # ---- the GPU check script, on the CPU ---------------------------------------------------------
 
 def test_gpu_check_script_on_cpu(tmp_path, no_tf_no_ray):
-    """Every step of bench/gpu_check.sh except the wheel install (tested by hand in a venv with the
-    GPU machine's package set, see the report), on a one-trial CPU suite, with TF and Ray blocked."""
+    """tests/benchmarks/gpu_check.sh end to end in its CPU fallback (no GPU: gpu_check_cpu.yaml), every
+    step but the wheel install (tested by hand in a venv with the GPU machine's package set), with TF
+    and Ray blocked: torch first, then jax, each within its share of the budget; both get results,
+    a backend its share cuts short stops cleanly with what it has, and the summary gives the
+    per-trial cost."""
     _need("jax")
-    suite = tmp_path / "tiny.yaml"
-    suite.write_text("name: tiny\nworkloads: [digits_mlp]\nregularizers: [none]\nprecisions: [float32]\n"
-                     "batch_sizes: [64]\nrepeats: 1\nepochs: 2\nisolation: cpu\ncpus_per_trial: 1\n")
+    _need("torch")
+    import time
+
     out = tmp_path / "out"
+    budget = 80
     env = {**os.environ, **no_tf_no_ray, "OUT": str(out), "PYTHON": sys.executable, "GPUCHECK_WHEELS": "skip",
-           "GPUCHECK_SUITE": str(suite), "GPUCHECK_BACKENDS": "jax nosuchbackend", "GPUCHECK_SYNC": "0",
-           "GPUCHECK_BUDGET_S": "200", "CUDA_VISIBLE_DEVICES": "", "GPUCHECK_COMMIT": "abc123"}
+           "GPUCHECK_BACKENDS": "torch jax nosuchbackend", "GPUCHECK_SYNC": "0", "GPUCHECK_MIN_S": "0",
+           "GPUCHECK_BUDGET_S": str(budget), "CUDA_VISIBLE_DEVICES": "", "GPUCHECK_COMMIT": "abc123"}
+    t = time.monotonic()
     proc = subprocess.run(["bash", str(ROOT / "tests" / "benchmarks" / "gpu_check.sh")], env=env, capture_output=True,
                           text=True, timeout=300)
+    took = time.monotonic() - t
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert took < budget + 2 * 20 + 30, took  # the shares, a stop each, set-up and packing
     dest = out / "gpucheck"
     files = sorted(p.name for p in dest.iterdir())
-    assert files == ["env.json", "log.txt", "run-jax.tar.gz", "summary.txt"], files
+    assert files == ["env.json", "log.txt", "run-jax.tar.gz", "run-torch.tar.gz", "summary.txt"], files
     assert all(p.relative_to(out).parts.__len__() <= 3 for p in out.rglob("*"))  # $OUT/a/b/file at most
     summary = (dest / "summary.txt").read_text()
-    assert "device: cpu" in summary and "jax: exit 0" in summary and "-> results/reference/cpu-jax/" in summary
-    assert "nosuchbackend: not installed" in summary
-    unpacked = tmp_path / "reference" / "cpu-jax"
-    unpacked.mkdir(parents=True)
-    with tarfile.open(dest / "run-jax.tar.gz") as tar:
-        tar.extractall(unpacked)
-    recs = _records(unpacked)
-    assert [r["status"] for r in recs.values()] == ["ok"]
-    manifest = json.loads((unpacked / "manifest.json").read_text())
-    assert manifest["status"] == "complete" and manifest["git_commit"]  # from git, or GPUCHECK_COMMIT without .git
-    proc = validate(unpacked)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-500:]
+    assert "device: cpu" in summary and "gpu_check_cpu.yaml" in summary and "nosuchbackend: not installed" in summary
+    lines = summary.splitlines()
+    assert [line.split(":")[0] for line in lines if line.startswith(("torch:", "jax:"))] == ["torch", "jax"]
+    assert summary.count("  per-trial cost: median ") == 2, summary
+    for backend in ("torch", "jax"):
+        assert f"-> results/reference/cpu-{backend}/" in summary
+        unpacked = tmp_path / "reference" / f"cpu-{backend}"
+        unpacked.mkdir(parents=True)
+        with tarfile.open(dest / f"run-{backend}.tar.gz") as tar:
+            tar.extractall(unpacked)
+        recs = _records(unpacked)
+        assert any(r["status"] == "ok" for r in recs.values()), (backend, summary)
+        assert all(r["status"] == "ok" for r in recs.values()), [r.get("reason") for r in recs.values()]
+        manifest = json.loads((unpacked / "manifest.json").read_text())
+        assert manifest["status"] in ("complete", "interrupted") and manifest["git_commit"]
+        assert len(manifest["trial_ids"]) == 12
+        if manifest["status"] == "complete":
+            proc = validate(unpacked)
+            assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-500:]
 
 
 def test_gpu_check_script_stops_at_its_budget(tmp_path):
@@ -268,89 +286,3 @@ def test_gpu_check_script_without_wheels_says_how_to_get_them(tmp_path):
     proc = subprocess.run(["bash", str(ROOT / "tests" / "benchmarks" / "gpu_check.sh")], env=env, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 3 and "no keras wheel" in proc.stdout
-
-
-# ---- NVML energy over the steady-state window (a fake NVML: the real one needs a GPU) ---------
-
-class _FakeNvml:
-    """Just enough of pynvml: 200 W and 90% busy, 1 GiB used, 300 MiB of it by this process."""
-
-    def __init__(self):
-        import time
-
-        self.t0 = time.perf_counter()
-
-    def nvmlInit(self):
-        pass
-
-    def nvmlDeviceGetCount(self):
-        return 1
-
-    def nvmlDeviceGetHandleByIndex(self, i):
-        return ("gpu", i)
-
-    def nvmlDeviceGetTotalEnergyConsumption(self, h):  # mJ since an arbitrary origin
-        import time
-
-        return int((time.perf_counter() - self.t0) * 200_000)
-
-    def nvmlDeviceGetPowerUsage(self, h):  # mW
-        return 200_000
-
-    def nvmlDeviceGetUtilizationRates(self, h):
-        from types import SimpleNamespace
-
-        return SimpleNamespace(gpu=90, memory=40)
-
-    def nvmlDeviceGetMemoryInfo(self, h):
-        from types import SimpleNamespace
-
-        return SimpleNamespace(used=2**30, total=2**34)
-
-    def nvmlDeviceGetComputeRunningProcesses(self, h):
-        from types import SimpleNamespace
-
-        return [SimpleNamespace(pid=os.getpid(), usedGpuMemory=300 * 2**20)]
-
-
-def test_nvml_sampler_energy_power_util_and_process_memory(monkeypatch):
-    import time
-
-    from bench.measure.energy import NvmlSampler
-
-    monkeypatch.setitem(sys.modules, "pynvml", _FakeNvml())
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
-    s = NvmlSampler(interval_s=0.01)
-    assert s.available, s.reason
-    s.start()
-    time.sleep(0.3)
-    mid = time.perf_counter()
-    time.sleep(0.2)
-    s.stop()
-    e = s.energy_result(1000, steady_spans=[(mid, mid + 0.1)], steady_samples=100)
-    assert e["energy_j"] == pytest.approx(200 * (s.t[1] - s.t[0]), rel=0.1)
-    assert e["mean_power_w"] == pytest.approx(200, rel=0.1)
-    assert e["steady_energy_j"] == pytest.approx(20, rel=1e-6) and e["steady_mean_power_w"] == pytest.approx(200)
-    assert e["energy_per_sample_j"] == pytest.approx(0.2)  # steady energy / steady samples
-    assert e["gpu_util_mean"] == pytest.approx(90) and e["input_bound"] is False
-    m = s.memory_result()
-    assert m["nvml_used_peak_bytes"] == 300 * 2**20 and m["nvml_used_is_process"] is True
-    assert m["nvml_device_used_peak_bytes"] == 2**30
-
-
-def test_input_bound_flag_uses_the_steady_state_not_the_compile():
-    """Utilization 0% during a 5 s compile, 95% while training: busy, not input-bound."""
-    from bench.measure.energy import NvmlSampler, integrate
-
-    s = NvmlSampler.__new__(NvmlSampler)
-    s.handle, s.reason = object(), None
-    s.samples = [(t, 100.0 if t >= 5 else 50.0, 95.0 if t >= 5 else 0.0, 0, None) for t in range(11)]
-    s.energy_mj, s.t = [None, None], [0.0, 10.0]
-    e = s.energy_result(640, steady_spans=[(6.0, 8.0), (8.0, 10.0)], steady_samples=256)
-    assert e["gpu_util_mean"] < 80 and e["steady_gpu_util_mean"] == pytest.approx(95)
-    assert e["input_bound"] is False
-    assert e["steady_energy_j"] == pytest.approx(400) and e["energy_per_sample_j"] == pytest.approx(400 / 256)
-    assert integrate([0, 1], [0, 10], [(0.0, 1.0)]) == pytest.approx(5)
-    assert integrate([0, 1], [0, 10], [(2.0, 3.0)]) == pytest.approx(10)  # held beyond the last sample
-    e = s.energy_result(640, steady_spans=[])
-    assert e["input_bound"] is True and e["null_reasons"]["steady_energy_j"] == "no steady-state steps"

@@ -38,7 +38,7 @@ def test_combination_adds_penalties_and_sets_knobs():
     ("dropout", {"rate": 0}, "f: r.rate: 0.0 is out of range"),
     ("l2", {"l2": "big"}, "f: r.l2: 'big' is not a number"),
     ("early_stopping", {"patience": 1.5}, "f: r.patience: 1.5 is not an integer"),
-    ("augmentation", {"where": "gpu"}, "f: r.where: 'gpu' is not one of ['model', 'pipeline']"),
+    ("augmentation", {"where": "gpu"}, "f: r.where: 'gpu' is not one of ['model', 'model_keras', 'pipeline']"),
     ("l1", {"l2": 0.1}, "f: r.l2: unknown parameter of l1 (allowed: l1)"),
     ("dropot", {}, "f: r: unknown regularizer 'dropot' (did you mean 'dropout'?)"),
 ])

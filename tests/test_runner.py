@@ -28,6 +28,10 @@ def test_phases_and_steady_state_window(tmp_path):
         assert t[key] > 0, key
     assert t["first_step_s"] > t["step_time_p50_s"]  # tracing/compilation is kept out of steady state
     assert t["samples_per_s"] == pytest.approx(64 / t["step_time_mean_s"], rel=1e-6)
+    # the free-running figure: one more epoch, timed from its second batch begin to its last, a sync at each
+    assert t["free_running_steps"] == steps_per_epoch - 2 and t["free_running_syncs"] == "step"  # TF reads every step
+    assert t["free_running_samples_per_s"] == pytest.approx(64 / t["free_running_step_s"])
+    assert 0.2 < t["free_running_step_s"] / t["step_time_p50_s"] < 5
     assert c["stopped_epoch"] is None and c["epochs_run"] == 3  # patience 50 never stops
     assert all(p["train_wall_s"] < p["wall_s"] for p in c["curve"])
     assert c["curve"][-1]["wall_s"] == pytest.approx(t["train_s"] + t["validation_s"], rel=0.05)

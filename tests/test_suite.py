@@ -106,7 +106,7 @@ def test_gpu_suite_is_the_new_workloads_by_every_applicable_regularizer():
         assert len([t for t in gpu.trials if t.workload == w]) == 3 * (1 + len(applicable))
     resnet = [t for t in gpu.trials if t.workload == "resnet50"][0]
     assert resnet.model["image_size"] == 224 and resnet.model["classes"] == 1000
-    assert S.load("smoke").trials and S.load("quick").not_applicable == ()
+    assert {t.float32_matmul for t in gpu.trials} == {"tf32"}  # one policy, stated in the suite
 
 
 def test_only_filters_by_glob_or_substring():
@@ -202,3 +202,18 @@ def test_devices_run_each_trial_once_per_kind(tmp_path):
 ])
 def test_bad_devices_are_one_line(tmp_path, fields, expected):
     assert expected in error(tmp_path, **fields)
+
+
+def test_gpu_check_subset_is_the_gpu_suite_at_its_sizes():
+    """tests/benchmarks/gpu_check.yaml checks the gpu suite: same workloads at the same sizes, same policy."""
+    gpu = S.load("gpu")
+    check = S.load(str(S.SUITES_DIR.parents[1] / "tests" / "benchmarks" / "gpu_check.yaml"))
+    sizes = {w["name"]: w for w in gpu.resolved["workloads"]}
+    for w in check.resolved["workloads"]:
+        assert w == sizes[w["name"]], w["name"]
+    for key in ("float32_matmul", "epochs", "jit_compile", "device", "isolation", "paired"):
+        assert check.resolved[key] == gpu.resolved[key], key
+    assert {t.setting for t in check.trials} <= set(gpu.resolved["settings"])
+    assert {t.precision for t in check.trials} <= set(gpu.resolved["precisions"])
+    cpu = S.load(str(S.SUITES_DIR.parents[1] / "tests" / "benchmarks" / "gpu_check_cpu.yaml"))
+    assert cpu.device != "gpu" and cpu.paired is None

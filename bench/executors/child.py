@@ -60,7 +60,10 @@ def main(argv: list[str], start_method: str = "interpreter") -> int:
 
         cores = claim(request["pin_cores"], request.get("core_lock_dir"))
     record = run_unit(request)
+    from bench.backends import recorded_environment
+
     record.setdefault("process", {}).update({
+        "environment": recorded_environment(),  # the same under both executors (trial_process.trial_environment)
         "cpu_cores": cores,
         "pid": os.getpid(), "parent_pid": os.getppid(), "start_method": start_method,
         "start_note": request.get("start_note"),

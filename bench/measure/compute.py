@@ -89,8 +89,10 @@ def compute_section(model, samples_per_s: float | None, peak_flops_per_s: float 
     return out
 
 
-def node_peak_flops_per_s(backend: str, dtype: str, gpu: bool, device_key: str) -> tuple[float | None, str]:
+def node_peak_flops_per_s(backend: str, dtype: str, gpu: bool, device_key: str,
+                          float32_matmul: str | None = None) -> tuple[float | None, str]:
     """This device's measured matmul peak at `dtype` (FLOP/s) and a note saying where it came from.
+    float32_matmul: the policy in force (set_float32_matmul), part of the cache key of float32 peaks.
 
     Measured once per run and node for each (backend, dtype, device): the executors point
     $REGBENCH_CALIBRATION_DIR at a per-run folder on each node, the first trial that needs a
@@ -108,7 +110,8 @@ def node_peak_flops_per_s(backend: str, dtype: str, gpu: bool, device_key: str) 
         if not folder:
             return measure(), "measured in this trial"
         os.makedirs(folder, exist_ok=True)
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{backend}-{dtype}-{device_key}")[:150]
+        key = f"{backend}-{dtype}{'-' + float32_matmul if float32_matmul else ''}-{device_key}"
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)[:150]
         path = os.path.join(folder, f"{safe}.json")
         with open(path + ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)

@@ -1,8 +1,23 @@
 """NVML: device and per-process memory, energy, power and utilization over the timed window.
 
-A background thread samples every `interval_s`. Energy is the difference of the board's energy
-counter (mJ) when the GPU has one, else the integral of sampled power. Without NVML or without a
-visible GPU every field is None with the reason; that is normal on CPU nodes.
+Which GPU: the trial's GPU as CUDA and the framework see it (the first CUDA_VISIBLE_DEVICES token:
+an index in PCI bus order, a GPU UUID or a MIG UUID), resolved once by `bench.env.resolve_gpu` and
+opened by UUID (`nvmlDeviceGetHandleByUUID`), never by a CUDA index. A MIG instance is read through
+its parent GPU: power, energy and utilization are the whole board's, shared with the other
+instances (`energy_shared`), so the per-sample energy and the utilization are null with that
+reason; memory is the instance's own.
+
+Energy over a window comes from the board's total-energy counter (`nvmlDeviceGetTotalEnergyConsumption`,
+mJ, Volta and newer) where the device has one (`energy_source: total_energy_counter`). Only without
+it is sampled power integrated (`energy_source: power_samples`): NVML's power reading is a ~1 s
+trailing average on A100/H100, so only readings whose whole averaging period lies inside the
+window count, and a window shorter than that period has no power figure. Utilization is "the
+share of the last sample period (1/6 s to 1 s, by product) in which a kernel ran": likewise only
+readings whose whole period lies in the steady window count. A window too short for a counter
+gives null with the reason, never a figure that mixes in compile or validation time.
+
+A background thread reads every `interval_s`. Without NVML or without a visible GPU every field
+is None with the reason; that is normal on CPU nodes.
 """
 from __future__ import annotations
 
@@ -11,29 +26,29 @@ import threading
 import time
 
 INPUT_BOUND_UTIL_PERCENT = 80.0
-
-
-def _visible_index() -> int | None:
-    """NVML index of the first GPU this process may use (CUDA_VISIBLE_DEVICES honoured)."""
-    vis = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if vis is None:
-        return 0
-    first = vis.split(",")[0].strip()
-    if first == "":
-        return None
-    if first.isdigit():
-        return int(first)
-    import pynvml
-
-    return pynvml.nvmlDeviceGetIndex(pynvml.nvmlDeviceGetHandleByUUID(first))
+POWER_AVERAGE_S = 1.0  # nvmlDeviceGetPowerUsage on A100/H100: a 1 s trailing average
+UTIL_PERIOD_S = 1.0  # nvmlDeviceGetUtilizationRates: the last 1/6 s .. 1 s (the longest assumed)
+MIN_READINGS = 5  # of readings wholly inside the window, for an averaged figure
+COUNTER_INTERVALS = 20  # a counter window spans at least this many reading intervals (edge error < ~5%)
+ENERGY_KEYS = ("energy_j", "mean_power_w", "gpu_util_mean", "energy_per_sample_j", "input_bound",
+               "steady_energy_j", "steady_mean_power_w", "steady_gpu_util_mean", "energy_source", "energy_shared")
 
 
 class NvmlSampler:
-    def __init__(self, interval_s: float = 0.05):
+    """Samples the trial's GPU. `gpu`: its NVML record (bench.env.resolve_gpu); None resolves the
+    first CUDA_VISIBLE_DEVICES token against this node's GPUs. `clock`: seconds, the clock of the
+    steady spans passed to energy_result (time.perf_counter, as StepTimer)."""
+
+    def __init__(self, interval_s: float = 0.05, gpu: dict | None = None, clock=time.perf_counter):
         self.interval_s = interval_s
+        self.clock = clock
         self.reason = None
-        self.handle = None
-        self.samples = []  # (t, power_w, util_percent, device_used_bytes, process_used_bytes)
+        self.handle = None  # the GPU (a MIG instance's parent): power, energy, utilization
+        self.memory_handle = None  # the GPU, or the MIG instance: memory and processes
+        self.gpu = None
+        self.shared = False
+        self.samples = []  # (t, power_w, util_percent, device_used_bytes, process_used_bytes, energy_mj)
+        self.read_errors: dict[str, str] = {}
         self._stop = threading.Event()
         self._thread = None
         self.energy_mj = [None, None]
@@ -42,43 +57,74 @@ class NvmlSampler:
             import pynvml
 
             pynvml.nvmlInit()
-            index = _visible_index()
-            if index is None:
-                self.reason = "CUDA_VISIBLE_DEVICES is empty: this trial runs on the CPU"
-            elif pynvml.nvmlDeviceGetCount() == 0:
-                self.reason = "NVML reports no GPU"
-            else:
-                self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            self.gpu = gpu if gpu is not None else self._resolve()
+            if self.gpu is not None:
+                self.handle = pynvml.nvmlDeviceGetHandleByUUID(self.gpu["uuid"])
+                self.memory_handle = self.handle
+                if self.gpu.get("mig_uuid"):
+                    self.shared = True
+                    self.memory_handle = pynvml.nvmlDeviceGetHandleByUUID(self.gpu["mig_uuid"])
         except Exception as e:  # noqa: BLE001 - NVML missing is normal on CPU nodes
+            self.handle = self.memory_handle = None
             self.reason = f"NVML unavailable ({type(e).__name__}: {e})".replace("\n", " ")
+
+    def _resolve(self) -> dict | None:
+        """The NVML record of this process's first visible GPU, or None with self.reason set."""
+        from bench import env
+
+        tokens = env.visible_gpu_tokens()
+        if tokens == []:
+            self.reason = "CUDA_VISIBLE_DEVICES is empty: this trial runs on the CPU"
+            return None
+        gpus = env.fingerprint()["gpus"]
+        if not gpus:
+            self.reason = "NVML reports no GPU"
+            return None
+        if tokens is None:
+            return dict(gpus[0], mig_uuid=None)
+        found = env.resolve_gpu(tokens[0], gpus)
+        if found is None:
+            self.reason = (f"CUDA_VISIBLE_DEVICES token {tokens[0]!r} matches no GPU NVML reports "
+                           f"({', '.join(g['uuid'] for g in gpus)})")
+        return found
 
     @property
     def available(self) -> bool:
         return self.handle is not None
 
+    def _read(self, name: str, fn):
+        """fn() or None; the first error of each reading is kept for the null reasons."""
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - a reading a board lacks is a null with a reason
+            self.read_errors.setdefault(name, f"{type(e).__name__}: {e}".replace("\n", " ")[:200])
+            return None
+
     def _energy(self):
         import pynvml
 
-        try:
-            return pynvml.nvmlDeviceGetTotalEnergyConsumption(self.handle)
-        except Exception:  # noqa: BLE001 - older boards have no energy counter
-            return None
+        return self._read("energy", lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(self.handle))
+
+    def _processes(self):
+        import pynvml
+
+        pid = os.getpid()
+        for p in pynvml.nvmlDeviceGetComputeRunningProcesses(self.memory_handle):
+            if p.pid == pid and p.usedGpuMemory is not None:
+                return int(p.usedGpuMemory)
+        return None
 
     def _sample(self):
         import pynvml
 
-        power = pynvml.nvmlDeviceGetPowerUsage(self.handle) / 1000.0
-        util = pynvml.nvmlDeviceGetUtilizationRates(self.handle).gpu
-        used = pynvml.nvmlDeviceGetMemoryInfo(self.handle).used
-        mine = None
-        try:
-            pid = os.getpid()
-            for p in pynvml.nvmlDeviceGetComputeRunningProcesses(self.handle):
-                if p.pid == pid and p.usedGpuMemory is not None:
-                    mine = int(p.usedGpuMemory)
-        except Exception:  # noqa: BLE001 - not permitted in some containers
-            pass
-        self.samples.append((time.perf_counter(), power, float(util), int(used), mine))
+        t = self.clock()
+        power = self._read("power", lambda: pynvml.nvmlDeviceGetPowerUsage(self.handle) / 1000.0)
+        util = None
+        if not self.shared:  # NVML has no utilization for a MIG instance or its MIG-enabled parent
+            util = self._read("utilization", lambda: float(pynvml.nvmlDeviceGetUtilizationRates(self.handle).gpu))
+        used = self._read("memory", lambda: int(pynvml.nvmlDeviceGetMemoryInfo(self.memory_handle).used))
+        mine = self._read("processes", self._processes)
+        self.samples.append((t, power, util, used, mine, self._energy()))
 
     def _loop(self):
         while not self._stop.wait(self.interval_s):
@@ -87,8 +133,9 @@ class NvmlSampler:
     def start(self) -> None:
         if not self.available:
             return
-        self.energy_mj[0], self.t[0] = self._energy(), time.perf_counter()
+        self.t[0] = self.clock()
         self._sample()
+        self.energy_mj[0] = self.samples[-1][5]
         self._thread = threading.Thread(target=self._loop, name="nvml-sampler", daemon=True)
         self._thread.start()
 
@@ -98,63 +145,142 @@ class NvmlSampler:
         self._stop.set()
         self._thread.join()
         self._sample()
-        self.energy_mj[1], self.t[1] = self._energy(), time.perf_counter()
+        self.energy_mj[1], self.t[1] = self.samples[-1][5], self.clock()
+
+    # -- results -----------------------------------------------------------------------------
+    def _column(self, i: int) -> tuple[list[float], list[float]]:
+        rows = [(s[0], s[i]) for s in self.samples if s[i] is not None]
+        return [r[0] for r in rows], [float(r[1]) for r in rows]
 
     def energy_result(self, samples_seen: int | None, steady_spans=None, steady_samples: int | None = None) -> dict:
-        """Energy over the whole fit() window, and over the steady-state steps.
+        """Energy, power and utilization over the whole fit() window and over the steady-state steps.
 
         energy_j / mean_power_w / gpu_util_mean: the whole window (first step's compile and the
-        validation passes included). steady_*: only the steady-state steps (`steady_spans`, from
-        StepTimer), integrated from the sampled power and utilization; energy_per_sample_j and
-        input_bound use them when given, so compile time at 0% utilization does not flag a short
-        trial as input-bound.
+        validation passes included). steady_*: only the steady-state steps (`steady_spans`
+        [(start, end)] on self.clock, from StepTimer). energy_per_sample_j = steady energy over
+        `steady_samples`; input_bound = steady utilization under 80%. Each figure is null, with the
+        reason, when the readings cannot give it for that window.
         """
-        keys = ("energy_j", "mean_power_w", "gpu_util_mean", "energy_per_sample_j", "input_bound",
-                "steady_energy_j", "steady_mean_power_w", "steady_gpu_util_mean")
+        out: dict = {k: None for k in ENERGY_KEYS}
+        reasons: dict = {}
         if not self.available or len(self.samples) < 2:
             reason = self.reason or "too few NVML samples"
-            return {**{k: None for k in keys}, "null_reasons": {k: reason for k in keys}}
+            return {**out, "null_reasons": {k: reason for k in ENERGY_KEYS}}
+        shared = ("MIG instance: the parent GPU's energy and power are shared with its other MIG instances, "
+                  "not this trial's alone")
+        out["energy_shared"] = self.shared
         t0, t1 = self.t
-        s = self.samples
-        times = [x[0] for x in s]
+        counter_t, counter = self._column(5)
+        power_t, power = self._column(1)
+        util_t, util = self._column(2)
+        whole = [(t0, t1)]
+
+        # whole window
         if None not in self.energy_mj:
-            energy_j = (self.energy_mj[1] - self.energy_mj[0]) / 1000.0
-        else:  # trapezoid integral of sampled power
-            energy_j = integrate(times, [x[1] for x in s], [(times[0], times[-1])])
-        util = integrate(times, [x[2] for x in s], [(times[0], times[-1])]) / max(times[-1] - times[0], 1e-9)
-        out = {
-            "energy_j": energy_j,
-            "mean_power_w": energy_j / (t1 - t0),
-            "gpu_util_mean": util,
-            "energy_per_sample_j": energy_j / samples_seen if samples_seen else None,
-            "input_bound": util < INPUT_BOUND_UTIL_PERCENT,
-            "steady_energy_j": None, "steady_mean_power_w": None, "steady_gpu_util_mean": None,
-            "null_reasons": {},
-        }
+            out["energy_j"] = (self.energy_mj[1] - self.energy_mj[0]) / 1000.0
+            out["energy_source"] = "total_energy_counter"
+        elif len(power) >= 2:
+            out["energy_j"] = integrate(power_t, power, whole)
+            out["energy_source"] = "power_samples"
+        else:
+            reasons["energy_j"] = reasons["energy_source"] = (
+                "no energy counter and no power readings: " + self._errors("energy", "power"))
+        if out["energy_j"] is not None and t1 > t0:
+            out["mean_power_w"] = out["energy_j"] / (t1 - t0)
+        elif out["energy_j"] is not None:
+            reasons["mean_power_w"] = "an empty window"
+        if util:
+            out["gpu_util_mean"] = integrate(util_t, util, whole) / max(t1 - t0, 1e-9)
+        elif self.shared:
+            reasons["gpu_util_mean"] = "NVML reports no utilization for a MIG instance or its parent GPU"
+        else:
+            reasons["gpu_util_mean"] = "no utilization readings: " + self._errors("utilization")
+
+        # steady window
         spans = [(a, b) for a, b in (steady_spans or []) if b > a]
         steady_s = sum(b - a for a, b in spans)
-        if steady_s > 0:
-            steady_j = integrate(times, [x[1] for x in s], spans)
-            steady_util = integrate(times, [x[2] for x in s], spans) / steady_s
-            out.update(steady_energy_j=steady_j, steady_mean_power_w=steady_j / steady_s,
-                       steady_gpu_util_mean=steady_util, input_bound=steady_util < INPUT_BOUND_UTIL_PERCENT)
-            if steady_samples:
-                out["energy_per_sample_j"] = steady_j / steady_samples
-        else:
+        if steady_s <= 0:
             for k in ("steady_energy_j", "steady_mean_power_w", "steady_gpu_util_mean"):
-                out["null_reasons"][k] = "no steady-state steps"
+                reasons[k] = "no steady-state steps"
+        else:
+            if out["energy_source"] == "total_energy_counter":
+                need = COUNTER_INTERVALS * self.interval_s
+                if steady_s >= need:
+                    out["steady_energy_j"] = sum(interp(counter_t, counter, b) - interp(counter_t, counter, a)
+                                                 for a, b in spans) / 1000.0
+                else:
+                    reasons["steady_energy_j"] = (
+                        f"steady window {steady_s:.3g} s is shorter than the {need:g} s the energy counter needs "
+                        f"(read every {self.interval_s:g} s)")
+            elif out["energy_source"] == "power_samples":
+                inside = readings_inside(power_t, power, spans, POWER_AVERAGE_S)
+                if len(inside) >= MIN_READINGS:
+                    out["steady_energy_j"] = sum(inside) / len(inside) * steady_s
+                else:
+                    reasons["steady_energy_j"] = (
+                        f"no energy counter, and {len(inside)} power readings (< {MIN_READINGS}) have their "
+                        f"{POWER_AVERAGE_S:g} s average wholly inside the steady spans (longest "
+                        f"{max(b - a for a, b in spans):.3g} s)")
+            else:
+                reasons["steady_energy_j"] = reasons["energy_j"]
+            if out["steady_energy_j"] is not None:
+                out["steady_mean_power_w"] = out["steady_energy_j"] / steady_s
+            else:
+                reasons["steady_mean_power_w"] = reasons["steady_energy_j"]
+            if util:
+                inside = readings_inside(util_t, util, spans, UTIL_PERIOD_S)
+                if len(inside) >= MIN_READINGS:
+                    out["steady_gpu_util_mean"] = sum(inside) / len(inside)
+                else:
+                    reasons["steady_gpu_util_mean"] = (
+                        f"{len(inside)} utilization readings (< {MIN_READINGS}) cover a {UTIL_PERIOD_S:g} s period "
+                        f"wholly inside the steady spans (longest {max(b - a for a, b in spans):.3g} s): "
+                        "lengthen the steady window (seconds, not steps)")
+            else:
+                reasons["steady_gpu_util_mean"] = reasons["gpu_util_mean"]
+
+        # per sample and input-bound: steady window only
+        if self.shared:
+            reasons["energy_per_sample_j"] = shared
+        elif out["steady_energy_j"] is not None and steady_samples:
+            out["energy_per_sample_j"] = out["steady_energy_j"] / steady_samples
+        else:
+            reasons["energy_per_sample_j"] = reasons.get("steady_energy_j", "no steady-state samples")
+        if out["steady_gpu_util_mean"] is not None:
+            out["input_bound"] = out["steady_gpu_util_mean"] < INPUT_BOUND_UTIL_PERCENT
+        else:
+            reasons["input_bound"] = reasons["steady_gpu_util_mean"]
+        out["null_reasons"] = {k: v for k, v in reasons.items() if out.get(k) is None}
         return out
 
+    def _errors(self, *names: str) -> str:
+        return "; ".join(f"{n}: {self.read_errors[n]}" for n in names if n in self.read_errors) or "not reported"
+
     def memory_result(self) -> dict:
-        """nvml_used_peak_bytes: this process's peak when NVML reports it, else the device's."""
-        if not self.available or not self.samples:
+        """nvml_used_peak_bytes: this process's peak when NVML reports it, else the device's (the
+        MIG instance's memory for a MIG trial)."""
+        used = [x[3] for x in self.samples if x[3] is not None]
+        if not self.available or not used:
+            reason = self.reason or "no NVML memory readings: " + self._errors("memory")
             return {"nvml_used_peak_bytes": None, "nvml_device_used_peak_bytes": None,
-                    "null_reasons": {"nvml_used_peak_bytes": self.reason or "no NVML samples"}}
+                    "null_reasons": {"nvml_used_peak_bytes": reason, "nvml_device_used_peak_bytes": reason}}
         mine = [x[4] for x in self.samples if x[4] is not None]
-        device = max(x[3] for x in self.samples)
+        device = max(used)
         return {"nvml_used_peak_bytes": max(mine) if mine else device,
                 "nvml_used_is_process": bool(mine),
                 "nvml_device_used_peak_bytes": device, "null_reasons": {}}
+
+
+def interp(times: list[float], values: list[float], t: float) -> float:
+    """The piecewise-linear curve through (times, values) at t, held constant beyond the ends."""
+    import numpy as np
+
+    return float(np.interp(t, times, values))
+
+
+def readings_inside(times: list[float], values: list[float], spans, period_s: float) -> list[float]:
+    """Readings taken at t whose period (t - period_s, t] lies wholly inside one span."""
+    return [v for t, v in zip(times, values) if any(a <= t - period_s and t <= b for a, b in spans)]
 
 
 def integrate(times: list[float], values: list[float], spans) -> float:

@@ -1,10 +1,19 @@
-"""Step timing and training phases, as a Keras callback.
+"""Step timing and training phases, as Keras callbacks: two figures of the same step.
 
-Every `on_train_batch_end` materializes the batch loss on the host (a float), so the host waits
-for the step's work on every backend (JAX and torch dispatch asynchronously). A step's time is
-the interval between two consecutive batch ends within one epoch; the first batch of each epoch
-(iterator start) and every interval across a validation pass are excluded. Steady state starts at
-the second epoch, or after `warmup_steps` steps when there is only one epoch.
+StepTimer (synced, per step): every `on_train_batch_end` materializes the batch loss on the host
+(a float), so the host waits for the step's work on every backend (JAX and torch dispatch
+asynchronously). A step's time is the interval between two consecutive batch ends within one
+epoch; the first batch of each epoch (iterator start) and every interval across a validation pass
+are excluded. Steady state starts at the second epoch, or after `warmup_steps` steps when there is
+only one epoch. This gives a per-step distribution (p50, p95, CV), but a step then costs the
+host's work plus the device's instead of the larger of the two.
+
+FreeRunTimer (free-running, per window): time stamps at batch begins only, and one sync at each
+end of the window; Keras runs the batch ends off the main thread (async_safe), so the host
+dispatches step k+1 while the device runs step k, as in training without a per-step callback.
+One figure per window: its mean step time. On TensorFlow Keras reads every step's logs on the
+main thread whatever the callbacks (its backend is not thread-safe), so there the two coincide.
+Step-time overheads use StepTimer's median (README "GPUs" says why); both are recorded.
 """
 from __future__ import annotations
 
@@ -52,6 +61,7 @@ class StepTimer(keras.callbacks.Callback):
     # -- train -------------------------------------------------------------
     def on_train_begin(self, logs=None):
         self.train_begin = time.perf_counter()
+        self.cpu_begin = time.process_time()  # CPU seconds of every thread of this process
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -90,6 +100,7 @@ class StepTimer(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.train_end = time.perf_counter()
+        self.cpu_end = time.process_time()
 
     # -- validation inside fit ---------------------------------------------
     def on_test_begin(self, logs=None):
@@ -154,6 +165,83 @@ class StepTimer(keras.callbacks.Callback):
                 step_time_cv=float(t.std() / mean) if mean > 0 else None,
                 samples_per_s=float(batch_size * len(t) / t.sum()),
             )
+        fit_wall_s = self.train_end - self.train_begin
+        fit_cpu_s = self.cpu_end - self.cpu_begin
         return dict(first_step_s=self.first_step_s, train_s=train_s, validation_s=self.validation_s,
                     steps_run=self.steps_run, **stats, end_to_end_samples_per_s=end_to_end,
-                    per_epoch_overhead_s=self.per_epoch_overhead_s())
+                    per_epoch_overhead_s=self.per_epoch_overhead_s(),
+                    fit_wall_s=fit_wall_s, fit_cpu_s=fit_cpu_s,
+                    cpu_busy_threads=fit_cpu_s / fit_wall_s if fit_wall_s > 0 else None)
+
+
+def sync_model(backend: str, model) -> None:
+    """Wait until the device has finished every step dispatched so far for `model`."""
+    from bench import backends
+
+    if backend == "jax":  # between steps the trainer's state lives in model._jax_state, not the variables
+        state = getattr(model, "_jax_state", None)  # a Keras TrackedDict of lists: not a JAX pytree, so flatten it
+        arrays = [a for group in state.values() if group for a in group] if state else [v.value for v in model.variables]
+        backends.synchronize(backend, *arrays)
+    elif backend == "torch":
+        backends.synchronize(backend)
+    else:
+        backends.synchronize(backend, model.weights[0].value)
+
+
+class FreeRunTimer(keras.callbacks.Callback):
+    """The free-running window of one fit() epoch of n batches: from the begin of its second batch
+    to the begin of its last, each after a sync, so it holds steps 2..n-1 and nothing else (the
+    first batch waits for the iterator; after the last come the epoch's end-of-epoch costs, which
+    the end-to-end throughput counts)."""
+
+    async_safe = True  # Keras may run batch ends on a thread pool: the main thread never waits per step
+
+    def __init__(self, backend: str):
+        super().__init__()
+        self.backend = backend
+        self.batches = 0
+        self.start = self.end = None
+        self.steps = 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.batches += 1
+        last = (self.params or {}).get("steps")
+        if self.batches == 2 or (last and self.batches == last and self.batches > 2):
+            sync_model(self.backend, self.model)  # the one wait at each end of the window
+            now = time.perf_counter()
+            if self.batches == 2:
+                self.start = now
+            else:
+                self.end, self.steps = now, self.batches - 2
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.end is None and self.start is not None:  # the epoch's length was not known in advance
+            sync_model(self.backend, self.model)
+            self.end, self.steps = time.perf_counter(), self.batches - 1
+
+    def result(self, batch_size: int) -> dict:
+        """free_running_step_s: window seconds / steps in it; free_running_samples_per_s; the sync."""
+        steps = self.steps
+        syncs = "step" if self.backend == "tensorflow" else "window"
+        if steps < 1 or self.start is None or self.end is None:
+            reason = f"a free-running window needs 3 batches or more ({self.batches} ran)"
+            return {"free_running_step_s": None, "free_running_samples_per_s": None, "free_running_steps": steps,
+                    "free_running_syncs": syncs,
+                    "null_reasons": {"free_running_step_s": reason, "free_running_samples_per_s": reason}}
+        step_s = (self.end - self.start) / steps
+        return {"free_running_step_s": step_s, "free_running_samples_per_s": batch_size / step_s,
+                "free_running_steps": steps, "free_running_syncs": syncs, "null_reasons": {}}
+
+
+def free_running(model, inputs: dict, backend: str, batch_size: int, steps: int | None = None) -> dict:
+    """Train one more epoch of `inputs` (model.fit's data keywords) with only a FreeRunTimer and
+    return its result. Run after every other training measurement: it trains the model further."""
+    timer = FreeRunTimer(backend)
+    try:
+        model.fit(**inputs, epochs=1, steps_per_epoch=steps, callbacks=[timer], verbose=0)
+    except Exception as e:  # noqa: BLE001 - the trial's other figures stand; this one is null with the reason
+        reason = f"the free-running epoch failed: {type(e).__name__}: {e}".replace("\n", " ")[:300]
+        return {"free_running_step_s": None, "free_running_samples_per_s": None, "free_running_steps": 0,
+                "free_running_syncs": "step" if backend == "tensorflow" else "window",
+                "null_reasons": {"free_running_step_s": reason, "free_running_samples_per_s": reason}}
+    return timer.result(batch_size)

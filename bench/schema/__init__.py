@@ -216,9 +216,11 @@ def read_json_file(path: pathlib.Path, file: str | None = None) -> tuple[Any, Pr
     try:
         return json.loads(text), None
     except json.JSONDecodeError as e:
-        if e.pos >= len(text.rstrip()):
-            return None, Problem(file, "", f"not valid JSON: truncated (the text ends at line {e.lineno}, "
-                                           f"column {e.colno} inside a value)")
+        end = text.rstrip()
+        if e.pos >= len(end) or e.msg.startswith("Unterminated string"):  # a string cut short runs to the end
+            line, col = end.count("\n") + 1, len(end) - (end.rfind("\n") + 1) + 1
+            return None, Problem(file, "", f"not valid JSON: truncated (the text ends at line {line}, "
+                                           f"column {col} inside a value)")
         return None, Problem(file, "", f"not valid JSON: {e.msg} at line {e.lineno}, column {e.colno} "
                                        "(corrupted file?)")
 

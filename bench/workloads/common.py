@@ -110,20 +110,75 @@ def drop_path(branch, recipe, index: int, count: int, name: str):
 
 
 def model_augmentation(x, kind: str, recipe):
-    """In-model augmentation layers (active in training only)."""
+    """In-model augmentation layers (active in training only).
+
+    where=model: GaussianNoise (tabular) or RandomShiftFlip (images), written with keras.ops and
+    compiled with the training step on every backend. where=model_keras: Keras' RandomFlip +
+    RandomTranslation, which have supports_jit=False: Keras then compiles nothing (on JAX the
+    whole step runs op by op), recorded in timing.jit_disabled_by."""
     import keras
 
-    if recipe.augmentation != "model":
+    if recipe.augmentation not in ("model", "model_keras"):
         return x
     if kind == "tabular":
         return keras.layers.GaussianNoise(recipe.augment_strength, name="aug_noise")(x)
-    x = keras.layers.RandomFlip("horizontal", name="aug_flip")(x)
     s = recipe.augment_strength
+    if recipe.augmentation == "model":
+        return random_shift_flip_layer()(s, name="aug_shift_flip")(x)
+    x = keras.layers.RandomFlip("horizontal", name="aug_flip")(x)
     return keras.layers.RandomTranslation(s, s, fill_mode="reflect", name="aug_translate")(x)
 
 
+_LAYERS: dict = {}
+
+
+def random_shift_flip_layer():
+    """The RandomShiftFlip Keras layer class (made on first use: this module imports no Keras)."""
+    if "RandomShiftFlip" in _LAYERS:
+        return _LAYERS["RandomShiftFlip"]
+    import keras
+    from keras import ops
+
+    class RandomShiftFlip(keras.layers.Layer):
+        """Per image, in training: a horizontal flip with probability 1/2, then an integer shift of
+        up to `factor` of the height and width (at least 1 pixel), the uncovered border filled by
+        reflection: reflect-pad by the largest shift, then crop a random window of the input size.
+        The same transform as pipeline_augment. keras.ops and keras.random only, with static shapes,
+        so XLA compiles it with the step (Keras' RandomTranslation: supports_jit=False)."""
+
+        def __init__(self, factor: float, seed=None, **kwargs):
+            super().__init__(**kwargs)
+            self.factor = factor
+            self.seed_generator = keras.random.SeedGenerator(seed)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def call(self, x, training=None):
+            if not training:
+                return x
+            n = ops.shape(x)[0]
+            h, w, c = x.shape[1], x.shape[2], x.shape[3]
+            py, px = max(1, round(self.factor * h)), max(1, round(self.factor * w))
+            flip = keras.random.uniform((n, 1, 1, 1), seed=self.seed_generator) < 0.5
+            x = ops.where(flip, ops.flip(x, axis=2), x)
+            padded = ops.pad(x, [[0, 0], [py, py], [px, px], [0, 0]], mode="reflect")
+            dy = keras.random.randint((n,), 0, 2 * py + 1, seed=self.seed_generator)
+            dx = keras.random.randint((n,), 0, 2 * px + 1, seed=self.seed_generator)
+            rows = ops.expand_dims(dy, 1) + ops.expand_dims(ops.arange(h, dtype=dy.dtype), 0)  # (n, h)
+            cols = ops.expand_dims(dx, 1) + ops.expand_dims(ops.arange(w, dtype=dx.dtype), 0)  # (n, w)
+            out = ops.take_along_axis(padded, ops.broadcast_to(rows[:, :, None, None], (n, h, w + 2 * px, c)), axis=1)
+            return ops.take_along_axis(out, ops.broadcast_to(cols[:, None, :, None], (n, h, w, c)), axis=2)
+
+        def get_config(self):
+            return {**super().get_config(), "factor": self.factor}
+
+    _LAYERS["RandomShiftFlip"] = RandomShiftFlip
+    return RandomShiftFlip
+
+
 def pipeline_augment(x: np.ndarray, kind: str, strength: float, rng: np.random.Generator) -> np.ndarray:
-    """Input-side augmentation of one batch in NumPy, matching model_augmentation's transforms."""
+    """Input-side augmentation of one batch in NumPy, the transforms of model_augmentation (where=model)."""
     if kind == "tabular":
         return (x + rng.normal(0.0, strength, size=x.shape)).astype(x.dtype, copy=False)
     out = x.copy()

@@ -68,9 +68,10 @@ def make_sequences(n: int, seq_len: int, vocab: int, classes: int, rng: np.rando
 def load(seed: int, max_train_samples: int | None = None, **model) -> Data:
     o = options(model)
     rng = np.random.default_rng(seed)
-    x, y = make_sequences(TRAIN_SAMPLES + VAL_SAMPLES, o["seq_len"], o["vocab"], o["classes"], rng)
-    x_tr, y_tr = subsample(x[:TRAIN_SAMPLES], y[:TRAIN_SAMPLES], max_train_samples, seed)
-    return Data(x_tr, y_tr, x[TRAIN_SAMPLES:], y[TRAIN_SAMPLES:], num_classes=o["classes"], kind=KIND, model=o)
+    n = max(TRAIN_SAMPLES, max_train_samples or 0)  # more training sequences when the suite asks for more
+    x, y = make_sequences(n + VAL_SAMPLES, o["seq_len"], o["vocab"], o["classes"], rng)
+    x_tr, y_tr = subsample(x[:n], y[:n], max_train_samples, seed)
+    return Data(x_tr, y_tr, x[n:], y[n:], num_classes=o["classes"], kind=KIND, model=o)
 
 
 def _position_embedding(name: str):

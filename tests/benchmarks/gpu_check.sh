@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
 # GPU check on a lent GPU machine (torch, jax, nvidia-ml-py; no TensorFlow, Keras, Ray, network).
 #
-# Installs the carried keras/namex/optree wheels into /tmp/site, runs the `gpu` suite with the
-# process executor on the jax backend, then the sync test on the GPU, then torch while time is
-# left, and packs each run directory into one tar.gz under $OUT (the device returns at most 8
-# files, at most 2 folders deep). A backend cut short by the budget leaves an `interrupted` run
-# whose finished trials are intact (`regbench run --resume` finishes it later).
+# Installs the carried keras/namex/optree wheels into /tmp/site, then runs the GPU check suite
+# (tests/benchmarks/gpu_check.yaml: the gpu suite's transformer and synthetic CNN at the gpu suite's
+# sizes, none/dropout x bf16/float32) with the process executor on each backend, torch first (no
+# XLA compiles: its results land soonest), then the sync test, then jax. Each backend gets an equal
+# share of what is left of the budget, so neither can starve the other; a backend cut short by its
+# share is stopped with SIGINT and leaves an `interrupted` run whose finished trials are intact
+# (`regbench run --resume` finishes it later). Each run directory is packed into one tar.gz under
+# $OUT (the device returns at most 8 files, at most 2 folders deep). Without a GPU (NVML sees none)
+# the script runs its CPU fallback, tests/benchmarks/gpu_check_cpu.yaml: the same code path on
+# CPU-sized models, which is how the per-trial cost of the path is measured on a development machine.
+# summary.txt gives, per backend, the trials finished within its share and the per-trial cost
+# (median trial wall time, and launch to record).
 #
 # Before the call, once, on the development machine (repo root; /.whl/ is git-ignored):
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -16,26 +23,26 @@
 #   carry:     [".whl"]
 #   command:   GPUCHECK_COMMIT=<git rev-parse HEAD> bash tests/benchmarks/gpu_check.sh
 #   timeout_s: 580
-# Worst case 10 s set-up + 330 s budget (+20 s to stop) + 150 s sync test; about 1-2 min more to
-# start the machine: under 11 of the 15 device minutes.
+# Worst case 10 s set-up + 330 s budget (+20 s per backend to stop) + 150 s sync test; about 1-2 min
+# more to start the machine: under 11 of the 15 device minutes.
 # Files come back under <files_at>/gpucheck/: log.txt, env.json, summary.txt, sync.txt,
-# run-jax.tar.gz, run-torch.tar.gz. Commit a run as the reference:
+# run-torch.tar.gz, run-jax.tar.gz. Commit a run as the reference:
 #   mkdir -p results/reference/h200-jax && tar xzf <files_at>/gpucheck/run-jax.tar.gz -C results/reference/h200-jax
 # (summary.txt names the folder, from the GPU model).
 #
-# Knobs (environment): GPUCHECK_BACKENDS ("jax torch"), GPUCHECK_SUITE (gpu; a name or YAML file),
-# GPUCHECK_BUDGET_S (330: seconds for all suite runs together), GPUCHECK_MIN_S (60: do not start a
-# backend with less left), GPUCHECK_SYNC (1: run tests/test_sync.py between backends), GPUCHECK_SITE
-# (/tmp/site), GPUCHECK_WHEELS (.whl; "skip" uses the Keras already importable), PYTHON (python3),
-# GPUCHECK_COMMIT (the commit the tree was sent from: the copy there has no .git; goes in manifest).
-# Tested on the CPU: tests/test_backends.py::test_gpu_check_script_on_cpu forces a CPU suite.
+# Knobs (environment): GPUCHECK_BACKENDS ("torch jax"), GPUCHECK_SUITE (gpu_check.yaml with a GPU,
+# gpu_check_cpu.yaml without; a name or YAML file), GPUCHECK_BUDGET_S (330: seconds for all suite
+# runs together), GPUCHECK_MIN_S (60: do not start a backend with a smaller share), GPUCHECK_SYNC (1:
+# run tests/test_sync.py after the first backend), GPUCHECK_SITE (/tmp/site), GPUCHECK_WHEELS (.whl;
+# "skip" uses the Keras already importable), PYTHON (python3), GPUCHECK_COMMIT (the commit the tree
+# was sent from: the copy there has no .git; goes in the manifest).
+# Tested on the CPU: tests/test_backends.py runs the fallback end to end with both backends.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 start=$(date +%s)
 OUT=${OUT:-/tmp/regbench-gpucheck}
 PY=${PYTHON:-python3}
-BACKENDS=${GPUCHECK_BACKENDS:-jax torch}
-SUITE=${GPUCHECK_SUITE:-gpu}
+BACKENDS=${GPUCHECK_BACKENDS:-torch jax}
 BUDGET_S=${GPUCHECK_BUDGET_S:-330}
 MIN_S=${GPUCHECK_MIN_S:-60}
 SITE=${GPUCHECK_SITE:-/tmp/site}
@@ -87,22 +94,38 @@ print((accelerator_type(g["name"]) if g else "cpu").lower())
 EOF
 )
 echo "device: $folder" > "$DEST/summary.txt"
+if [ -n "${GPUCHECK_SUITE:-}" ]; then
+  SUITE=$GPUCHECK_SUITE
+elif [ "$folder" = cpu ]; then
+  SUITE=tests/benchmarks/gpu_check_cpu.yaml; say "no GPU: the CPU fallback suite"
+else
+  SUITE=tests/benchmarks/gpu_check.yaml
+fi
+echo "suite: $SUITE, budget ${BUDGET_S}s, backends in order: $BACKENDS" >> "$DEST/summary.txt"
 
-# 3. The suite on each backend, within the budget; the sync test after the first backend.
+# 3. The suite on each backend, each with an equal share of what is left of the budget (the sync
+#    test's time is not part of it); the sync test after the first backend.
 first=1
+suite_s=0
+remaining=$(echo $BACKENDS | wc -w)
 for backend in $BACKENDS; do
-  left=$(( BUDGET_S - $(elapsed) ))
-  if [ "$left" -lt "$MIN_S" ]; then
-    say "skip $backend: ${left}s left of the ${BUDGET_S}s budget"; echo "$backend: not run (budget)" >> "$DEST/summary.txt"; continue
+  left=$(( BUDGET_S - suite_s ))
+  share=$(( left / remaining ))
+  remaining=$(( remaining - 1 ))
+  if [ "$share" -lt "$MIN_S" ]; then
+    say "skip $backend: a ${share}s share of the ${left}s left of the ${BUDGET_S}s budget"
+    echo "$backend: not run (budget)" >> "$DEST/summary.txt"; continue
   fi
   if ! "$PY" -c "import $backend" 2>/dev/null; then
     say "skip $backend: not installed"; echo "$backend: not installed" >> "$DEST/summary.txt"; continue
   fi
-  say "run suite $SUITE on $backend (up to ${left}s)"
+  say "run suite $SUITE on $backend (a ${share}s share)"
+  t_backend=$(date +%s)
   # SIGINT first: the CLI marks the run interrupted and keeps every finished trial.
-  timeout --signal=INT --kill-after=20 "$left" "$PY" -m bench.cli run --suite "$SUITE" --backend "$backend" \
+  timeout --signal=INT --kill-after=20 "$share" "$PY" -m bench.cli run --suite "$SUITE" --backend "$backend" \
     --executor process --out "$RUNS/$backend" --no-report
   rc=$?
+  suite_s=$(( suite_s + $(date +%s) - t_backend ))
   run_dir=$(ls -d "$RUNS/$backend"/*/ 2>/dev/null | head -1)
   if [ -n "$run_dir" ]; then
     GPUCHECK_COMMIT=${GPUCHECK_COMMIT:-} "$PY" - "$run_dir" <<'EOF' || say "could not record the commit"
@@ -113,9 +136,9 @@ if os.environ["GPUCHECK_COMMIT"] and not store.manifest().get("git_commit"):
     store.update_manifest(git_commit=os.environ["GPUCHECK_COMMIT"])
 EOF
     tar czf "$DEST/run-$backend.tar.gz" -C "$run_dir" .
-    "$PY" - "$run_dir" "$backend" "$rc" "$folder" >> "$DEST/summary.txt" <<'EOF'
-import json, pathlib, sys
-run, backend, rc, folder = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+    "$PY" - "$run_dir" "$backend" "$rc" "$folder" "$share" >> "$DEST/summary.txt" <<'EOF'
+import json, pathlib, statistics, sys
+run, backend, rc, folder, share = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 m = json.loads((run / "manifest.json").read_text())
 recs = [json.loads(p.read_text()) for p in sorted((run / "trials").glob("*.json"))]
 count = {}
@@ -123,13 +146,22 @@ for r in recs:
     count[r["status"]] = count.get(r["status"], 0) + 1
 print(f"{backend}: exit {rc}, run {m['run_id']} {m['status']}, {len(recs)}/{len(m['trial_ids'])} trials {count}"
       f" -> results/reference/{folder}-{backend}/")
+ran = [r for r in recs if r["status"] != "skipped" and r.get("wall_s")]
+if ran:
+    wall = statistics.median(r["wall_s"] for r in ran)
+    launched = [r["process"]["finished_unix"] - r["process"]["launched_unix"] for r in ran
+                if (r.get("process") or {}).get("launched_unix") and r["process"].get("finished_unix")]
+    start = statistics.median(launched) if launched else float("nan")
+    print(f"  per-trial cost: median {wall:.1f} s in the trial, {start:.1f} s launch to record; "
+          f"{len(ran)} trials finished within a {share} s share")
 for r in recs:
     t, e, mem = r.get("timing") or {}, r.get("energy") or {}, r.get("memory") or {}
     fmt = lambda v, f, scale=1: format(v / scale, f) if isinstance(v, (int, float)) else "-"
     print(f"  {r['trial']['workload']:<14} {r['trial']['setting']:<28} {r['trial']['precision']:<15} {r['status']:<8} "
           f"p50 {fmt(t.get('step_time_p50_s'), '.4f')}s  {fmt(t.get('samples_per_s'), '.0f')}/s  "
-          f"jit {t.get('jit_compile')}  peak {fmt(mem.get('device_peak_bytes'), '.0f', 2**20)}MiB  "
-          f"util {fmt(e.get('gpu_util_mean'), '.0f')}%  {fmt(e.get('energy_j'), '.1f')}J  {(r.get('reason') or '')[:80]}")
+          f"free {fmt(t.get('free_running_step_s'), '.4f')}s  jit {t.get('jit_compile')}  "
+          f"peak {fmt(mem.get('device_peak_bytes'), '.0f', 2**20)}MiB  util {fmt(e.get('steady_gpu_util_mean'), '.0f')}%  "
+          f"{fmt(e.get('steady_energy_j'), '.1f')}J ({e.get('energy_source') or '-'})  {(r.get('reason') or '')[:80]}")
 EOF
   else
     echo "$backend: exit $rc, no run directory" >> "$DEST/summary.txt"
