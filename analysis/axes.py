@@ -55,6 +55,8 @@ def device_labels(df: pd.DataFrame) -> pd.Series:
         label = label + " (" + df["device_kind"].astype(str) + ")"
     if df["backend"].nunique() > 1:
         label = label + " · " + df["backend"].astype(str)
+    if "float32_matmul" in df and df["float32_matmul"].nunique(dropna=False) > 1:  # never pooled, so never one label
+        label = label + " · float32 " + df["float32_matmul"].fillna("unknown").astype(str)
     return label
 
 

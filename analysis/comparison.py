@@ -47,7 +47,8 @@ def throughput(trials: pd.DataFrame, axis: str = "device") -> pd.DataFrame:
     """Baseline throughput (samples/s, mean over repeats with a 95% t interval) per group and
     precision, and the ratio to the first group listed (vs_reference, x). `trials` carries the
     axis column (axes.with_axis)."""
-    keys = ["workload", "batch_size", "precision", axis] + [k for k in ("device_name", "backend") if k != axis]
+    keys = ["workload", "batch_size", "precision", axis] + [k for k in ("device_name", "backend", "float32_matmul")
+                                                             if k != axis and k in trials]
     ok = trials[(trials["status"] == "ok") & (trials["setting"] == BASELINE)]
     cols = keys + ["samples_per_s", "ci_low", "ci_high", "n_repeats", "mark", "vs_reference"]
     if ok.empty:

@@ -69,11 +69,12 @@ def test_overheads_never_pair_cells_of_different_policies():
 
 
 def test_compare_keeps_policies_apart():
-    from analysis.comparison import device_labels, throughput
+    from analysis.axes import device_labels, with_axis
+    from analysis.comparison import throughput
 
     both = _trials(_docs({"none": "ieee"}) + [dict(d, trial_id=d["trial_id"] + "x", trial={**d["trial"], "float32_matmul": "tf32"})
                                               for d in _docs({"none": "ieee"})])
-    tp = throughput(both)
+    tp = throughput(with_axis(both, "device"))
     assert sorted(tp["float32_matmul"]) == ["ieee", "tf32"] and len(set(device_labels(both))) == 2
 
 

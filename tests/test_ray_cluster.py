@@ -101,7 +101,7 @@ def test_placement_one_trial_per_gpu_and_accelerator_pinning(cluster, tmp_path):
     records, manifest = load_run(tmp_path / "out")
     assert len(records) == 4, err
     for r in records.values():  # each trial process ran on its fake GPU, saw none, and said so
-        assert r["status"] == "failed" and "sees no GPU" in r["reason"], r["reason"]
+        assert r["status"] == "failed" and r["reason"].startswith("a GPU trial ran on the CPU"), r["reason"]
     node_of = {h100.node_id: "H100", a100.node_id: "A100"}
     intervals: dict = {}
     for tid, r in records.items():

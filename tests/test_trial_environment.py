@@ -88,7 +88,8 @@ def _ray_executor_env(s, monkeypatch, gpu_ids: list[str]) -> dict:
     CUDA_VISIBLE_DEVICES (its GPUs) in the worker's environment."""
     from bench.executors.ray import task
 
-    context = SimpleNamespace(get_accelerator_ids=lambda: {"GPU": gpu_ids}, get_node_id=lambda: "node-1")
+    context = SimpleNamespace(get_accelerator_ids=lambda: {"GPU": gpu_ids}, get_node_id=lambda: "node-1",
+                              get_placement_group_id=lambda: None)
     fake_ray = SimpleNamespace(get_runtime_context=lambda: context, exceptions=SimpleNamespace(RayError=Exception),
                                util=SimpleNamespace(get_node_ip_address=lambda: "127.0.0.1"))
     monkeypatch.setitem(sys.modules, "ray", fake_ray)
@@ -104,13 +105,13 @@ def _ray_executor_env(s, monkeypatch, gpu_ids: list[str]) -> dict:
 def test_gpu_trial_gets_the_same_environment_from_both_executors(node, monkeypatch):
     from bench.executors import local
 
-    s = _suite("gpu")
-    assert s.trials[0].cpu_threads is None and local.slots_for(s) == [["0"], ["1"]]
+    s = _suite("gpu", cpus_per_trial=4)
+    assert s.trials[0].cpu_threads == 4 and local.slots_for(s) == [["0"], ["1"]]
     by_process = _process_executor_env(s)  # the first slot: GPU 0 in PCI bus order
     by_ray = _ray_executor_env(s, monkeypatch, ["0"])  # Ray gave this task GPU 0
     assert {k: by_process.get(k) for k in MANAGED} == {k: by_ray.get(k) for k in MANAGED}
     assert by_ray["CUDA_VISIBLE_DEVICES"] == "GPU-aaa" and by_ray["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
-    assert "OMP_NUM_THREADS" not in by_ray  # Ray's OMP_NUM_THREADS=1 is not inherited without a cap
+    assert by_ray["OMP_NUM_THREADS"] == "4"  # the GPU trial's own host-thread cap, not Ray's 1
     assert by_ray["KERAS_BACKEND"] == "jax" and "JAX_PLATFORMS" not in by_ray
 
 
