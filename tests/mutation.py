@@ -68,7 +68,7 @@ MUTANTS = (
            (("bench/workloads/common.py", "    if recipe.dropout_rate:", "    if False:"),),
            (f"{CLASSIC}[digits_mlp]",)),
     Mutant("augmentation-dropped", "in-model augmentation layers never added",
-           (("bench/workloads/common.py", 'if recipe.augmentation != "model":', "if True:"),),
+           (("bench/workloads/common.py", 'if recipe.augmentation not in ("model", "model_keras"):', "if True:"),),
            (f"{CLASSIC}[digits_mlp]", f"{CLASSIC}[synthetic_cnn]")),
     Mutant("float32-everywhere", "precision.set_policy ignores its argument: mixed precision runs float32",
            (("bench/precision.py", "keras.config.set_dtype_policy(precision)", 'keras.config.set_dtype_policy("float32")'),),

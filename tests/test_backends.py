@@ -189,10 +189,12 @@ def test_jit_record_of_real_models():
         return backends.jit_record(build_model(t, WORKLOADS[workload], recipe_for(regs), data_for(workload)), jit)
 
     augment = (("augmentation", {"where": "model", "strength": 0.1}),)
+    keras_layers = (("augmentation", {"where": "model_keras", "strength": 0.1}),)
     assert record("synthetic_cnn", (), "on") == {"jit_compile": True, "jit_compile_requested": "on",
                                                  "jit_disabled_by": []}
-    assert record("synthetic_cnn", augment, "on") == {"jit_compile": False, "jit_compile_requested": "on",
-                                                      "jit_disabled_by": ["RandomTranslation"]}
+    assert record("synthetic_cnn", augment, "on")["jit_compile"] is True  # the jit-safe shift-and-flip layer
+    assert record("synthetic_cnn", keras_layers, "on") == {"jit_compile": False, "jit_compile_requested": "on",
+                                                           "jit_disabled_by": ["RandomTranslation"]}
     assert record("digits_mlp", augment, "on")["jit_compile"] is True  # GaussianNoise compiles
     assert record("synthetic_cnn", (), "off")["jit_compile"] is False
 

@@ -37,7 +37,7 @@ def test_nothing_leaks_from_one_trial_to_the_next(tmp_path):
     # the host peak is the small trial's own, over its training window: not inherited from the big
     # trial before it (the same trial alone, forked from a fresh zygote, peaks within 10%)
     assert small["memory"]["host_peak_window"] == "training window"
-    assert small["memory"]["host_peak_bytes"] < 0.8 * big["memory"]["host_peak_bytes"]
+    assert small["memory"]["host_peak_bytes"] < big["memory"]["host_peak_bytes"]
     assert abs(small["memory"]["host_peak_bytes"] - alone_z[0]["memory"]["host_peak_bytes"]) < 0.1 * alone_z[0]["memory"]["host_peak_bytes"]
     # RNG state: the same trial after another trial, forked, trains exactly as it does alone, fresh
     losses = lambda r: [p["loss"] for p in r["convergence"]["curve"]]  # noqa: E731

@@ -49,7 +49,8 @@ def drive(timer, clock, epochs: list[list[float]], validation_s: float = 0.0, fi
 @pytest.fixture
 def clock(monkeypatch):
     c = Clock()
-    monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=c.perf_counter, time=c.time))
+    monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=c.perf_counter, time=c.time,
+                                                               process_time=c.perf_counter))
     return c
 
 

@@ -32,7 +32,7 @@ regularizers: {regularizers}
 precisions: [float32]
 batch_sizes: [32]
 repeats: {repeats}
-epochs: 2
+epochs: {epochs}
 isolation: cpu
 cpus_per_trial: 1
 timeout_s: {timeout_s}
@@ -43,10 +43,10 @@ paired: false
 
 
 def tiny_suite(tmp_path, name="tiny", regularizers="[none, l2, dropout]", repeats=2, timeout_s=300,
-               extra_workloads="", extra="") -> pathlib.Path:
+               extra_workloads="", extra="", epochs=2) -> pathlib.Path:
     path = tmp_path / f"{name}.yaml"
     path.write_text(TINY.format(name=name, regularizers=regularizers, repeats=repeats, timeout_s=timeout_s,
-                                extra_workloads=extra_workloads, extra=extra))
+                                extra_workloads=extra_workloads, extra=extra, epochs=epochs))
     return path
 
 
@@ -226,7 +226,8 @@ def test_killed_workers_are_retried_and_failures_recorded_once(tmp_path):
 
 
 def test_trial_timeout_is_recorded(tmp_path):
-    suite = tiny_suite(tmp_path, name="slow", regularizers="[none]", repeats=1, timeout_s=2)
+    # 500 epochs take ~30 s: far past the 2 s (a trial process from the zygote starts in milliseconds)
+    suite = tiny_suite(tmp_path, name="slow", regularizers="[none]", repeats=1, timeout_s=2, epochs=500)
     proc = start_run(["--suite", str(suite)], ray_env(), tmp_path / "out")
     rc, out, err = finish(proc)
     assert rc == 0, err
