@@ -191,7 +191,7 @@ def _tile(x, rows: int):
 def _time_blocks(session: Session, node: dict, gpu: bool) -> dict:
     import keras
 
-    from bench.inputs import fit_inputs
+    from bench.inputs import block_inputs
     from bench.measure.timing import StepTimer
     from bench.runner import build_model, load_data
     from bench.workloads import WORKLOADS
@@ -220,16 +220,17 @@ def _time_blocks(session: Session, node: dict, gpu: bool) -> dict:
     tiled: dict = {}
 
     def tile_to(steps: int) -> None:
-        """The training set repeated to `steps` batches: the x (shared) and each model's labels."""
+        """Each model's fit data: the training set repeated to `steps` batches (bench.inputs.block_inputs)."""
         rows = steps * base.batch_size
-        tiled.update(x=_tile(x_train, rows), **{f"y:{k}": _tile(v, rows) for k, v in labels_y.items()})
+        x = _tile(x_train, rows)
+        tiled.update({k: block_inputs(recipes[k], x, _tile(v, rows), base.batch_size, data.kind, base.seed)
+                      for k, v in labels_y.items()})
 
     def block(label: str) -> tuple[np.ndarray, float]:
         """One block: a fit epoch over the tiled training set; returns its step intervals and wall time."""
         timer = StepTimer()
-        inputs, _ = fit_inputs(recipes[label], tiled["x"], tiled[f"y:{label}"], base.batch_size, data.kind, base.seed)
         t0 = time.perf_counter()
-        models[label].fit(**inputs, epochs=1, verbose=0, callbacks=[timer])
+        models[label].fit(**tiled[label], epochs=1, verbose=0, callbacks=[timer])
         wall = time.perf_counter() - t0
         if timer.nonfinite:
             raise FloatingPointError(f"{label}: {timer.nonfinite}")

@@ -36,31 +36,54 @@ class RunPlan:
         return len(self.trials) + len(self.sessions) + len(self.added)
 
     def batches(self, store, progress=None):
-        """Yield lists of units not yet in the store: trials, sessions, then adaptive sessions."""
+        """Yield lists of units not yet in the store: trials, sessions, then adaptive sessions.
+
+        An adaptive batch starts only if it is expected to end inside `budget_s`: its wall time is
+        estimated from the previous session batch (seconds per session, whatever the parallelism),
+        and cut to the widest groups that fit."""
         done = store.finished_ids("trial")
         yield [t for t in self.trials if t.unit_id not in done]
         done = store.finished_ids("session")
-        yield [s for s in self.sessions if s.unit_id not in done]
+        planned = [s for s in self.sessions if s.unit_id not in done]
+        t0 = time.monotonic()
+        yield planned
         if not self.sessions or self.target_ci_pct is None:
             return
+        per_session_s = (time.monotonic() - t0) / len(planned) if planned else None
         deadline = time.monotonic() + self.budget_s
         while True:
-            extra = self.more_sessions(store.records("session"))
+            records = store.records("session")
+            extra = self.more_sessions(records)
             if not extra:
                 return
-            if time.monotonic() >= deadline:
-                self.unmet = self.wide_groups(store.records("session"))
+            if per_session_s is None:  # resumed after the planned sessions: the slowest case, one at a time
+                walls = sorted(r.get("wall_s") or 0.0 for r in records if r.get("status") == "ok")
+                per_session_s = walls[len(walls) // 2] if walls else 0.0
+            fits = len(extra) if per_session_s <= 0 else int((deadline - time.monotonic()) // per_session_s)
+            if fits < 1:
+                self.unmet = self.wide_groups(records)
                 if progress is not None:
                     progress.note(f"paired: time budget ({self.budget_s:g} s) spent; {len(self.unmet)} cell "
                                   f"group(s) still wider than +-{self.target_ci_pct:g} points")
                 return
+            extra = self.widest_first(extra, records)[:fits]
             self.added += extra
             if progress is not None:
                 progress.add(len(extra))
                 progress.note(f"paired: {len(extra)} more session(s) for cell groups whose step-time CI is "
                               f"wider than +-{self.target_ci_pct:g} points")
             store.update_manifest(session_ids=[s.unit_id for s in self.sessions + self.added])
+            t0 = time.monotonic()
             yield extra
+            per_session_s = (time.monotonic() - t0) / len(extra)
+
+    def widest_first(self, sessions: list[Session], records: list[dict]) -> list[Session]:
+        """`sessions` ordered by their group's widest step-time half-width, widest first."""
+        from analysis import paired
+
+        table = paired.estimates(records)
+        widest = table.fillna({"half_width_pct": float("inf")}).groupby("group_id")["half_width_pct"].max()
+        return sorted(sessions, key=lambda s: -widest.get(s.group_id, float("inf")))
 
     def wide_groups(self, records: list[dict]) -> list[str]:
         from analysis import paired

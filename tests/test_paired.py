@@ -150,6 +150,59 @@ def test_adaptive_plan_adds_sessions_only_where_the_interval_is_wide(tmp_path):
     assert plan.unmet == [groups["mixed_bfloat16"]]
 
 
+class _Notes:
+    def __init__(self):
+        self.lines, self.added = [], 0
+
+    def note(self, line):
+        self.lines.append(line)
+
+    def add(self, n):
+        self.added += n
+
+
+def test_adaptive_sessions_start_only_when_expected_to_end_inside_the_budget(tmp_path, monkeypatch):
+    """Seconds per session come from the previous batch; a batch that would overrun is cut to the
+    widest groups, and none starts once not even one session fits."""
+    import types
+
+    import bench.plan
+
+    clock = [0.0]
+    monkeypatch.setattr(bench.plan, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    suite = _suite(target_ci_pct=3, max_sessions=8, budget_s=60)
+    plan = RunPlan.of(suite, suite.trials)
+    groups = {s.base.precision: s.group_id for s in plan.sessions}
+    store = RunStore.create(tmp_path, suite.resolved, [t.trial_id for t in suite.trials])
+    rng = np.random.default_rng(5)
+    index = [0]
+
+    def run(sessions, wall_s, sd_of):
+        clock[0] += wall_s
+        for s in sessions:
+            store.write_record("session", session_record(rng, index[0], truth={"l2": 1.05}, group=s.group_id,
+                                                         precision=s.base.precision, instance_sd=sd_of[s.base.precision]))
+            index[0] += 1
+
+    sd = {"float32": 0.1, "mixed_bfloat16": 0.3}  # both wide, bf16 wider
+    notes = _Notes()
+    gen = plan.batches(store, notes)
+    next(gen)  # the isolated trials (none run here)
+    planned = next(gen)
+    assert len(planned) == 4
+    run(planned, 40.0, sd)  # 10 s per session
+    first = next(gen)  # 60 s left: both wide groups fit
+    assert sorted(s.base.precision for s in first) == ["float32", "mixed_bfloat16"]
+    run(first, 40.0, sd)  # 20 s per session, 20 s left: one fits, the widest group's
+    second = next(gen)
+    assert [s.base.precision for s in second] == ["mixed_bfloat16"]
+    run(second, 20.0, sd)  # 0 s left
+    with pytest.raises(StopIteration):
+        next(gen)
+    assert sorted(plan.unmet) == sorted(groups.values())
+    assert any("time budget (60 s) spent" in line for line in notes.lines) and notes.added == 3
+
+
 def test_one_real_session_in_a_fresh_process(tmp_path):
     """A real session: every model built and timed, rounds in a seeded random order, the A/A twin."""
     import subprocess

@@ -142,8 +142,11 @@ def test_node_removed_mid_run_trial_lands_once_on_another_node(cluster, tmp_path
     markers = tmp_path / "markers"
     markers.mkdir()
     suite = tmp_path / "lose.yaml"
+    # A zygote-started trial of 2 short epochs can end before the node is removed; 80 epochs keep the
+    # victim running for seconds after its marker appears.
     suite.write_text(SUITE.format(name="lose", regularizers="[none, l2, dropout]", extra="")
-                     .replace("device: gpu", "device: cpu").replace("isolation: gpu", "isolation: cpu"))
+                     .replace("device: gpu", "device: cpu").replace("isolation: gpu", "isolation: cpu")
+                     .replace("epochs: 2", "epochs: 80"))
     proc = run_cli(suite, tmp_path / "out", cluster.address, {"REGBENCH_RAY_MARKER_DIR": str(markers)},
                    background=True)
     deadline = time.monotonic() + 120
