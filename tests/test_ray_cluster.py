@@ -161,6 +161,9 @@ def test_node_removed_mid_run_trial_lands_once_on_another_node(cluster, tmp_path
     assert victim is not None, "no trial started"
     lost = nodes.pop(victim["node_id"])
     (survivor_id,) = nodes
+    # A lost machine takes all its processes at once; remove_node kills the raylet and leaves its
+    # workers to notice, and a worker that is slow to notice could still deliver the trial's result.
+    os.kill(victim["worker_pid"], signal.SIGKILL)
     cluster.remove_node(lost, allow_graceful=False)
     rc, out, err = finish(proc)
     assert rc == 0, err

@@ -189,7 +189,7 @@ def test_killed_workers_are_retried_and_failures_recorded_once(tmp_path):
     raises (batch larger than the data) is recorded once, without retries."""
     markers = tmp_path / "markers"
     markers.mkdir()
-    suite = tiny_suite(tmp_path, name="faults", regularizers="[none, l2]", repeats=1,
+    suite = tiny_suite(tmp_path, name="faults", regularizers="[none, l2]", repeats=1, epochs=30,  # still running when killed
                        extra_workloads="  - {name: digits_mlp, max_train_samples: 64, batch_sizes: [4096]}")
     proc = start_run(["--suite", str(suite)], ray_env(REGBENCH_RAY_MARKER_DIR=markers), tmp_path / "out")
 
@@ -237,7 +237,9 @@ def test_trial_timeout_is_recorded(tmp_path):
 
 
 def test_interrupt_sigkill_and_resume_run_every_trial_once(tmp_path):
-    suite = tiny_suite(tmp_path, name="resume")
+    # 30 epochs: a zygote-started trial of 2 epochs ends in about a second, and the whole run could
+    # finish before the Ctrl-C below
+    suite = tiny_suite(tmp_path, name="resume", epochs=30)
     out_dir = tmp_path / "out"
 
     # 1. Ctrl-C (SIGINT to the whole process group, as a terminal does) after the first trial lands

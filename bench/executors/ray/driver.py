@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 
 from bench.errors import UserError
@@ -48,6 +50,7 @@ def run_ray(batches, store, suite, progress, start_method: str | None = None) ->
 
     started_here = connect()
     reaper = start_reaper() if started_here else None
+    restore_sigint = _note_sigint()
     try:
         _stage_data(ray, sorted({t.workload for t in suite.trials}), progress)
         # A private instance is torn down by ray.shutdown(), which stops every task; force-cancelling
@@ -59,11 +62,33 @@ def run_ray(batches, store, suite, progress, start_method: str | None = None) ->
                 _run(batch, store, suite, progress, ray, start_method or default_start_method(),
                      cancel_on_exit=not started_here)
     finally:
+        restore_sigint()
         if started_here:
             ray.shutdown()
         if reaper is not None:
             reaper.kill()
             reaper.wait()
+
+
+_SIGINT_SEEN = threading.Event()
+
+
+def _note_sigint():
+    """Keep Ctrl-C from being lost inside Ray: the handler raises KeyboardInterrupt as Python's
+    does and also sets a flag that the driver loop checks every half second, so an interrupt that
+    arrives during one of Ray's C++ waits stops the run even if the exception is swallowed there.
+    A SIGINT that was already ignored (a background job) stays ignored. Returns the restorer."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        return lambda: None
+    _SIGINT_SEEN.clear()
+
+    def on_sigint(signum, frame):
+        _SIGINT_SEEN.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    return lambda: signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _stage_data(ray, workloads: list[str], progress) -> None:
@@ -172,6 +197,8 @@ def _run(units, store, suite, progress, ray, start_method: str, cancel_on_exit: 
     last_recheck = time.monotonic()
     try:
         while out:
+            if _SIGINT_SEEN.is_set():
+                raise KeyboardInterrupt
             ready, _ = ray.wait(list(out), num_returns=1, timeout=0.5)
             if ready:
                 ready, _ = ray.wait(list(out), num_returns=len(out), timeout=0)
