@@ -13,6 +13,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -134,6 +135,8 @@ def test_smoke_suite_end_to_end(tmp_path):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert sorted(records) == sorted(manifest["trial_ids"]) and len(records) == 6
     assert manifest["status"] == "complete" and manifest["executor"] == "ray"
+    # the private instance's scratch on this machine (worker dirs, calibration) went with it
+    assert not (pathlib.Path(tempfile.gettempdir()) / f"regbench-{run_dir.name}").exists()
 
     ran = {tid: r for tid, r in records.items() if r["status"] != "skipped"}
     skipped = {tid: r for tid, r in records.items() if r["status"] == "skipped"}

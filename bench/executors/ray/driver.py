@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
+import shutil
 import signal
+import tempfile
 import threading
 import time
 
@@ -65,6 +68,9 @@ def run_ray(batches, store, suite, progress, start_method: str | None = None) ->
         restore_sigint()
         if started_here:
             ray.shutdown()
+            # this machine's scratch of the run (task.py: worker dirs, calibration); nodes of a
+            # joined cluster keep theirs in their temp dir until it is cleaned
+            shutil.rmtree(pathlib.Path(tempfile.gettempdir()) / f"regbench-{store.path.name}", ignore_errors=True)
         if reaper is not None:
             reaper.kill()
             reaper.wait()
