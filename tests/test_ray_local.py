@@ -125,7 +125,6 @@ def trial_files(run_dir: pathlib.Path) -> dict[str, dict]:
 # ---------------------------------------------------------------------------------------------
 
 def test_smoke_suite_end_to_end(tmp_path):
-    t0 = time.monotonic()
     proc = start_run(["--suite", "smoke"], ray_env(), tmp_path)
     rc, out, err = finish(proc)
     assert rc == 0, err
@@ -170,7 +169,6 @@ def test_smoke_suite_end_to_end(tmp_path):
     assert max(r["finished_at"] for r in ran.values()) <= first_session  # a batch ends before the next
     # plain progress lines (stderr is not a terminal here)
     assert "[10/10]" in err
-    assert time.monotonic() - t0 < 180
 
 
 def test_infeasible_gpu_request_fails_fast(tmp_path):
