@@ -222,15 +222,23 @@ class FreeRunTimer(keras.callbacks.Callback):
     def result(self, batch_size: int) -> dict:
         """free_running_step_s: window seconds / steps in it; free_running_samples_per_s; the sync."""
         steps = self.steps
-        syncs = "step" if self.backend == "tensorflow" else "window"
         if steps < 1 or self.start is None or self.end is None:
-            reason = f"a free-running window needs 3 batches or more ({self.batches} ran)"
-            return {"free_running_step_s": None, "free_running_samples_per_s": None, "free_running_steps": steps,
-                    "free_running_syncs": syncs,
-                    "null_reasons": {"free_running_step_s": reason, "free_running_samples_per_s": reason}}
+            return _no_free_running(self.backend, steps, f"a free-running window needs 3 batches or more "
+                                                         f"({self.batches} ran)")
         step_s = (self.end - self.start) / steps
         return {"free_running_step_s": step_s, "free_running_samples_per_s": batch_size / step_s,
-                "free_running_steps": steps, "free_running_syncs": syncs, "null_reasons": {}}
+                "free_running_steps": steps, "free_running_syncs": _syncs(self.backend), "null_reasons": {}}
+
+
+def _syncs(backend: str) -> str:
+    """How often the free-running window waits for the device: TensorFlow's Keras reads every step."""
+    return "step" if backend == "tensorflow" else "window"
+
+
+def _no_free_running(backend: str, steps: int, reason: str) -> dict:
+    return {"free_running_step_s": None, "free_running_samples_per_s": None, "free_running_steps": steps,
+            "free_running_syncs": _syncs(backend),
+            "null_reasons": {"free_running_step_s": reason, "free_running_samples_per_s": reason}}
 
 
 def free_running(model, inputs: dict, backend: str, batch_size: int, steps: int | None = None) -> dict:
@@ -240,8 +248,6 @@ def free_running(model, inputs: dict, backend: str, batch_size: int, steps: int 
     try:
         model.fit(**inputs, epochs=1, steps_per_epoch=steps, callbacks=[timer], verbose=0)
     except Exception as e:  # noqa: BLE001 - the trial's other figures stand; this one is null with the reason
-        reason = f"the free-running epoch failed: {type(e).__name__}: {e}".replace("\n", " ")[:300]
-        return {"free_running_step_s": None, "free_running_samples_per_s": None, "free_running_steps": 0,
-                "free_running_syncs": "step" if backend == "tensorflow" else "window",
-                "null_reasons": {"free_running_step_s": reason, "free_running_samples_per_s": reason}}
+        return _no_free_running(backend, 0, f"the free-running epoch failed: {type(e).__name__}: {e}"
+                                            .replace("\n", " ")[:300])
     return timer.result(batch_size)
