@@ -114,7 +114,7 @@ def check(baseline: str, trials: pd.DataFrame, thresholds: list[Threshold]) -> G
     lines += _new_failures(trials, baseline, keys, varying) if thresholds else []
     gated = changed[changed["metric"].isin(limit)]
     cells = gated.drop_duplicates(keys + ["run"])
-    no_ci = int((gated.drop_duplicates(keys + ["run"])["mark"] == stats.TOO_FEW).sum()) if len(gated) else 0
+    no_ci = int((cells["mark"] == stats.TOO_FEW).sum())
     summary = (f"gate: {len(cells)} cells of {len(candidates)} candidate run(s) vs baseline {baseline}, "
                f"{len(thresholds)} metric(s): {len(lines)} regression(s)"
                + (f"; {no_ci} cells have too few repeats for an interval and cannot fail" if no_ci else ""))

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import stats
+from bench.measure.energy import INPUT_BOUND_UTIL_PERCENT as GPU_BOUND_UTIL_PERCENT  # the trials' input_bound threshold
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,8 +182,6 @@ def overhead(trials: pd.DataFrame, metrics=METRICS, *, sessions: list | None = N
     _note_gpu_bound(table, df)
     return table[OVERHEAD_COLUMNS].reset_index(drop=True)
 
-
-GPU_BOUND_UTIL_PERCENT = 80.0
 
 
 def gpu_baselines_not_gpu_bound(trials: pd.DataFrame) -> pd.DataFrame:

@@ -162,8 +162,6 @@ def model_device(backend: str, model) -> str:
     HBM3)', torch 'cuda:0'. A GPU trial whose framework fell back to the CPU (a broken CUDA
     plugin: JAX warns and runs on the CPU, Keras on torch picks 'cpu') shows here."""
     value = model.weights[0].value
-    if backend == "tensorflow":
-        return str(value.device)
     if backend == "jax":
         device = sorted(value.devices(), key=lambda d: d.id)[0]
         return f"{device.platform}:{device.id} ({device.device_kind})"

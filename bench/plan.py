@@ -51,9 +51,12 @@ class RunPlan:
             return
         per_session_s = (time.monotonic() - t0) / len(planned) if planned else None
         deadline = time.monotonic() + self.budget_s
+        from analysis import paired
+
         while True:
             records = store.records("session")
-            extra = self.more_sessions(records)
+            table = paired.estimates(records)  # once per step: every decision below reads it
+            extra = self.more_sessions(records, table)
             if not extra:
                 return
             if per_session_s is None:  # resumed after the planned sessions: the slowest case, one at a time
@@ -61,12 +64,12 @@ class RunPlan:
                 per_session_s = walls[len(walls) // 2] if walls else 0.0
             fits = len(extra) if per_session_s <= 0 else int((deadline - time.monotonic()) // per_session_s)
             if fits < 1:
-                self.unmet = self.wide_groups(records)
+                self.unmet = paired.wide_groups(table, self.target_ci_pct)
                 if progress is not None:
                     progress.note(f"paired: time budget ({self.budget_s:g} s) spent; {len(self.unmet)} cell "
                                   f"group(s) still wider than +-{self.target_ci_pct:g} points")
                 return
-            extra = self.widest_first(extra, records)[:fits]
+            extra = self.widest_first(extra, table)[:fits]
             self.added += extra
             if progress is not None:
                 progress.add(len(extra))
@@ -77,22 +80,20 @@ class RunPlan:
             yield extra
             per_session_s = (time.monotonic() - t0) / len(extra)
 
-    def widest_first(self, sessions: list[Session], records: list[dict]) -> list[Session]:
-        """`sessions` ordered by their group's widest step-time half-width, widest first."""
-        from analysis import paired
-
-        table = paired.estimates(records)
+    @staticmethod
+    def widest_first(sessions: list[Session], table) -> list[Session]:
+        """`sessions` ordered by their group's widest step-time half-width (`table`:
+        analysis.paired.estimates), widest first."""
         widest = table.fillna({"half_width_pct": float("inf")}).groupby("group_id")["half_width_pct"].max()
         return sorted(sessions, key=lambda s: -widest.get(s.group_id, float("inf")))
 
-    def wide_groups(self, records: list[dict]) -> list[str]:
+    def more_sessions(self, records: list[dict], table=None) -> list[Session]:
+        """One more session for each group still wider than the target and under its cap (`table`:
+        analysis.paired.estimates of `records`, when the caller has it)."""
         from analysis import paired
 
-        return paired.wide_groups(paired.estimates(records), self.target_ci_pct)
-
-    def more_sessions(self, records: list[dict]) -> list[Session]:
-        """One more session for each group still wider than the target and under its cap."""
-        wide = set(self.wide_groups(records))
+        table = paired.estimates(records) if table is None else table
+        wide = set(paired.wide_groups(table, self.target_ci_pct))
         count: dict[str, int] = {}
         for s in self.sessions + self.added:
             count[s.group_id] = count.get(s.group_id, 0) + 1

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import shutil
 import signal
-import tempfile
 import threading
 import time
 
@@ -26,7 +24,7 @@ from bench.errors import UserError
 from bench.executors.ray.connect import SHIP_CODE_ENV, connect, start_reaper
 from bench.executors.ray.resources import (NODE_WAIT_ENV, alive_nodes, check_feasible, host_reservation,
                                            infeasible_reason, on_gpu, request_for, reserve_gpu_hosts, wants_gpu)
-from bench.executors.ray.task import AttemptLog, TrialProcessDied, code_hash, trial_task
+from bench.executors.ray.task import AttemptLog, TrialProcessDied, code_hash, run_scratch, trial_task
 from bench.executors.trial_process import default_start_method, failure_record
 
 MARKER_ENV = "REGBENCH_RAY_MARKER_DIR"  # tests: each attempt writes its pids here
@@ -70,7 +68,7 @@ def run_ray(batches, store, suite, progress, start_method: str | None = None) ->
             ray.shutdown()
             # this machine's scratch of the run (task.py: worker dirs, calibration); nodes of a
             # joined cluster keep theirs in their temp dir until it is cleaned
-            shutil.rmtree(pathlib.Path(tempfile.gettempdir()) / f"regbench-{store.path.name}", ignore_errors=True)
+            shutil.rmtree(run_scratch(store.path.name), ignore_errors=True)
         if reaper is not None:
             reaper.kill()
             reaper.wait()

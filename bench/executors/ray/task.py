@@ -40,11 +40,16 @@ def _launcher(options: dict):
 
     key = (options.get("start_method"), options["run_id"])
     if key not in _LAUNCHERS:
-        run_tmp = pathlib.Path(tempfile.gettempdir()) / f"regbench-{options['run_id']}"
+        run_tmp = run_scratch(options["run_id"])
         workdir = pathlib.Path(tempfile.mkdtemp(prefix="worker-", dir=_mkdir(run_tmp)))
         _LAUNCHERS[key] = Launcher(workdir, "ray", options.get("start_method"), extra_env={
             "REGBENCH_CALIBRATION_DIR": str(run_tmp / "calibration")})
     return _LAUNCHERS[key]
+
+
+def run_scratch(run_id: str) -> pathlib.Path:
+    """This node's scratch of a run: the Ray workers' trial dirs and the calibration cache."""
+    return pathlib.Path(tempfile.gettempdir()) / f"regbench-{run_id}"
 
 
 def _mkdir(path: pathlib.Path) -> pathlib.Path:
