@@ -121,7 +121,7 @@ def cmd_run(args) -> int:
         manifest = store.manifest()
         if "suite_input" not in manifest:
             raise UserError(f"{store.manifest_path}: suite_input missing; cannot resume this run")
-        if args.retry_failed:
+        if args.retry_failed or retry.is_open(manifest):  # a plain --resume finishes an interrupted round
             round_no, ids = retry.begin(store)
             print(f"retry round {round_no}: {len(ids)} failed unit(s) to run again; their old records are in "
                   f"{store.path / retry.HISTORY}" if ids else "retry: no failed trial to run again", file=sys.stderr)

@@ -41,11 +41,18 @@ def _failed(store: RunStore) -> list[tuple[str, str]]:
     return out
 
 
+def is_open(manifest: dict) -> bool:
+    """Is a retry round open (begun, the run not completed since)?"""
+    retries = manifest.get("retries") or []
+    return bool(retries) and retries[-1].get("finished_at") is None
+
+
 def begin(store: RunStore) -> tuple[int, list[str]]:
     """Open a retry round (or continue the open one) and move its failed records to history/.
     Returns (round number, unit ids of the round); (last round, []) when nothing failed."""
-    retries = list(store.manifest().get("retries") or [])
-    if retries and retries[-1].get("finished_at") is None:
+    manifest = store.manifest()
+    retries = list(manifest.get("retries") or [])
+    if is_open(manifest):
         current = retries[-1]  # an interrupted round: finish it, retry nothing twice
     else:
         failed = _failed(store)

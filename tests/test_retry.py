@@ -72,6 +72,21 @@ def test_an_interrupted_round_is_finished_never_repeated(smoke_run, tmp_path):
                                                                              f"{failed_id}.2.json"]
 
 
+def test_a_plain_resume_finishes_a_round_interrupted_before_its_records_moved(smoke_run, tmp_path):
+    """Defect caught: --resume without --retry-failed closing an open round whose failed records
+    were never moved, so they are never run again."""
+    run = copy_run(smoke_run, tmp_path / "run", jitter=0.0, edit=_mark("l2", "failed"))
+    store = RunStore.open(run)
+    (failed_id,) = [i for i, r in _records(run).items() if r["status"] == "failed"]
+    # the round is recorded first; the driver dies before the record moves
+    store.update_manifest(retries=[{"round": 1, "units": [{"kind": "trial", "id": failed_id}],
+                                    "started_at": "2026-01-01T00:00:00+00:00", "finished_at": None}])
+    regbench("run", "--resume", run, "--executor", "process", "--no-report", check=True)
+    assert _records(run)[failed_id]["status"] == "ok"
+    assert [p.name for p in (run / "history" / "trials").iterdir()] == [f"{failed_id}.1.json"]
+    assert json.loads((run / "manifest.json").read_text())["retries"][0]["finished_at"]
+
+
 def test_retry_failed_needs_resume(tmp_path):
     proc = regbench("run", "--retry-failed", "--suite", "smoke", "--out", tmp_path, timeout=60)
     assert proc.returncode == 2 and proc.stderr.strip() == \
