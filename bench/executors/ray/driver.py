@@ -226,6 +226,8 @@ def _run(units, store, suite, progress, ray, start_method: str, cancel_on_exit: 
                 by_id.pop(o.unit.unit_id, None)
                 record, fp, info, log = _collect(ray, ref, o, on_gpu(o.unit, gpu), suite, RayTaskError,
                                                  TaskCancelledError)
+                if info and isinstance(info.get("ray_attempt"), int):  # an attempt's start lost with its worker
+                    o.attempts = max(o.attempts, info["ray_attempt"] + 1)
                 if log:
                     store.write_log(o.unit.unit_id, log, f"attempt {max(o.attempts, 1)}: pid {info.get('trial_pid')}, "
                                                            f"{info.get('start_method')} on {info.get('hostname')}")

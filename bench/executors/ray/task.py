@@ -69,7 +69,8 @@ def trial_task(kind: str, unit_dict: dict, gpu: bool, attempt_log, options: dict
     gpu_ids = [str(g) for g in ctx.get_accelerator_ids().get("GPU", [])]
     info = {"node_id": ctx.get_node_id(), "node_ip": ray.util.get_node_ip_address(),
             "hostname": socket.gethostname(), "worker_pid": os.getpid(), "gpu_ids": gpu_ids,
-            "code_hash": code_hash(), "placement_group_id": ctx.get_placement_group_id()}
+            "code_hash": code_hash(), "placement_group_id": ctx.get_placement_group_id(),
+            "ray_attempt": _ray_attempt_number()}
     # The driver counts attempts from these. Waited for only once the trial process is done: a task
     # blocked in ray.get lends its CPUs to the next task, which would then share this trial's cores.
     started = attempt_log.started.remote(unit.unit_id, dict(info)) if attempt_log is not None else None
@@ -81,6 +82,17 @@ def trial_task(kind: str, unit_dict: dict, gpu: bool, attempt_log, options: dict
                 ray.get(started, timeout=30)
             except ray.exceptions.RayError:
                 pass
+
+
+def _ray_attempt_number() -> int | None:
+    """Ray's own 0-based count of this task's attempts. The driver's count comes from the attempt
+    log, and a worker killed before its `started` call left the process loses one; this is its floor."""
+    try:
+        from ray._private.worker import global_worker
+
+        return int(global_worker.core_worker.get_current_task_attempt_number())
+    except Exception:  # a private API: a Ray without it leaves the attempt log's count alone
+        return None
 
 
 def _attempt(unit, gpu: bool, gpu_ids: list, info: dict, options: dict) -> dict:
