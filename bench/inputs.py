@@ -55,22 +55,66 @@ def fit_inputs(recipe, x: np.ndarray, y: np.ndarray, batch_size: int, kind: str,
     return dict(x=x, y=y, batch_size=batch_size, shuffle=True), f"arrays ({keras.config.backend()} adapter), shuffled"
 
 
-def block_inputs(recipe, x: np.ndarray, y: np.ndarray, batch_size: int, kind: str, seed: int) -> dict:
-    """model.fit's data for the many short fits of a paired session (bench/paired.py).
+PREFETCH_BATCHES = 2
 
-    The PyDataset of input-side recipes is the trial's own. Plain arrays on TensorFlow become a
-    tf.data pipeline with autotuning off (shuffled with a full buffer, reshuffled every fit,
-    two batches prefetched), built once and reused by every block: with the adapter's autotuned
-    pipeline, each fit of a process pinned to one core spent 0.04-0.35 s starting and stopping
-    tf.data's tuning threads (more than the block's steps), against 0.01-0.02 s this way, with
-    the same median step time (tests/benchmarks/block_inputs.py). Other backends keep the arrays.
-    """
-    if recipe.augmentation == "pipeline" or recipe.mixes_batches or keras.config.backend() != "tensorflow":
-        return fit_inputs(recipe, x, y, batch_size, kind, seed)[0]
+
+def _tf_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int | None):
+    """Arrays as a tf.data pipeline built once: the row indices shuffled and reshuffled every epoch
+    (seed None: in order), batched, each batch gathered from the arrays (as Keras' adapter does: a
+    shuffle buffer holds indices, not a second copy of the data), two batches prefetched,
+    autotuning off."""
     import tensorflow as tf
 
     options = tf.data.Options()
     options.autotune.enabled = False
-    ds = (tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-          .batch(batch_size).prefetch(2).with_options(options))
-    return dict(x=ds)
+    x_t, y_t = tf.convert_to_tensor(x), tf.convert_to_tensor(y)
+    ds = tf.data.Dataset.range(len(x))
+    if seed is not None:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(lambda i: (tf.gather(x_t, i), tf.gather(y_t, i)))
+    return ds.prefetch(PREFETCH_BATCHES).with_options(options)
+
+
+def _tf_arrays(recipe) -> bool:
+    return not (recipe.augmentation == "pipeline" or recipe.mixes_batches) and keras.config.backend() == "tensorflow"
+
+
+TF_PIPELINE = f"tf.data built once per trial (indices reshuffled every epoch, prefetch {PREFETCH_BATCHES}, autotune off)"
+
+
+def trial_inputs(recipe, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, batch_size: int,
+                 kind: str, seed: int) -> tuple[dict, dict, str]:
+    """An isolated trial's data: (fit keywords for training, for `validation_data` and
+    `evaluate`, a description of the input pipeline).
+
+    On TensorFlow, plain arrays become tf.data pipelines built once (`_tf_dataset`), as a tuned
+    training script feeds `fit`. Keras' array adapter builds an autotuned pipeline and starts it
+    again every epoch and every validation pass: on a slot pinned to one core that cost ~0.1 s per
+    epoch, more than the epoch's steps of the digits MLP, and half of a 10-epoch `fit`'s wall time
+    (tests/benchmarks/trial_inputs.py: 1.61-1.72 s against 0.82 s, median step time within 2.5%).
+    Input-side recipes keep their PyDataset; JAX and torch keep the arrays."""
+    if not _tf_arrays(recipe):
+        train, desc = fit_inputs(recipe, x, y, batch_size, kind, seed)
+        return train, dict(x=x_val, y=y_val, batch_size=batch_size), desc
+    return (dict(x=_tf_dataset(x, y, batch_size, seed)), dict(x=_tf_dataset(x_val, y_val, batch_size, None)),
+            TF_PIPELINE)
+
+
+def validation_data(val_inputs: dict):
+    """`fit`'s validation_data for trial_inputs' validation keywords."""
+    return (val_inputs["x"], val_inputs["y"]) if "y" in val_inputs else val_inputs["x"]
+
+
+def block_inputs(recipe, x: np.ndarray, y: np.ndarray, batch_size: int, kind: str, seed: int) -> dict:
+    """model.fit's data for the many short fits of a paired session (bench/paired.py).
+
+    The PyDataset of input-side recipes is the trial's own. Plain arrays on TensorFlow become the
+    trial's tf.data pipeline (`_tf_dataset`), built once per block size and reused by every block:
+    with the adapter's autotuned pipeline, each fit of a process pinned to one core spent
+    0.04-0.35 s starting and stopping tf.data's tuning threads (more than the block's steps),
+    against 0.01-0.02 s this way, with the same median step time (tests/benchmarks/block_inputs.py).
+    Other backends keep the arrays.
+    """
+    if not _tf_arrays(recipe):
+        return fit_inputs(recipe, x, y, batch_size, kind, seed)[0]
+    return dict(x=_tf_dataset(x, y, batch_size, seed))

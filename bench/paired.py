@@ -9,8 +9,9 @@ a session measures one thing: each setting's steady-state step time relative to 
 
 A session (one fresh process; `run_session`, read top to bottom):
 1. builds every model of the cell with the runner's own code (same data, same compile, same
-   input pipeline, same StepTimer), in a seeded random order, plus a second, identical baseline
-   model (the A/A control: its ratio to the baseline is the noise floor the session measured);
+   input pipeline, same StepTimer), in a seeded random order, plus two more instances of the
+   baseline model (the second is the A/A control: its ratio to the first is the noise floor the
+   session measured);
 2. warms each model up with one block (trace/compile) and sizes the blocks from the baseline's
    step time: at least `block_min_steps` steps and `block_min_s` seconds of steps;
 3. runs `rounds` rounds; each round times one block of every model in a seeded random order
@@ -18,11 +19,13 @@ A session (one fresh process; `run_session`, read top to bottom):
 4. records each block's median step time (the first batch of a block, which waits for the
    iterator, is excluded, exactly as in a trial's steady-state window).
 
-The ratio of a setting is formed per round: its block against the geometric mean of the two
-baseline models' blocks of that round (each model instance has its own speed, a few percent
-either way on a shared VM, and every ratio shares the reference: two instances halve that
-term). The session's estimate is the median over rounds, which resists blocks hit by a burst of
-steal time. Across sessions (each one a new set of instances), `analysis` combines the session
+The ratio of a setting is formed per round: its block against the median of the three baseline
+models' blocks of that round. Each model instance has its own speed, a few percent either way on
+a shared VM and now and then 15-20% off (two back-to-back runs: 3 of 30 sessions had an A/A
+ratio beyond 5%), and every ratio of the session shares the reference: the median of three
+instances drops one such instance, where the mean of two moved every ratio of its session by
+half of it. The session's estimate is the median over rounds, which resists blocks hit by a
+burst of steal time. Across sessions (each one a new set of instances), `analysis` combines the session
 estimates (analysis/paired.py); the A/A ratio (second baseline over first) is the noise floor.
 
 A setting whose training step is the baseline's (early stopping only acts at epoch ends: its cost
@@ -45,6 +48,7 @@ from bench.regularizers import Recipe, recipe_for, setting_label
 from bench.trial import Trial, canonical_json, now_iso
 
 AA_LABEL = "none (A/A)"  # the second baseline model: its ratio to the baseline is the noise floor
+THIRD_LABEL = "none (3rd)"  # the third baseline model: with the other two, the reference of every ratio
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,8 +134,8 @@ def session_skeleton(session: Session, status: str, reason: str | None, node: di
         "session": {**session.to_dict(), "group_id": session.group_id, "workload": b.workload,
                     "precision": b.precision, "batch_size": b.batch_size, "backend": b.backend,
                     "float32_matmul": b.float32_matmul,
-                    "repeat": b.repeat, "seed": b.seed, "labels": [AA_LABEL, *session.labels],
-                    "cell_ids": {AA_LABEL: b.cell_id, **{setting_label(s): session.trial_for(s).cell_id
+                    "repeat": b.repeat, "seed": b.seed, "labels": [AA_LABEL, THIRD_LABEL, *session.labels],
+                    "cell_ids": {AA_LABEL: b.cell_id, THIRD_LABEL: b.cell_id, **{setting_label(s): session.trial_for(s).cell_id
                                                          for s in session.settings + session.same_step}},
                     "same_step_as_baseline": [setting_label(s) for s in session.same_step]},
         "node": node,
@@ -172,13 +176,18 @@ def run_session(session: Session, executor: str = "process", gpu: bool | None = 
 
 
 def round_log_ratios(step_time_s: dict) -> dict:
-    """label -> per-round log ratio of its block to the round's reference, the geometric mean of
-    the two baseline models' blocks; for the A/A label, the second baseline over the first."""
+    """label -> per-round log ratio of its block to the round's reference, the median of the three
+    baseline models' blocks (the geometric mean of two in sessions recorded before the third);
+    for the A/A label, the second baseline over the first."""
     first, second = np.log(step_time_s[setting_label(())]), np.log(step_time_s[AA_LABEL])
-    ref = (first + second) / 2
+    baselines = (setting_label(()), AA_LABEL, THIRD_LABEL)
+    if THIRD_LABEL in step_time_s:
+        ref = np.median([first, second, np.log(step_time_s[THIRD_LABEL])], axis=0)
+    else:
+        ref = (first + second) / 2
     out = {AA_LABEL: second - first}
     for label, blocks in step_time_s.items():
-        if label not in (AA_LABEL, setting_label(())):
+        if label not in baselines:
             out[label] = np.log(blocks) - ref
     return out
 
@@ -203,8 +212,8 @@ def _time_blocks(session: Session, node: dict, gpu: bool) -> dict:
     # 1. one dataset, every model built the runner's way (plus the A/A twin of the baseline)
     t = time.perf_counter()
     data, x_train, _ = load_data(base, workload, Recipe())
-    labels = [AA_LABEL, setting_label(()), *session.labels]
-    settings = dict(zip(labels, [(), (), *session.settings]))
+    labels = [AA_LABEL, setting_label(()), THIRD_LABEL, *session.labels]
+    settings = dict(zip(labels, [(), (), (), *session.settings]))
     rng = np.random.default_rng([base.seed, base.repeat, 7919])
     build_order = [labels[i] for i in rng.permutation(len(labels))]  # no model is always built first
     models, recipes, labels_y = {}, {}, {}

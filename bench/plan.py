@@ -38,9 +38,11 @@ class RunPlan:
     def batches(self, store, progress=None):
         """Yield lists of units not yet in the store: trials, sessions, then adaptive sessions.
 
-        An adaptive batch starts only if it is expected to end inside `budget_s`: its wall time is
-        estimated from the previous session batch (seconds per session, whatever the parallelism),
-        and cut to the widest groups that fit."""
+        An adaptive batch starts only if it is expected to end inside `budget_s`. The previous
+        session batch says how many sessions run side by side and how long one wave of them takes
+        (whatever the executor and the cluster); a batch is cut to the widest groups that fit in
+        the waves left. When fewer groups are wide than sessions run side by side, each wide group
+        gets several sessions, so no slot idles."""
         done = store.finished_ids("trial")
         yield [t for t in self.trials if t.unit_id not in done]
         done = store.finished_ids("session")
@@ -49,20 +51,21 @@ class RunPlan:
         yield planned
         if not self.sessions or self.target_ci_pct is None:
             return
-        per_session_s = (time.monotonic() - t0) / len(planned) if planned else None
+        side_by_side, wave_s = _pace(store, planned, time.monotonic() - t0) if planned else (1, None)
         deadline = time.monotonic() + self.budget_s
         from analysis import paired
 
         while True:
             records = store.records("session")
             table = paired.estimates(records)  # once per step: every decision below reads it
-            extra = self.more_sessions(records, table)
+            wide = len(paired.wide_groups(table, self.target_ci_pct))
+            extra = self.more_sessions(records, table, per_group=-(-side_by_side // max(wide, 1)))
             if not extra:
                 return
-            if per_session_s is None:  # resumed after the planned sessions: the slowest case, one at a time
+            if wave_s is None:  # resumed after the planned sessions: the slowest case, one at a time
                 walls = sorted(r.get("wall_s") or 0.0 for r in records if r.get("status") == "ok")
-                per_session_s = walls[len(walls) // 2] if walls else 0.0
-            fits = len(extra) if per_session_s <= 0 else int((deadline - time.monotonic()) // per_session_s)
+                wave_s = walls[len(walls) // 2] if walls else 0.0
+            fits = len(extra) if wave_s <= 0 else int((deadline - time.monotonic()) // wave_s) * side_by_side
             if fits < 1:
                 self.unmet = paired.wide_groups(table, self.target_ci_pct)
                 if progress is not None:
@@ -78,7 +81,8 @@ class RunPlan:
             store.update_manifest(session_ids=[s.unit_id for s in self.sessions + self.added])
             t0 = time.monotonic()
             yield extra
-            per_session_s = (time.monotonic() - t0) / len(extra)
+            ran, wave_s = _pace(store, extra, time.monotonic() - t0)
+            side_by_side = max(side_by_side, ran)
 
     @staticmethod
     def widest_first(sessions: list[Session], table) -> list[Session]:
@@ -87,9 +91,9 @@ class RunPlan:
         widest = table.fillna({"half_width_pct": float("inf")}).groupby("group_id")["half_width_pct"].max()
         return sorted(sessions, key=lambda s: -widest.get(s.group_id, float("inf")))
 
-    def more_sessions(self, records: list[dict], table=None) -> list[Session]:
-        """One more session for each group still wider than the target and under its cap (`table`:
-        analysis.paired.estimates of `records`, when the caller has it)."""
+    def more_sessions(self, records: list[dict], table=None, per_group: int = 1) -> list[Session]:
+        """`per_group` more sessions for each group still wider than the target, within its cap
+        (`table`: analysis.paired.estimates of `records`, when the caller has it)."""
         from analysis import paired
 
         table = paired.estimates(records) if table is None else table
@@ -103,8 +107,18 @@ class RunPlan:
             if count.get(gid, 0) >= self.max_sessions or gid not in template:
                 continue
             t = template[gid]
-            i = count[gid]
-            base = dataclasses.replace(t.base, repeat=i, seed=t.base.seed - t.base.repeat + i)
-            out.append(dataclasses.replace(t, base=base))
+            for i in range(count[gid], min(count[gid] + per_group, self.max_sessions)):
+                base = dataclasses.replace(t.base, repeat=i, seed=t.base.seed - t.base.repeat + i)
+                out.append(dataclasses.replace(t, base=base))
         self.unmet = sorted(g for g in wide if count.get(g, 0) >= self.max_sessions)
         return out
+
+
+def _pace(store, batch: list, wall_s: float) -> tuple[int, float]:
+    """(how many sessions of `batch` ran side by side, the wall time of one wave of them): their
+    summed process wall time over the batch's wall time (1 when unknown, and then a wave is one
+    session), the batch's wall time over its number of waves."""
+    ids = {s.unit_id for s in batch}
+    busy_s = sum(r.get("wall_s") or 0.0 for r in store.records("session") if r.get("session_id") in ids)
+    side_by_side = max(1, round(busy_s / wall_s)) if wall_s > 0 else 1
+    return side_by_side, wall_s / -(-len(batch) // side_by_side)

@@ -141,7 +141,7 @@ def early_stopping_callback(recipe):
 def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
     import keras
 
-    from bench.inputs import fit_inputs
+    from bench.inputs import trial_inputs, validation_data
     from bench.measure.compute import compute_section, node_peak_flops_per_s
     from bench.measure.convergence import curve_rows, summarize
     from bench.measure.energy import NvmlSampler
@@ -165,8 +165,10 @@ def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
     node["framework_device"] = backends.model_device(trial.backend, model)
     backends.check_device(trial.backend, node["framework_device"], gpu)  # WrongDevice: a failed trial
 
-    # 3. timed training: arrays, or a PyDataset that augments batch by batch on the input side
-    inputs, input_pipeline = fit_inputs(recipe, x_train, y_train, trial.batch_size, data.kind, trial.seed)
+    # 3. timed training: a tf.data pipeline or arrays, or a PyDataset that augments batch by batch
+    #    on the input side (bench.inputs.trial_inputs)
+    inputs, val_inputs, input_pipeline = trial_inputs(recipe, x_train, y_train, data.x_val, data.y_val,
+                                                      trial.batch_size, data.kind, trial.seed)
     timer = StepTimer()
     early = early_stopping_callback(recipe)
     callbacks = [timer] + ([early] if early else [])
@@ -174,7 +176,8 @@ def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
     memory.start()
     nvml.start()
     history = model.fit(**inputs, epochs=trial.epochs, steps_per_epoch=trial.steps_per_epoch,
-                        validation_data=(data.x_val, data.y_val), callbacks=callbacks, verbose=0)
+                        validation_data=validation_data(val_inputs),
+                        callbacks=callbacks, verbose=0)
     nvml.stop()
     memory.stop()
     timing = timer.result(trial.batch_size)
@@ -186,8 +189,7 @@ def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
         k = min(len(x_train), 4096)
         final_train = float(model.evaluate(x_train[:k], y_train[:k], batch_size=trial.batch_size,
                                            verbose=0, return_dict=True)["accuracy"])
-        final_val = float(model.evaluate(data.x_val, data.y_val, batch_size=trial.batch_size,
-                                         verbose=0, return_dict=True)["accuracy"])
+        final_val = float(model.evaluate(**val_inputs, verbose=0, return_dict=True)["accuracy"])
     skipped = None
     if trial.precision == "mixed_float16":
         skipped = timer.steps_run - int(keras.ops.convert_to_numpy(model.optimizer.iterations))
@@ -199,7 +201,8 @@ def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
 
     # 5. the free-running window (one more epoch, one sync per window): after everything else that
     #    trains, since it trains the model further
-    inputs, _ = fit_inputs(recipe, x_train, y_train, trial.batch_size, data.kind, trial.seed + 1)
+    inputs, _, _ = trial_inputs(recipe, x_train, y_train, data.x_val, data.y_val, trial.batch_size, data.kind,
+                                trial.seed + 1)
     free = free_running(model, inputs, trial.backend, trial.batch_size, trial.steps_per_epoch)
 
     # 6. compute: analytic FLOPs vs this node's measured matmul peak at this precision

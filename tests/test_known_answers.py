@@ -207,7 +207,7 @@ def test_time_to_target_overhead_counts_misses_as_the_budget(tmp_path):
     assert row["note"] == "reached the target: l2 2/4, baseline 4/4; a miss counts as its whole training time"
 
 
-# ---- paired sessions: pairing by round, reference = geometric mean of the two baselines -----------
+# ---- paired sessions: pairing by round, reference = the baselines (geometric mean of two, median of three)
 
 TRUTH = {"l2": 1.10, "dropout": 1.25}
 SKEW = 0.04  # each baseline instance is 4% off the truth, in opposite directions
@@ -272,6 +272,23 @@ def test_session_estimate_matches_a_hand_computation(sessions):
     assert r["estimate"] == pytest.approx(np.exp(m.mean()), rel=1e-12)
     assert r["ci_low"] == pytest.approx(np.exp(m.mean() - half), rel=1e-12)
     assert r["ci_high"] == pytest.approx(np.exp(m.mean() + half), rel=1e-12)
+
+
+def test_reference_is_the_median_of_three_baseline_instances():
+    """Defect caught: a reference that averages the baseline instances, or ignores the third. One
+    instance runs 20% slow (as 3 of 30 sessions of two back-to-back runs here had one): the median
+    of three drops it and every ratio stays exact; the mean of the other two, or of all three,
+    would move every ratio of the session by 10% or 6%. The A/A control still reports the slow
+    instance (second over first)."""
+    slow = np.log(1.2)
+    docs = [synthetic.session_doc(session=k, truths=TRUTH, drift=DRIFT, seed=3, instance_log_speeds=(0.0, slow, 0.0))
+            for k in range(4)]
+    assert set(paired.round_log_ratios(docs[0])) == {"none (A/A)", "l2", "dropout"}
+    est = paired.estimates(docs)
+    for label, factor in TRUTH.items():
+        r = _one(est, setting=label)
+        assert r["estimate"] == pytest.approx(factor, rel=0.003) and r["half_width_pct"] < 0.5, (label, r["estimate"])
+    assert _one(est, setting="none (A/A)")["estimate"] == pytest.approx(1.2, rel=0.003)
 
 
 def test_report_takes_step_time_from_sessions_where_they_cover_the_cell(tmp_path, sessions):

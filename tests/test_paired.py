@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from analysis import paired
-from bench.paired import AA_LABEL, Session, plan_sessions
+from bench.paired import AA_LABEL, THIRD_LABEL, Session, plan_sessions
 from bench.plan import RunPlan
 from bench.store import RunStore
 from bench.suite import parse
@@ -204,7 +204,8 @@ def test_adaptive_sessions_start_only_when_expected_to_end_inside_the_budget(tmp
 
 
 def test_one_real_session_in_a_fresh_process(tmp_path):
-    """A real session: every model built and timed, rounds in a seeded random order, the A/A twin."""
+    """A real session: every model built and timed, rounds in a seeded random order, the A/A twin
+    and the third baseline instance."""
     import subprocess
     import sys
 
@@ -217,7 +218,7 @@ def test_one_real_session_in_a_fresh_process(tmp_path):
                    env={**__import__("os").environ, "CUDA_VISIBLE_DEVICES": ""})
     rec = json.loads(out.read_text())
     assert rec["status"] == "ok", rec.get("reason")
-    labels = {AA_LABEL, "none", "l2", "dropout"}
+    labels = {AA_LABEL, THIRD_LABEL, "none", "l2", "dropout"}
     assert set(rec["blocks"]["step_time_s"]) == labels and set(rec["blocks"]["build_order"]) == labels
     order = rec["blocks"]["order"]
     assert len(order) == 4 and all(sorted(r) == sorted(labels) for r in order)
@@ -247,3 +248,42 @@ def test_validate_checks_session_files_against_their_schema_and_the_manifest(tmp
     assert any("never-ran.json: missing" in line for line in lines)
     assert any("notes.txt: stray file" in line for line in lines)
     assert not any(good["session_id"] in line for line in lines)
+
+
+def test_adaptive_batches_fill_the_slots_the_planned_sessions_ran_in(tmp_path, monkeypatch):
+    """The planned sessions ran two at a time (4 sessions of 20 s in 40 s): when one group alone is
+    still wide, it gets two sessions at once instead of one beside an idle slot; the budget is
+    counted in waves of sessions side by side, not in sessions."""
+    import types
+
+    import bench.plan
+
+    clock = [0.0]
+    monkeypatch.setattr(bench.plan, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    suite = _suite(target_ci_pct=3, max_sessions=8, budget_s=200)
+    plan = RunPlan.of(suite, suite.trials)
+    store = RunStore.create(tmp_path, suite.resolved, [t.trial_id for t in suite.trials])
+    rng = np.random.default_rng(7)
+    sd = {"float32": 0.001, "mixed_bfloat16": 0.3}  # float32 narrow, bf16 wide
+
+    def run(sessions, wall_s, each_s):
+        clock[0] += wall_s
+        for s in sessions:
+            rec = session_record(rng, s.base.repeat, truth={"l2": 1.05}, group=s.group_id, precision=s.base.precision,
+                                 instance_sd=sd[s.base.precision], round_sd=sd[s.base.precision])
+            rec.update(session_id=s.unit_id, wall_s=each_s)
+            store.write_record("session", rec)
+
+    gen = plan.batches(store, _Notes())
+    next(gen)
+    planned = next(gen)
+    assert len(planned) == 4
+    run(planned, 40.0, 20.0)
+    extra = next(gen)
+    assert [(s.base.precision, s.base.repeat) for s in extra] == [("mixed_bfloat16", 2), ("mixed_bfloat16", 3)]
+    assert len({s.unit_id for s in extra}) == 2
+    # that wave took 110 s and 90 s of the budget are left (240 - 150): a lone session would take a
+    # wave's 110 s, not half of it (110 s / 2 sessions), so none more starts
+    run(extra, 110.0, 110.0)
+    with pytest.raises(StopIteration):
+        next(gen)

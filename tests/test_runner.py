@@ -32,6 +32,7 @@ def test_phases_and_steady_state_window(tmp_path):
     assert t["free_running_steps"] == steps_per_epoch - 2 and t["free_running_syncs"] == "step"  # TF reads every step
     assert t["free_running_samples_per_s"] == pytest.approx(64 / t["free_running_step_s"])
     assert 0.2 < t["free_running_step_s"] / t["step_time_p50_s"] < 5
+    assert t["input_pipeline"].startswith("PyDataset")  # input-side augmentation keeps its PyDataset
     assert c["stopped_epoch"] is None and c["epochs_run"] == 3  # patience 50 never stops
     assert all(p["train_wall_s"] < p["wall_s"] for p in c["curve"])
     assert c["curve"][-1]["wall_s"] == pytest.approx(t["train_s"] + t["validation_s"], rel=0.05)
@@ -46,6 +47,7 @@ def test_early_stopping_stops_and_records_the_epoch(tmp_path):
     c = r["convergence"]
     # min_delta 0.5 means no epoch after the first counts as an improvement: stop after epoch 2
     assert r["status"] == "ok" and c["epochs_run"] == 2 and c["stopped_epoch"] == 2
+    assert r["timing"]["input_pipeline"].startswith("tf.data built once per trial")  # validation fed alike
 
 
 def test_synthetic_workload_is_throughput_only(tmp_path):
