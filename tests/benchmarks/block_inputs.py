@@ -12,10 +12,9 @@ TensorFlow backend only (block_inputs changes nothing on the others).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
+
+from tests.benchmarks.pinned import LAST_CORE, run_pinned
 
 CHILD = r"""
 import json, os, sys, time
@@ -55,19 +54,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tests.benchmarks.block_inputs", description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, nargs="+", default=[200, 389, 600])
     ap.add_argument("--fits", type=int, default=5)
-    ap.add_argument("--core", type=int, default=os.cpu_count() - 1)
+    ap.add_argument("--core", type=int, default=LAST_CORE)
     args = ap.parse_args(argv)
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONPATH": root}
     print(f"{'steps':>6} {'feed':<14} {'overhead per fit (median)':>26} {'step time (median)':>20}")
     for steps in args.steps:
         for feed in ("arrays", "block_inputs"):
-            proc = subprocess.run(["taskset", "-c", str(args.core), sys.executable, "-c", CHILD, feed, str(steps),
-                                   str(args.fits)], env=env, capture_output=True, text=True, cwd=root)
-            if proc.returncode:
-                raise SystemExit(proc.stderr[-2000:])
-            fits = json.loads(proc.stdout.strip().splitlines()[-1])
+            fits = run_pinned(CHILD, [feed, steps, args.fits], args.core)
             over = sorted(f["overhead_s"] for f in fits)[len(fits) // 2]
             step = sorted(f["step_time_s"] for f in fits)[len(fits) // 2]
             print(f"{steps:>6} {feed:<14} {over * 1e3:>23.1f} ms {step * 1e3:>17.3f} ms")

@@ -14,10 +14,9 @@ TensorFlow backend only (trial_inputs changes nothing on the others).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
+
+from tests.benchmarks.pinned import LAST_CORE, run_pinned
 
 CHILD = r"""
 import json, sys, time
@@ -67,16 +66,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tests.benchmarks.trial_inputs", description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--core", type=int, default=os.cpu_count() - 1)
+    ap.add_argument("--core", type=int, default=LAST_CORE)
     args = ap.parse_args(argv)
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "KERAS_BACKEND": "tensorflow", "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONPATH": root}
-    proc = subprocess.run(["taskset", "-c", str(args.core), sys.executable, "-c", CHILD, str(args.pairs),
-                           str(args.epochs)], env=env, capture_output=True, text=True, cwd=root)
-    if proc.returncode:
-        raise SystemExit(proc.stderr[-2000:])
-    fits = json.loads(proc.stdout.strip().splitlines()[-1])
+    fits = run_pinned(CHILD, [args.pairs, args.epochs], args.core)
     med = {feed: {k: median([f[k] for f in fits if f["feed"] == feed]) for k in FIELDS}
            for feed in ("arrays", "trial_inputs")}
     print(f"{'median of ' + str(args.pairs) + ' fits':<22}" + "".join(f"{k:>22}" for k in FIELDS))
