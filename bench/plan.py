@@ -51,15 +51,18 @@ class RunPlan:
         yield planned
         if not self.sessions or self.target_ci_pct is None:
             return
-        side_by_side, wave_s = _pace(store, planned, time.monotonic() - t0) if planned else (1, None)
+        batch, batch_wall_s = planned, time.monotonic() - t0
+        side_by_side, wave_s = 1, None
         deadline = time.monotonic() + self.budget_s
         from analysis import paired
 
         while True:
             records = store.records("session")
+            if batch:
+                ran, wave_s = _pace(records, batch, batch_wall_s)
+                side_by_side = max(side_by_side, ran)
             table = paired.estimates(records)  # once per step: every decision below reads it
-            wide = len(paired.wide_groups(table, self.target_ci_pct))
-            extra = self.more_sessions(records, table, per_group=-(-side_by_side // max(wide, 1)))
+            extra = self.more_sessions(records, table, slots=side_by_side)
             if not extra:
                 return
             if wave_s is None:  # resumed after the planned sessions: the slowest case, one at a time
@@ -81,8 +84,7 @@ class RunPlan:
             store.update_manifest(session_ids=[s.unit_id for s in self.sessions + self.added])
             t0 = time.monotonic()
             yield extra
-            ran, wave_s = _pace(store, extra, time.monotonic() - t0)
-            side_by_side = max(side_by_side, ran)
+            batch, batch_wall_s = extra, time.monotonic() - t0
 
     @staticmethod
     def widest_first(sessions: list[Session], table) -> list[Session]:
@@ -91,13 +93,15 @@ class RunPlan:
         widest = table.fillna({"half_width_pct": float("inf")}).groupby("group_id")["half_width_pct"].max()
         return sorted(sessions, key=lambda s: -widest.get(s.group_id, float("inf")))
 
-    def more_sessions(self, records: list[dict], table=None, per_group: int = 1) -> list[Session]:
-        """`per_group` more sessions for each group still wider than the target, within its cap
-        (`table`: analysis.paired.estimates of `records`, when the caller has it)."""
+    def more_sessions(self, records: list[dict], table=None, slots: int = 1) -> list[Session]:
+        """More sessions for the groups still wider than the target, within their cap: one each, or
+        enough to fill `slots` sessions side by side when fewer groups are wide (`table`:
+        analysis.paired.estimates of `records`, when the caller has it)."""
         from analysis import paired
 
         table = paired.estimates(records) if table is None else table
         wide = set(paired.wide_groups(table, self.target_ci_pct))
+        per_group = -(-slots // max(len(wide), 1))
         count: dict[str, int] = {}
         for s in self.sessions + self.added:
             count[s.group_id] = count.get(s.group_id, 0) + 1
@@ -114,11 +118,11 @@ class RunPlan:
         return out
 
 
-def _pace(store, batch: list, wall_s: float) -> tuple[int, float]:
+def _pace(records: list[dict], batch: list, wall_s: float) -> tuple[int, float]:
     """(how many sessions of `batch` ran side by side, the wall time of one wave of them): their
-    summed process wall time over the batch's wall time (1 when unknown, and then a wave is one
-    session), the batch's wall time over its number of waves."""
+    summed process wall time (from the session `records`) over the batch's wall time (1 when
+    unknown, and then a wave is one session), the batch's wall time over its number of waves."""
     ids = {s.unit_id for s in batch}
-    busy_s = sum(r.get("wall_s") or 0.0 for r in store.records("session") if r.get("session_id") in ids)
+    busy_s = sum(r.get("wall_s") or 0.0 for r in records if r.get("session_id") in ids)
     side_by_side = max(1, round(busy_s / wall_s)) if wall_s > 0 else 1
     return side_by_side, wall_s / -(-len(batch) // side_by_side)

@@ -287,3 +287,4 @@ def test_adaptive_batches_fill_the_slots_the_planned_sessions_ran_in(tmp_path, m
     run(extra, 110.0, 110.0)
     with pytest.raises(StopIteration):
         next(gen)
+
