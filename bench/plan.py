@@ -121,8 +121,10 @@ class RunPlan:
 def _pace(records: list[dict], batch: list, wall_s: float) -> tuple[int, float]:
     """(how many sessions of `batch` ran side by side, the wall time of one wave of them): their
     summed process wall time (from the session `records`) over the batch's wall time (1 when
-    unknown, and then a wave is one session), the batch's wall time over its number of waves."""
+    unknown, and then a wave is one session), the batch's wall time over its number of waves.
+    Sessions recorded as skipped (a precision this device does not run) took no wave."""
     ids = {s.unit_id for s in batch}
-    busy_s = sum(r.get("wall_s") or 0.0 for r in records if r.get("session_id") in ids)
+    ran = [r for r in records if r.get("session_id") in ids and r.get("status") != "skipped"]
+    busy_s = sum(r.get("wall_s") or 0.0 for r in ran)
     side_by_side = max(1, round(busy_s / wall_s)) if wall_s > 0 else 1
-    return side_by_side, wall_s / -(-len(batch) // side_by_side)
+    return side_by_side, wall_s / -(-(len(ran) or len(batch)) // side_by_side)

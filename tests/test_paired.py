@@ -288,3 +288,15 @@ def test_adaptive_batches_fill_the_slots_the_planned_sessions_ran_in(tmp_path, m
     with pytest.raises(StopIteration):
         next(gen)
 
+
+def test_a_wave_counts_only_the_sessions_that_ran():
+    """Four planned sessions, two of them skipped at no cost (a precision this CPU does not run),
+    the other two side by side in 20 s: one wave of 20 s, not two of 10 s (which would let the
+    first added batch start with half the time it needs)."""
+    from bench.plan import _pace
+
+    suite = _suite()
+    sessions = plan_sessions(suite.trials, suite.paired)[:4]
+    records = [{"session_id": s.unit_id, "status": "skipped" if i < 2 else "ok", "wall_s": 0.0 if i < 2 else 20.0}
+               for i, s in enumerate(sessions)]
+    assert _pace(records, sessions, 20.0) == (2, 20.0)
