@@ -200,9 +200,7 @@ def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
                             final_train, final_val, skipped)
 
     # 5. the free-running window (one more epoch, one sync per window): after everything else that
-    #    trains, since it trains the model further
-    inputs, _, _ = trial_inputs(recipe, x_train, y_train, data.x_val, data.y_val, trial.batch_size, data.kind,
-                                trial.seed + 1)
+    #    trains, since it trains the model further; the training pipeline's next epoch (reshuffled)
     free = free_running(model, inputs, trial.backend, trial.batch_size, trial.steps_per_epoch)
 
     # 6. compute: analytic FLOPs vs this node's measured matmul peak at this precision
