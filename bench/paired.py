@@ -21,7 +21,7 @@ A session (one fresh process; `run_session`, read top to bottom):
 
 The ratio of a setting is formed per round: its block against the median of the three baseline
 models' blocks of that round. Each model instance has its own speed, a few percent either way on
-a shared VM and now and then 15-20% off (two back-to-back runs: 3 of 30 sessions had an A/A
+a shared VM and now and then 14-22% off (two back-to-back runs: 3 of 30 sessions had an A/A
 ratio beyond 5%), and every ratio of the session shares the reference: the median of three
 instances drops one such instance, where the mean of two moved every ratio of its session by
 half of it. The session's estimate is the median over rounds, which resists blocks hit by a
