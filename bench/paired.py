@@ -209,7 +209,7 @@ def _time_blocks(session: Session, node: dict, gpu: bool) -> dict:
     workload = WORKLOADS[base.workload]
     policy_at_start = keras.config.dtype_policy().name
 
-    # 1. one dataset, every model built the runner's way (plus the A/A twin of the baseline)
+    # 1. one dataset, every model built the runner's way (plus two more baseline instances: the A/A twin, the 3rd)
     t = time.perf_counter()
     data, x_train, _ = load_data(base, workload, Recipe())
     labels = [AA_LABEL, setting_label(()), THIRD_LABEL, *session.labels]
