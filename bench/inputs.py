@@ -1,10 +1,15 @@
 """What the model is fed: the training arrays as they are, or a PyDataset that transforms each
 batch on the input side (augmentation `where: pipeline`, then mixup / cutmix).
 
-The PyDataset runs in Keras' own enqueuer (2 threads, a queue of 10 batches) on every backend,
-so input-side augmentation overlaps the training step alike on TensorFlow, JAX and torch. (With
-Keras' default `workers=1`, TensorFlow would wrap it in tf.data with prefetching while JAX and
-torch would call it synchronously between steps: three different experiments.)
+Where the trial's slot has cores to spare (`cpu_threads` not 1), the PyDataset runs in Keras' own
+enqueuer (2 threads, a queue of 10 batches) on every backend, so input-side augmentation overlaps
+the training step alike on TensorFlow, JAX and torch. On a slot of one core nothing can overlap
+the step: the enqueuer's two threads only take turns with it, and the hand-offs were a third of
+what the digits MLP's input-side augmentation cost there (+35-46% with the enqueuer against
++21-29% fed by Keras' default, in the same processes: tests/benchmarks/pipeline_feeds.py, two
+runs of three processes). There the PyDataset keeps Keras' default, `workers=1`: TensorFlow wraps
+it in tf.data with prefetching, JAX and torch call it between steps, and the step time carries
+the batch's cost once, as a user of that slot pays it.
 Imports Keras: use it only inside a trial process.
 """
 from __future__ import annotations
@@ -14,8 +19,14 @@ import numpy as np
 
 from bench.workloads.common import mix_batch, pipeline_augment
 
-PIPELINE_WORKERS = 2
+PIPELINE_WORKERS = 2  # enqueuer threads, where the slot has more than one core
 PIPELINE_QUEUE = 10
+
+
+def pipeline_workers(cpu_threads: int | None) -> int:
+    """PyDataset workers for a slot of `cpu_threads` cores (None: all the node's): Keras' default
+    of 1 on a one-core slot, else the enqueuer's PIPELINE_WORKERS threads."""
+    return 1 if cpu_threads == 1 else PIPELINE_WORKERS
 
 
 class TransformedBatches(keras.utils.PyDataset):
@@ -23,8 +34,9 @@ class TransformedBatches(keras.utils.PyDataset):
     from its own generator seeded by (seed, epoch, batch index): the enqueuer's threads share no
     RNG state and the batches are the same whatever the thread timing."""
 
-    def __init__(self, recipe, x: np.ndarray, y: np.ndarray, batch_size: int, kind: str, seed: int):
-        super().__init__(workers=PIPELINE_WORKERS, use_multiprocessing=False, max_queue_size=PIPELINE_QUEUE)
+    def __init__(self, recipe, x: np.ndarray, y: np.ndarray, batch_size: int, kind: str, seed: int,
+                 workers: int = PIPELINE_WORKERS):
+        super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=PIPELINE_QUEUE)
         self.recipe, self.x, self.y, self.batch_size, self.kind = recipe, x, y, batch_size, kind
         self.seed, self.epoch = seed, 0
         self.order = np.random.default_rng((seed, 0)).permutation(len(x))
@@ -47,11 +59,16 @@ class TransformedBatches(keras.utils.PyDataset):
         self.order = np.random.default_rng((self.seed, self.epoch)).permutation(len(self.x))
 
 
-def fit_inputs(recipe, x: np.ndarray, y: np.ndarray, batch_size: int, kind: str, seed: int) -> tuple[dict, str]:
+def fit_inputs(recipe, x: np.ndarray, y: np.ndarray, batch_size: int, kind: str, seed: int,
+               cpu_threads: int | None = None) -> tuple[dict, str]:
     """Keyword arguments for model.fit's data, and a short description of the input pipeline."""
     if recipe.augmentation == "pipeline" or recipe.mixes_batches:
-        desc = f"PyDataset transforming batches on the input side, Keras enqueuer ({PIPELINE_WORKERS} threads, queue {PIPELINE_QUEUE})"
-        return dict(x=TransformedBatches(recipe, x, y, batch_size, kind, seed)), desc
+        workers = pipeline_workers(cpu_threads)
+        how = (f"Keras enqueuer ({workers} threads, queue {PIPELINE_QUEUE})" if workers > 1 else
+               "Keras' default feed, workers=1 (one-core slot: tf.data prefetch on TensorFlow, "
+               "called between steps on JAX and torch)")
+        return dict(x=TransformedBatches(recipe, x, y, batch_size, kind, seed, workers)), \
+            f"PyDataset transforming batches on the input side, {how}"
     return dict(x=x, y=y, batch_size=batch_size, shuffle=True), f"arrays ({keras.config.backend()} adapter), shuffled"
 
 
@@ -83,7 +100,7 @@ TF_PIPELINE = f"tf.data built once per trial (indices reshuffled every epoch, pr
 
 
 def trial_inputs(recipe, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, batch_size: int,
-                 kind: str, seed: int) -> tuple[dict, dict, str]:
+                 kind: str, seed: int, cpu_threads: int | None = None) -> tuple[dict, dict, str]:
     """An isolated trial's data: (fit keywords for training, for `validation_data` and
     `evaluate`, a description of the input pipeline).
 
@@ -94,7 +111,7 @@ def trial_inputs(recipe, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val:
     (tests/benchmarks/trial_inputs.py: 1.61-1.72 s against 0.82 s, median step time within 2.5%).
     Input-side recipes keep their PyDataset; JAX and torch keep the arrays."""
     if not _tf_arrays(recipe):
-        train, desc = fit_inputs(recipe, x, y, batch_size, kind, seed)
+        train, desc = fit_inputs(recipe, x, y, batch_size, kind, seed, cpu_threads)
         return train, dict(x=x_val, y=y_val, batch_size=batch_size), desc
     return (dict(x=_tf_dataset(x, y, batch_size, seed)), dict(x=_tf_dataset(x_val, y_val, batch_size, None)),
             TF_PIPELINE)
@@ -105,7 +122,8 @@ def validation_data(val_inputs: dict):
     return (val_inputs["x"], val_inputs["y"]) if "y" in val_inputs else val_inputs["x"]
 
 
-def block_inputs(recipe, x: np.ndarray, y: np.ndarray, batch_size: int, kind: str, seed: int) -> dict:
+def block_inputs(recipe, x: np.ndarray, y: np.ndarray, batch_size: int, kind: str, seed: int,
+                 cpu_threads: int | None = None) -> dict:
     """model.fit's data for the many short fits of a paired session (bench/paired.py).
 
     The PyDataset of input-side recipes is the trial's own. Plain arrays on TensorFlow become the
@@ -116,5 +134,5 @@ def block_inputs(recipe, x: np.ndarray, y: np.ndarray, batch_size: int, kind: st
     Other backends keep the arrays.
     """
     if not _tf_arrays(recipe):
-        return fit_inputs(recipe, x, y, batch_size, kind, seed)[0]
+        return fit_inputs(recipe, x, y, batch_size, kind, seed, cpu_threads)[0]
     return dict(x=_tf_dataset(x, y, batch_size, seed))

@@ -232,8 +232,8 @@ def _time_blocks(session: Session, node: dict, gpu: bool) -> dict:
         """Each model's fit data: the training set repeated to `steps` batches (bench.inputs.block_inputs)."""
         rows = steps * base.batch_size
         x = _tile(x_train, rows)
-        tiled.update({k: block_inputs(recipes[k], x, _tile(v, rows), base.batch_size, data.kind, base.seed)
-                      for k, v in labels_y.items()})
+        tiled.update({k: block_inputs(recipes[k], x, _tile(v, rows), base.batch_size, data.kind, base.seed,
+                                      base.cpu_threads) for k, v in labels_y.items()})
 
     def block(label: str) -> tuple[np.ndarray, float]:
         """One block: a fit epoch over the tiled training set; returns its step intervals and wall time."""

@@ -20,6 +20,8 @@ class RunPlan:
     target_ci_pct: float | None = None
     max_sessions: int = 8
     budget_s: float = 600.0
+    run_budget_s: float | None = None  # the added sessions also end within this much of `started`
+    started: float = dataclasses.field(default_factory=lambda: time.monotonic())  # when this invocation planned
     added: list = dataclasses.field(default_factory=list)  # adaptive sessions, with the reason
     unmet: list = dataclasses.field(default_factory=list)  # groups still wider than the target
 
@@ -29,7 +31,8 @@ class RunPlan:
         if not spec:
             return cls(list(trials), [])
         target = target_ci_pct if target_ci_pct is not None else spec["target_ci_pct"]
-        return cls(list(trials), plan_sessions(trials, spec), target, spec["max_sessions"], spec["budget_s"])
+        return cls(list(trials), plan_sessions(trials, spec), target, spec["max_sessions"], spec["budget_s"],
+                   spec.get("run_budget_s"))
 
     @property
     def unit_count(self) -> int:
@@ -38,7 +41,9 @@ class RunPlan:
     def batches(self, store, progress=None):
         """Yield lists of units not yet in the store: trials, sessions, then adaptive sessions.
 
-        An adaptive batch starts only if it is expected to end inside `budget_s`. The previous
+        An adaptive batch starts only if it is expected to end inside `budget_s` (counted from the
+        end of the planned sessions) and, with `run_budget_s`, within that much of the run's start
+        (this invocation's: trials and planned sessions included, so a slow day ends on time). The previous
         session batch says how many sessions run side by side and how long one wave of them takes
         (whatever the executor and the cluster); a batch is cut to the widest groups that fit in
         the waves left. When fewer groups are wide than sessions run side by side, each wide group
@@ -53,7 +58,9 @@ class RunPlan:
             return
         batch, batch_wall_s = planned, time.monotonic() - t0
         side_by_side, wave_s = 1, None
-        deadline = time.monotonic() + self.budget_s
+        deadline, spent = time.monotonic() + self.budget_s, f"time budget ({self.budget_s:g} s)"
+        if self.run_budget_s is not None and self.started + self.run_budget_s < deadline:
+            deadline, spent = self.started + self.run_budget_s, f"run time budget ({self.run_budget_s:g} s from its start)"
         from analysis import paired
 
         while True:
@@ -72,7 +79,7 @@ class RunPlan:
             if fits < 1:
                 self.unmet = paired.wide_groups(table, self.target_ci_pct)
                 if progress is not None:
-                    progress.note(f"paired: time budget ({self.budget_s:g} s) spent; {len(self.unmet)} cell "
+                    progress.note(f"paired: {spent} spent; {len(self.unmet)} cell "
                                   f"group(s) still wider than +-{self.target_ci_pct:g} points")
                 return
             extra = self.widest_first(extra, table)[:fits]

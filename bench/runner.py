@@ -168,7 +168,7 @@ def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
     # 3. timed training: a tf.data pipeline or arrays, or a PyDataset that augments batch by batch
     #    on the input side (bench.inputs.trial_inputs)
     inputs, val_inputs, input_pipeline = trial_inputs(recipe, x_train, y_train, data.x_val, data.y_val,
-                                                      trial.batch_size, data.kind, trial.seed)
+                                                      trial.batch_size, data.kind, trial.seed, trial.cpu_threads)
     timer = StepTimer()
     early = early_stopping_callback(recipe)
     callbacks = [timer] + ([early] if early else [])

@@ -32,7 +32,7 @@ TOP_KEYS = {
     "learning_rate": "Adam learning rate",
     "float32_matmul": "ieee|tf32: float32 matmuls and convolutions in IEEE float32 (default) or TensorFloat-32",
     "paired": "paired step-time sessions: {sessions, rounds, block_min_steps, block_min_s, isolation, "
-              "target_ci_pct, max_sessions, budget_s} or false",
+              "target_ci_pct, max_sessions, budget_s, run_budget_s} or false",
 }
 PAIRED_DEFAULTS = {  # see bench/paired.py; README "How a trial is measured"
     "sessions": 6,  # fresh processes per cell group: new model instances each (the interval is over sessions)
@@ -43,6 +43,7 @@ PAIRED_DEFAULTS = {  # see bench/paired.py; README "How a trial is measured"
     "target_ci_pct": None,  # add sessions to groups whose 95% CI half-width is wider (points)
     "max_sessions": 8,  # per group, with target_ci_pct
     "budget_s": 600.0,  # wall time the added sessions may take, with target_ci_pct
+    "run_budget_s": None,  # and they end within this much of the run's start (trials and planned sessions included)
 }
 WORKLOAD_KEYS = ("name", "max_train_samples", "steps_per_epoch", "target_val_accuracy", "epochs", "batch_sizes",
                  "model")
@@ -123,6 +124,8 @@ def _paired(where: str, value) -> dict | None:
         out["target_ci_pct"] = _number(f"{where}.target_ci_pct", out["target_ci_pct"], 0.0, 1000)
     out["max_sessions"] = _int(f"{where}.max_sessions", out["max_sessions"], out["sessions"], 1000)
     out["budget_s"] = _number(f"{where}.budget_s", out["budget_s"], 0.0)
+    if out["run_budget_s"] is not None:
+        out["run_budget_s"] = _number(f"{where}.run_budget_s", out["run_budget_s"], 0.0)
     return out
 
 

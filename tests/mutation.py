@@ -124,6 +124,18 @@ MUTANTS = (
     Mutant("session-reference-third-ignored", "paired sessions: the third baseline instance left out of the reference",
            (("bench/paired.py", "    if THIRD_LABEL in step_time_s:\n", "    if False:\n"),),
            (f"{KNOWN}::test_reference_is_the_median_of_three_baseline_instances",)),
+    Mutant("pipeline-threads-on-one-core", "input-side augmentation on a one-core slot fed by two enqueuer threads "
+           "that only take turns with the step (thread hand-offs counted as its cost)",
+           (("bench/inputs.py", "    return 1 if cpu_threads == 1 else PIPELINE_WORKERS\n", "    return PIPELINE_WORKERS\n"),),
+           ("tests/test_inputs.py::test_a_one_core_slot_feeds_input_side_batches_without_enqueuer_threads",)),
+    Mutant("run-budget-ignored", "the default suite's wall-time promise broken on a slow day: added sessions "
+           "planned as if the run had started when the planned sessions ended",
+           (("bench/plan.py", "        if self.run_budget_s is not None and self.started + self.run_budget_s < deadline:\n",
+             "        if False:\n"),),
+           ("tests/test_paired.py::test_run_budget_ends_the_added_sessions_on_time_when_the_run_started_slow",)),
+    Mutant("noise-spread-unwarned", "a run whose overheads spread between sessions (A/A clean) printed as stable",
+           (("analysis/paired.py", "        if np.isfinite(half) and half > limit:\n", "        if False:\n"),),
+           ("tests/test_paired.py::test_noise_floor_warns_when_the_settings_move_between_sessions_and_the_a_a_does_not",)),
     Mutant("session-mean-not-median", "paired sessions: a session's estimate is the mean over rounds (bursts count)",
            (("analysis/paired.py", '"median_log_ratio": float(np.median(L))', '"median_log_ratio": float(np.mean(L))'),),
            SESSIONS[1:]),

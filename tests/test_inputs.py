@@ -41,3 +41,22 @@ def test_input_side_recipes_keep_their_pydataset():
     train, val, desc = trial_inputs(recipe, x, y, x[:8], y[:8], 8, "tabular", seed=0)
     assert isinstance(train["x"], TransformedBatches) and desc.startswith("PyDataset")
     assert validation_data(val)[0] is val["x"]
+
+
+def test_a_one_core_slot_feeds_input_side_batches_without_enqueuer_threads():
+    """Defect caught: the enqueuer's two threads on a slot of one core (they only take turns with
+    the step there), or a slot with cores to spare losing them; and batches that depend on the feed."""
+    from bench.inputs import PIPELINE_WORKERS, block_inputs, trial_inputs
+    from bench.regularizers import recipe_for
+
+    recipe = recipe_for((("augmentation", {"strength": 0.1, "where": "pipeline"}),))
+    x, y = np.random.default_rng(0).normal(size=(64, 4)).astype("float32"), np.arange(64)
+    one, _, desc_one = trial_inputs(recipe, x, y, x[:8], y[:8], 8, "tabular", seed=0, cpu_threads=1)
+    many, _, desc_many = trial_inputs(recipe, x, y, x[:8], y[:8], 8, "tabular", seed=0, cpu_threads=None)
+    assert one["x"].workers == 1 and "workers=1" in desc_one
+    assert many["x"].workers == PIPELINE_WORKERS > 1 and f"{PIPELINE_WORKERS} threads" in desc_many
+    assert block_inputs(recipe, x, y, 8, "tabular", 0, cpu_threads=1)["x"].workers == 1
+    assert block_inputs(recipe, x, y, 8, "tabular", 0, cpu_threads=2)["x"].workers == PIPELINE_WORKERS
+    for i in (0, 3, 7):  # the same transformed batches whichever feed runs them
+        assert np.array_equal(one["x"][i][0], many["x"][i][0]) and np.array_equal(one["x"][i][1], many["x"][i][1])
+    assert not np.array_equal(one["x"][0][0], x[one["x"].order[:8]])  # and they are transformed

@@ -97,8 +97,22 @@ def test_noise_floor_warns_when_the_a_a_control_is_wide_or_off():
     quiet = paired.estimates([session_record(rng, i, instance_sd=0.002, round_sd=0.002) for i in range(4)])
     noisy = paired.estimates([session_record(rng, i, instance_sd=0.08) for i in range(4)])
     assert not any(line.startswith("WARNING") for line in paired.noise_lines(quiet))
-    (line,) = paired.noise_lines(noisy)
+    line = paired.noise_lines(noisy)[0]
     assert line.startswith("WARNING: the result may be unstable") and "A/A" in line
+
+
+def test_noise_floor_warns_when_the_settings_move_between_sessions_and_the_a_a_does_not():
+    """A busy stretch slows the heavier models more than the baseline: the A/A stays clean while
+    every overhead spreads between sessions. Defect caught: a run like that printed as stable."""
+    rng = np.random.default_rng(11)
+    quiet = [session_record(rng, i, instance_sd=0.01, round_sd=0.01) for i in range(7)]
+    busy = [session_record(rng, i, truth={k: v ** (1.8 if i in (1, 3, 4) else 1.0) for k, v in TRUTH.items()},
+                           instance_sd=0.01, round_sd=0.01) for i in range(7)]
+    assert not any(line.startswith("WARNING") for line in paired.noise_lines(paired.estimates(quiet)))
+    aa, spread = paired.noise_lines(paired.estimates(busy))
+    assert not aa.startswith("WARNING") and "A/A" in aa
+    assert spread.startswith("WARNING: the result may be unstable") and "moved between sessions" in spread
+    assert len(paired.noise_lines(paired.estimates(busy), target_half_width_pct=50)) == 1  # within a loose target
 
 
 def test_a_setting_with_the_baselines_training_step_reports_the_a_a_figure():
@@ -201,6 +215,40 @@ def test_adaptive_sessions_start_only_when_expected_to_end_inside_the_budget(tmp
         next(gen)
     assert sorted(plan.unmet) == sorted(groups.values())
     assert any("time budget (60 s) spent" in line for line in notes.lines) and notes.added == 3
+
+
+def test_run_budget_ends_the_added_sessions_on_time_when_the_run_started_slow(tmp_path, monkeypatch):
+    """`run_budget_s` counts from the run's start: trials and planned sessions that ran slow leave
+    fewer added waves, and none starts that would end past it. Defect caught: a slow day's run
+    going over its wall-time promise because the adaptive budget only started after the planned
+    sessions."""
+    import types
+
+    import bench.plan
+
+    clock = [0.0]
+    monkeypatch.setattr(bench.plan, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    suite = _suite(target_ci_pct=3, max_sessions=8, budget_s=100, run_budget_s=115)
+    plan = RunPlan.of(suite, suite.trials)
+    assert plan.run_budget_s == 115 and plan.started == 0.0
+    store = RunStore.create(tmp_path, suite.resolved, [t.trial_id for t in suite.trials])
+    rng = np.random.default_rng(5)
+    notes = _Notes()
+    gen = plan.batches(store, notes)
+    next(gen)
+    clock[0] += 60.0  # the isolated trials took 60 s
+    planned = next(gen)
+    clock[0] += 40.0  # 4 planned sessions, one at a time: a wave is 10 s; 15 s left of the run's 115
+    sd = {"float32": 0.1, "mixed_bfloat16": 0.3}  # both groups wide, bf16 wider
+    for i, s in enumerate(planned):
+        store.write_record("session", session_record(rng, i, truth={"l2": 1.05}, group=s.group_id,
+                                                     precision=s.base.precision, instance_sd=sd[s.base.precision]))
+    extra = next(gen)  # the phase budget (100 s) would fit both groups' sessions; the run's, one wave
+    assert [s.base.precision for s in extra] == ["mixed_bfloat16"]
+    clock[0] += 10.0
+    with pytest.raises(StopIteration):
+        next(gen)
+    assert any("run time budget (115 s from its start) spent" in line for line in notes.lines)
 
 
 def test_one_real_session_in_a_fresh_process(tmp_path):

@@ -12,6 +12,10 @@ step-time overhead estimates of every (cell, setting) the runs share:
   measured_share                          share of trial-slot time (each trial process, launch to
                                           exit) spent inside measured steady-state windows
   noise floor                             each run's A/A control (analysis/paired.py)
+  baseline step time                      median over each run's sessions of the baseline model's
+                                          step time, per precision: how fast the machine ran. When it
+                                          moves between the runs, the machine's state moved, and the
+                                          heavier settings' overheads can move with it.
 """
 from __future__ import annotations
 
@@ -61,6 +65,15 @@ def measured_share(run_dir: pathlib.Path) -> dict:
             "measured_share": round(measured_s / slot_s, 3) if slot_s else None}
 
 
+def baseline_step_ms(sessions: list) -> dict:
+    """precision -> median over the ok sessions of the baseline model's step time (ms)."""
+    by: dict = {}
+    for rec in sessions:
+        if rec.get("status") == "ok":
+            by.setdefault(rec["session"]["precision"], []).append(rec["timing"]["baseline_step_time_s"])
+    return {k: round(1e3 * float(np.median(v)), 3) for k, v in sorted(by.items())}
+
+
 def compare(runs: list[pathlib.Path], walls: list[float | None]) -> dict:
     from analysis import paired
 
@@ -73,11 +86,13 @@ def compare(runs: list[pathlib.Path], walls: list[float | None]) -> dict:
         out.setdefault("per_run", []).append({
             "run": run.name, "wall_s": None if wall is None else round(wall, 1), "estimates": int(len(table)),
             "methods": sorted(set(table["method"])), "median_half_width_pts": round(float(np.nanmedian(half)), 2),
-            **measured_share(run),
+            **measured_share(run), "baseline_step_time_ms": baseline_step_ms(data.sessions),
             "noise_floor": paired.noise_lines(paired.estimates(data.sessions))})
     a, b = tables[0], tables[1]
     common = a.index.intersection(b.index)
     diff = (b.loc[common, "change_pct"] - a.loc[common, "change_pct"]).abs()
+    first, second = (r["baseline_step_time_ms"] for r in out["per_run"])
+    out["baseline_step_time_change_pct"] = {k: round(100 * (second[k] / first[k] - 1), 1) for k in first if k in second}
     out["shared_estimates"] = int(len(common))
     out["max_abs_diff_pts"] = round(float(diff.max()), 2)
     out["median_abs_diff_pts"] = round(float(diff.median()), 2)
@@ -114,6 +129,9 @@ def main(argv=None) -> int:
               f"({r['measured_s']} of {r['slot_s']} slot-s)")
         for line in r["noise_floor"]:
             print(f"  noise floor: {line}")
+        print("  baseline step time: " + ", ".join(f"{k} {v:.3f} ms" for k, v in r["baseline_step_time_ms"].items()))
+    print("baseline step time, run 2 vs run 1: " + ", ".join(
+        f"{k} {v:+.1f}%" for k, v in result["baseline_step_time_change_pct"].items()))
     print(f"{result['shared_estimates']} shared estimates: max |diff| {result['max_abs_diff_pts']} points, "
           f"median |diff| {result['median_abs_diff_pts']} points")
     for row in sorted(result["rows"], key=lambda r: -r["abs_diff_pts"]):
