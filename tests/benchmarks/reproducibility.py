@@ -12,6 +12,11 @@ step-time overhead estimates of every (cell, setting) the runs share:
   measured_share                          share of trial-slot time (each trial process, launch to
                                           exit) spent inside measured steady-state windows
   noise floor                             each run's A/A control (analysis/paired.py)
+  chance_within_pts                       what the runs' own intervals predict: the chance that two
+                                          runs with this much noise agree within 3 (and 5) points on
+                                          every shared estimate, if nothing but that noise differed
+                                          (each estimate's standard error from its t interval; the
+                                          estimates taken as independent)
   baseline step time                      median over each run's sessions of the baseline model's
                                           step time, per precision: how fast the machine ran. When it
                                           moves between the runs, the machine's state moved, and the
@@ -74,6 +79,22 @@ def baseline_step_ms(sessions: list) -> dict:
     return {k: round(1e3 * float(np.median(v)), 3) for k, v in sorted(by.items())}
 
 
+def standard_error_pts(table) -> "np.ndarray":
+    """Each estimate's standard error in percentage points, from its 95% t interval over sessions."""
+    from scipy import stats
+
+    df = np.maximum(table["n_repeats"].to_numpy(dtype=float) - 1, 1)
+    return (table["ci_high_pct"] - table["ci_low_pct"]).to_numpy(dtype=float) / (2 * stats.t.ppf(0.975, df))
+
+
+def chance_within(se_a: "np.ndarray", se_b: "np.ndarray", pts: float) -> float:
+    """P(every |run 2 - run 1| <= pts) when both runs measure the same truths with these errors."""
+    from scipy import stats
+
+    sd = np.sqrt(np.asarray(se_a) ** 2 + np.asarray(se_b) ** 2)
+    return float(np.prod(2 * stats.norm.cdf(pts / sd) - 1))
+
+
 def compare(runs: list[pathlib.Path], walls: list[float | None]) -> dict:
     from analysis import paired
 
@@ -93,6 +114,8 @@ def compare(runs: list[pathlib.Path], walls: list[float | None]) -> dict:
     diff = (b.loc[common, "change_pct"] - a.loc[common, "change_pct"]).abs()
     first, second = (r["baseline_step_time_ms"] for r in out["per_run"])
     out["baseline_step_time_change_pct"] = {k: round(100 * (second[k] / first[k] - 1), 1) for k in first if k in second}
+    se_a, se_b = standard_error_pts(a.loc[common]), standard_error_pts(b.loc[common])
+    out["chance_within_pts"] = {str(pts): round(chance_within(se_a, se_b, pts), 3) for pts in (3, 5)}
     out["shared_estimates"] = int(len(common))
     out["max_abs_diff_pts"] = round(float(diff.max()), 2)
     out["median_abs_diff_pts"] = round(float(diff.median()), 2)
@@ -134,6 +157,8 @@ def main(argv=None) -> int:
         f"{k} {v:+.1f}%" for k, v in result["baseline_step_time_change_pct"].items()))
     print(f"{result['shared_estimates']} shared estimates: max |diff| {result['max_abs_diff_pts']} points, "
           f"median |diff| {result['median_abs_diff_pts']} points")
+    print("what the runs' own intervals predict, with nothing but that noise between them: every |diff| within "
+          + ", ".join(f"{k} points {v:.0%}" for k, v in result["chance_within_pts"].items()))
     for row in sorted(result["rows"], key=lambda r: -r["abs_diff_pts"]):
         print(f"  {row['cell']:<62} {row['run1_pct']:+7.2f} (+-{row['half_width_run1']:.2f})  "
               f"{row['run2_pct']:+7.2f} (+-{row['half_width_run2']:.2f})  |diff| {row['abs_diff_pts']:.2f}")
