@@ -64,9 +64,10 @@ def fit_inputs(recipe, x: np.ndarray, y: np.ndarray, batch_size: int, kind: str,
     """Keyword arguments for model.fit's data, and a short description of the input pipeline."""
     if recipe.augmentation == "pipeline" or recipe.mixes_batches:
         workers = pipeline_workers(cpu_threads)
+        one = ("wrapped in tf.data with prefetching" if keras.config.backend() == "tensorflow"
+               else "called between steps")
         how = (f"Keras enqueuer ({workers} threads, queue {PIPELINE_QUEUE})" if workers > 1 else
-               "Keras' default feed, workers=1 (one-core slot: tf.data prefetch on TensorFlow, "
-               "called between steps on JAX and torch)")
+               f"Keras' default feed on a one-core slot, workers=1 ({one})")
         return dict(x=TransformedBatches(recipe, x, y, batch_size, kind, seed, workers)), \
             f"PyDataset transforming batches on the input side, {how}"
     return dict(x=x, y=y, batch_size=batch_size, shuffle=True), f"arrays ({keras.config.backend()} adapter), shuffled"
