@@ -22,6 +22,7 @@ from scipy import stats as _scipy_stats
 from analysis import stats
 
 AA_LABEL = "none (A/A)"  # as written by bench.paired
+SAME_STEP_NOTE = "same training step as the baseline (acts only between epochs): the A/A control"
 CONFIDENCE = stats.CONFIDENCE
 GROUP_KEYS = ["run", "workload", "precision", "batch_size", "backend", "device_name"]
 COLUMNS = GROUP_KEYS + ["group_id", "setting", "cell_id", "n_sessions", "rounds", "estimate", "ci_low", "ci_high",
@@ -94,8 +95,7 @@ def estimates(sessions: list[dict]) -> pd.DataFrame:
                         baseline_step_time_s=float(g["baseline_step_time_s"].median()),
                         within_sd=float(g["within_sd"].median()),
                         between_sd=float(g["median_log_ratio"].std(ddof=1)) if len(g) > 1 else np.nan,
-                        note=("same training step as the baseline (acts only between epochs): the A/A control"
-                              if g["same_as_aa"].all() else "")))
+                        note=SAME_STEP_NOTE if g["same_as_aa"].all() else ""))
     df = pd.DataFrame(out)
     df["mark"] = stats.marks(df["n_sessions"], df["ci_low"], df["ci_high"], 1.0, min_n=2)
     return df[COLUMNS]
@@ -164,7 +164,7 @@ def noise_lines(table: pd.DataFrame, target_half_width_pct: float | None = None)
     spreads between sessions."""
     limit = target_half_width_pct or UNSTABLE_HALF_WIDTH_PCT
     lines = []
-    timed = table[(table["setting"] != AA_LABEL) & (table["note"] == "")] if len(table) else table
+    timed = table[(table["setting"] != AA_LABEL) & (table["note"] != SAME_STEP_NOTE)] if len(table) else table
     for r in noise_floor(table).to_dict("records"):
         where = f"{r['workload']} {r['precision']} b{r['batch_size']} {r['backend']}"
         if not np.isfinite(r["ci_low"]):

@@ -59,15 +59,20 @@ class TransformedBatches(keras.utils.PyDataset):
         self.order = np.random.default_rng((self.seed, self.epoch)).permutation(len(self.x))
 
 
+def _input_side(recipe) -> bool:
+    """Batches transformed on the input side (a TransformedBatches PyDataset)."""
+    return recipe.augmentation == "pipeline" or recipe.mixes_batches
+
+
 def fit_inputs(recipe, x: np.ndarray, y: np.ndarray, batch_size: int, kind: str, seed: int,
                cpu_threads: int | None = None) -> tuple[dict, str]:
     """Keyword arguments for model.fit's data, and a short description of the input pipeline."""
-    if recipe.augmentation == "pipeline" or recipe.mixes_batches:
+    if _input_side(recipe):
         workers = pipeline_workers(cpu_threads)
-        one = ("wrapped in tf.data with prefetching" if keras.config.backend() == "tensorflow"
-               else "called between steps")
+        single = ("wrapped in tf.data with prefetching" if keras.config.backend() == "tensorflow"
+                  else "called between steps")
         how = (f"Keras enqueuer ({workers} threads, queue {PIPELINE_QUEUE})" if workers > 1 else
-               f"Keras' default feed on a one-core slot, workers=1 ({one})")
+               f"Keras' default feed on a one-core slot, workers=1 ({single})")
         return dict(x=TransformedBatches(recipe, x, y, batch_size, kind, seed, workers)), \
             f"PyDataset transforming batches on the input side, {how}"
     return dict(x=x, y=y, batch_size=batch_size, shuffle=True), f"arrays ({keras.config.backend()} adapter), shuffled"
@@ -94,7 +99,8 @@ def _tf_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, seed: int | None)
 
 
 def _tf_arrays(recipe) -> bool:
-    return not (recipe.augmentation == "pipeline" or recipe.mixes_batches) and keras.config.backend() == "tensorflow"
+    """Plain arrays on TensorFlow: fed through `_tf_dataset`."""
+    return not _input_side(recipe) and keras.config.backend() == "tensorflow"
 
 
 TF_PIPELINE = f"tf.data built once per trial (indices reshuffled every epoch, prefetch {PREFETCH_BATCHES}, autotune off)"

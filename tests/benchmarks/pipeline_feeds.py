@@ -106,25 +106,24 @@ def main(argv=None) -> int:
     if args.core == args.neighbor_core:
         raise SystemExit("pipeline_feeds: --core and --neighbor-core must differ (this machine has "
                          f"{LAST_CORE + 1} cores)")
-    results = []
+    results = []  # per process: {state: {label: overhead %}}, and the baseline's step time per state
     for p in range(args.processes):
         step_s = run_pinned(CHILD, [p, args.rounds, args.neighbor_core], args.core)
-        row = {state: overheads(s) for state, s in step_s.items()}
-        for state, s in step_s.items():
-            row[state]["baseline step time (ms)"] = 1e3 * float(np.median(s["baseline"]))
-        results.append(row)
-    labels = list(results[0]["quiet"])
+        results.append(({state: overheads(s) for state, s in step_s.items()},
+                        {state: 1e3 * float(np.median(s["baseline"])) for state, s in step_s.items()}))
+
+    def line(label: str, quiet: list, loaded: list, fmt: str, unit: str) -> None:
+        cols = [" / ".join(format(x, fmt) for x in v) for v in (quiet, loaded, [b - a for a, b in zip(quiet, loaded)])]
+        print(f"{label:46} {cols[0] + unit:>16} {cols[1] + unit:>16} {cols[2]:>16}")
+
     print(f"{'':46} {'quiet':>16} {'loaded':>16} {'shift':>16}")
-    for label in labels:
-        q = [r["quiet"][label] for r in results]
-        ld = [r["loaded"][label] for r in results]
-        unit = "" if "ms" in label else "%"
-        fmt = lambda v: " / ".join(f"{x:+.1f}" if unit else f"{x:.3f}" for x in v)  # noqa: E731
-        print(f"{label:46} {fmt(q) + unit:>16} {fmt(ld) + unit:>16} {fmt([b - a for a, b in zip(q, ld)]):>16}")
+    for label in results[0][0]["quiet"]:
+        line(label, [o["quiet"][label] for o, _ in results], [o["loaded"][label] for o, _ in results], "+.1f", "%")
+    line("baseline step time (ms)", [b["quiet"] for _, b in results], [b["loaded"] for _, b in results], ".3f", "")
     print("(one figure per process; overheads: median over rounds of the block against the baseline's)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+            json.dump([{"overhead_pct": o, "baseline_step_time_ms": b} for o, b in results], f, indent=1)
     return 0
 
 
