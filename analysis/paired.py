@@ -159,9 +159,9 @@ def noise_lines(table: pd.DataFrame, target_half_width_pct: float | None = None)
 
     The second line exists because a machine's state can change the overheads themselves and not
     the A/A: on a busy stretch of a shared VM the heavier models slow down more than the baseline
-    (one run of the quick suite on a 2-core VM: float32 dropout+batch_norm read +29% to +53% in its
-    7 sessions, their A/A within 6% of 1), so the A/A stays near 1 while every heavy estimate
-    spreads between sessions."""
+    (two runs of the quick suite on a 2-core VM: float32 dropout+batch_norm read +29% to +53% and
+    +31% to +45% across their sessions, their A/A within 6% of 1), so the A/A stays near 1 while
+    every heavy estimate spreads between sessions."""
     limit = target_half_width_pct or UNSTABLE_HALF_WIDTH_PCT
     lines = []
     timed = table[(table["setting"] != AA_LABEL) & (table["note"] != SAME_STEP_NOTE)] if len(table) else table
