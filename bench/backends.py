@@ -168,6 +168,34 @@ def model_device(backend: str, model) -> str:
     return str(value.device)
 
 
+def framework_config(backend: str) -> dict:
+    """The device configuration as the framework itself reports it in this process (recorded per
+    trial as process.framework_config): JAX's `jax_platforms` (frozen at import) and the platform of
+    `jax.devices()`; the device Keras's torch backend picked when it loaded, and
+    `torch.cuda.is_available()`; the GPUs TensorFlow lists. Errors are recorded, not raised."""
+    try:
+        if backend == "jax":
+            import jax
+
+            out = {"jax_platforms": jax.config.jax_platforms}
+            try:
+                out["devices_platform"] = jax.devices()[0].platform
+            except RuntimeError as e:  # JAX_PLATFORMS names a platform that failed to start
+                out["devices_platform"] = None
+                out["error"] = str(e)[:200]
+            return out
+        if backend == "torch":
+            import torch
+            from keras.src.backend.torch import core
+
+            return {"keras_default_device": str(core.DEFAULT_DEVICE), "cuda_available": bool(torch.cuda.is_available())}
+        import tensorflow as tf
+
+        return {"gpus": [d.name for d in tf.config.list_physical_devices("GPU")]}
+    except Exception as e:  # noqa: BLE001 - a record field, never a crash
+        return {"error": f"{type(e).__name__}: {e}"[:200]}
+
+
 def is_gpu_device(backend: str, device: str) -> bool:
     """Is `device` (as model_device names it) a GPU?"""
     if backend == "tensorflow":
@@ -186,8 +214,10 @@ def check_device(backend: str, device: str, gpu: bool) -> None:
     trial must not record CPU step times beside an idle GPU's NVML readings."""
     if is_gpu_device(backend, device) != gpu:
         want, got = ("GPU", "the CPU") if gpu else ("CPU", "a GPU")
+        seen = ", ".join(f"{k}={v!r}" for k, v in framework_config(backend).items())
         raise WrongDevice(f"a {want} trial ran on {got}: {backend} placed the model on {device} "
-                          f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}; "
+                          f"(the framework reports {seen}; "
+                          f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}; "
                           + ("is the framework's CUDA build or plugin installed and the driver loaded?)" if gpu
                              else "the trial process should see no GPU)"))
 

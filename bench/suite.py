@@ -30,6 +30,8 @@ TOP_KEYS = {
     "gpu_host_cpus": "CPUs reserved for each GPU trial's host threads in a `devices` suite", "timeout_s": "seconds", "allow_slow_precision": "bool",
     "accelerator_types": "list", "expected_trial_s": "seconds", "max_retries": "int",
     "learning_rate": "Adam learning rate",
+    "order": "random|pairs: each repeat's cells in a seeded random order (default), or baseline-and-setting "
+             "pairs first, by precision then workload (a short run lands complete pairs)",
     "float32_matmul": "ieee|tf32: float32 matmuls and convolutions in IEEE float32 (default) or TensorFloat-32",
     "paired": "paired step-time sessions: {sessions, rounds, block_min_steps, block_min_s, isolation, "
               "target_ci_pct, max_sessions, budget_s, run_budget_s} or false",
@@ -178,6 +180,23 @@ def load(name_or_file: str, backend: str | None = None) -> Suite:
     return parse(yamlfile.load_mapping(path, "suite fields"), str(path), backend_override=backend)
 
 
+ORDERS = {
+    "random": "cells in a random order per repeat, seeded by (seed, repeat)",
+    "pairs": "pairs first: per repeat, by precision then workload, each baseline then its settings",
+}
+
+
+def _cell_order(cells: list[dict], order: str, precisions: list, seed) -> list[int]:
+    """Indices of `cells` in the order one repeat runs them (see ORDERS)."""
+    if order == "random":
+        return list(np.random.default_rng(seed).permutation(len(cells)))
+    workloads = list(dict.fromkeys(c["workload"] for c in cells))
+    return sorted(range(len(cells)), key=lambda i: (precisions.index(cells[i]["precision"]),
+                                                    workloads.index(cells[i]["workload"]),
+                                                    cells[i]["batch_size"], cells[i]["device"] or "",
+                                                    bool(cells[i]["regularizers"]), i))
+
+
 def parse(data: dict, source: str, backend_override: str | None = None) -> Suite:
     from bench.workloads import WORKLOADS
 
@@ -196,6 +215,7 @@ def parse(data: dict, source: str, backend_override: str | None = None) -> Suite
     f32 = _choice(f"{f}: float32_matmul", data.get("float32_matmul", "ieee"), backends.FLOAT32_MATMUL)
     isolation = _choice(f"{f}: isolation", data.get("isolation", "gpu"), ("gpu", "node", "cpu"))
     device = _choice(f"{f}: device", data.get("device", "auto"), ("auto", "gpu", "cpu"))
+    order = _choice(f"{f}: order", data.get("order", "random"), ORDERS)
     kinds, host_cpus = _devices(f, data, isolation)
     if len(kinds) == 1:
         device, kinds = kinds[0], ()
@@ -295,9 +315,10 @@ def parse(data: dict, source: str, backend_override: str | None = None) -> Suite
                             allow_slow_precision=allow_slow, accelerator_type=acc, model=w["model"],
                             float32_matmul=f32))
     # Repeats interleave (all cells of repeat 0, then repeat 1, ...) and the cells of each repeat run
-    # in a random order, seeded (suite seed, repeat): drift and neighbours hit every setting alike.
+    # in a random order, seeded (suite seed, repeat): drift and neighbours hit every setting alike;
+    # or, with order: pairs, each baseline beside its settings so a run cut short holds whole pairs.
     trials = tuple(Trial(**cells[i], repeat=r, seed=seed + r)
-                   for r in range(repeats) for i in np.random.default_rng([seed, r]).permutation(len(cells)))
+                   for r in range(repeats) for i in _cell_order(cells, order, precisions, [seed, r]))
     paired = _paired(f"{f}: paired", data.get("paired"))
 
     resolved = {
@@ -308,7 +329,7 @@ def parse(data: dict, source: str, backend_override: str | None = None) -> Suite
         "isolation": isolation, "device": device, "cpus_per_trial": cpus, "devices": list(kinds),
         "gpu_host_cpus": host_cpus, "timeout_s": float(timeout), "allow_slow_precision": allow_slow,
         "accelerator_types": accel, "max_retries": retries, "expected_trial_s": float(expected),
-        "order": "cells in a random order per repeat, seeded by (seed, repeat)", "paired": paired or False,
+        "order": ORDERS[order], "paired": paired or False,
         "not_applicable": not_applicable,
     }
     return Suite(name=name, description=resolved["description"], source=source, trials=trials,

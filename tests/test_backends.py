@@ -246,7 +246,7 @@ def test_gpu_check_script_on_cpu(tmp_path, no_tf_no_ray):
     took = time.monotonic() - t
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert took < budget + 2 * 20 + 30, took  # the shares, a stop each, set-up and packing
-    dest = out / "gpucheck"
+    dest, script_out = out / "gpucheck", proc.stdout
     files = sorted(p.name for p in dest.iterdir())
     assert files == ["env.json", "log.txt", "run-jax.tar.gz", "run-torch.tar.gz", "summary.txt"], files
     assert all(p.relative_to(out).parts.__len__() <= 3 for p in out.rglob("*"))  # $OUT/a/b/file at most
@@ -267,19 +267,46 @@ def test_gpu_check_script_on_cpu(tmp_path, no_tf_no_ray):
         manifest = json.loads((unpacked / "manifest.json").read_text())
         assert manifest["status"] in ("complete", "interrupted") and manifest["git_commit"]
         assert len(manifest["trial_ids"]) == 12
+        # pairs first: the first cell's baseline and its settings ran before anything else
+        ran = sorted(recs.values(), key=lambda r: r["started_at"])
+        first = [(r["trial"]["workload"], r["trial"]["precision"], r["trial"]["setting"]) for r in ran[:2]]
+        assert first[0][:2] == first[1][:2] and first[0][2] == "none" and first[1][2] != "none", first
+        assert f"mkdir -p results/reference/cpu-{backend} && tar xzf" in script_out
+        assert f".venv/bin/regbench report results/reference/cpu-{backend}" in script_out
         if manifest["status"] == "complete":
             proc = validate(unpacked)
             assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-500:]
 
 
+def test_gpu_check_script_fails_when_no_pair_lands(tmp_path, no_tf_no_ray):
+    """Defect caught: the check exited 0 and named a results/reference/ folder for a run whose
+    every trial failed, which would bless a failed run as the GPU reference."""
+    _need("torch")
+    suite = tmp_path / "failing.yaml"
+    suite.write_text("name: failing\nworkloads: [{name: digits_mlp, max_train_samples: 32}]\n"
+                     "regularizers: [none, dropout]\nprecisions: [float32]\nbatch_sizes: [64]\nrepeats: 1\n"
+                     "epochs: 1\nisolation: cpu\ncpus_per_trial: 1\nmax_retries: 0\npaired: false\n")
+    out = tmp_path / "out"
+    env = {**os.environ, **no_tf_no_ray, "OUT": str(out), "PYTHON": sys.executable, "GPUCHECK_WHEELS": "skip",
+           "GPUCHECK_BACKENDS": "torch", "GPUCHECK_SYNC": "0", "GPUCHECK_MIN_S": "0", "GPUCHECK_BUDGET_S": "120",
+           "GPUCHECK_SUITE": str(suite), "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(["bash", str(ROOT / "tests" / "benchmarks" / "gpu_check.sh")], env=env, capture_output=True,
+                          text=True, timeout=300)
+    summary = (out / "gpucheck" / "summary.txt").read_text()
+    assert proc.returncode == 5, proc.stdout[-3000:]
+    assert "0 ok pair(s): nothing to commit" in summary and "results/reference/cpu-torch" not in summary
+    assert "no ok pair landed" in proc.stdout and "mkdir -p results/reference" not in proc.stdout
+
+
 def test_gpu_check_script_stops_at_its_budget(tmp_path):
-    """A backend started with too little budget left is not run; the summary says so."""
+    """A backend started with too little budget left is not run; the summary says so, and with no
+    pair landed the script exits 5."""
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "GPUCHECK_WHEELS": "skip",
            "GPUCHECK_BACKENDS": "jax", "GPUCHECK_BUDGET_S": "0", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(["bash", str(ROOT / "tests" / "benchmarks" / "gpu_check.sh")], env=env, capture_output=True,
                           text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert proc.returncode == 5, proc.stdout[-2000:]
     assert "jax: not run (budget)" in (out / "gpucheck" / "summary.txt").read_text()
 
 

@@ -144,3 +144,44 @@ def test_trial_past_its_timeout_is_killed_and_recorded_once(tmp_path):
     assert time.monotonic() - t0 < 60
     left = subprocess.run(["ps", "-ww", "-eo", "args="], capture_output=True, text=True).stdout
     assert r["trial_id"] not in left  # the trial process was killed, not orphaned
+
+
+def processes_of(pid: int, args: str = "") -> list[int]:
+    """Pids of the children of `pid` whose command line holds `args`."""
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout
+    rows = [line.split(None, 2) for line in out.splitlines()]
+    return [int(r[0]) for r in rows if len(r) == 3 and r[1] == str(pid) and args in r[2]]
+
+
+@pytest.mark.slow
+def test_killed_zygote_is_a_fault_not_a_crash(tmp_path):
+    """Defect caught (issue: a killed zygote kills the driver): SIGKILL of the zygote mid-run ended
+    the driver with a ZygoteUnavailable traceback, exit 1, the manifest left "running". A lost
+    zygote is like a lost worker: a new one is started, the trial it held is retried, the run ends."""
+    path = tmp_path / "z.yaml"
+    path.write_text(SUITE.format(name="z", regularizers="[none, l2, dropout]", epochs=3, cpus=2, timeout_s=300))
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", "--suite", str(path), "--executor", "process",
+                             "--trial-start", "zygote", "--out", str(tmp_path / "z"), "--no-report"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)})
+    deadline, killed = time.monotonic() + 180, None
+    while killed is None and time.monotonic() < deadline and proc.poll() is None:
+        zygote = processes_of(proc.pid, "bench.executors.zygote")
+        # kill it while it has a child running: the child dies with it
+        if zygote and processes_of(zygote[0]):
+            killed = zygote[0]
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.05)
+    assert killed is not None, "no zygote with a running trial seen"
+    recs, err = records(proc)
+    assert "Traceback" not in err, err[-3000:]
+    assert len(recs) == 3 and all(r["status"] == "ok" for r in recs), [r["reason"] for r in recs]
+    retried = [r for r in recs if r["attempts"] == 2]
+    assert len(retried) == 1, [r["attempts"] for r in recs]
+    # the retry forked from a new zygote, and its record says the old one was lost
+    assert retried[0]["process"]["start_method"] == "zygote"
+    assert retried[0]["process"]["parent_pid"] != killed
+    assert f"zygote pid {killed} was lost" in retried[0]["process"]["start_note"]
+    assert "retrying (1/2)" in err
+    (manifest,) = (tmp_path / "z").glob("*/manifest.json")
+    assert json.loads(manifest.read_text())["status"] == "complete"

@@ -217,3 +217,25 @@ def test_gpu_check_subset_is_the_gpu_suite_at_its_sizes():
     assert {t.precision for t in check.trials} <= set(gpu.resolved["precisions"])
     cpu = S.load(str(S.SUITES_DIR.parents[1] / "tests" / "benchmarks" / "gpu_check_cpu.yaml"))
     assert cpu.device != "gpu" and cpu.paired is None
+
+
+def test_gpu_check_cells_pair_with_the_gpu_suite_and_pairs_run_first():
+    """Defect caught: gpu_check.yaml lacked the gpu suite's cpus_per_trial, so no GPU-check trial
+    could ever pair with a gpu-suite run; and its cells ran in a random order, so a short GPU hour
+    could end with baselines and no regularized trial to divide them by."""
+    gpu = S.load("gpu")
+    check = S.load(str(S.SUITES_DIR.parents[1] / "tests" / "benchmarks" / "gpu_check.yaml"))
+    assert {t.trial_id for t in check.trials} <= {t.trial_id for t in gpu.trials}
+    # baseline and dropout of one workload and precision, then the next pair: every prefix of even
+    # length is made of complete pairs
+    trials = list(check.trials)
+    for i in range(0, len(trials), 2):
+        a, b = trials[i], trials[i + 1]
+        assert a.cell_id != b.cell_id and (a.workload, a.precision) == (b.workload, b.precision)
+        assert {a.setting, b.setting} == {"none", "dropout"}
+    assert [t.precision for t in trials[:4]] == ["mixed_bfloat16"] * 4  # the suite's first precision first
+    assert check.resolved["order"].startswith("pairs")
+
+
+def test_order_must_be_known(tmp_path):
+    assert "order: unknown value 'sideways'" in error(tmp_path, order="sideways")

@@ -16,6 +16,26 @@ import sys
 import time
 
 FRAMEWORKS = ("keras", "tensorflow", "jax", "torch")
+MEMORY_LIMIT_ENV = "REGBENCH_TRIAL_MEMORY_LIMIT_BYTES"
+
+
+def limit_memory() -> int | None:
+    """Cap this trial process's address space (RLIMIT_AS) at what it has mapped now (the framework
+    imported, nothing run) plus $REGBENCH_TRIAL_MEMORY_LIMIT_BYTES, so a trial that outgrows it fails with an OOM record
+    instead of the kernel's OOM killer taking a neighbour. Returns the limit's bytes, None if unset."""
+    value = os.environ.get(MEMORY_LIMIT_ENV, "").strip()
+    if not value:
+        return None
+    import resource
+
+    limit = int(float(value))
+    mapped = 0
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                mapped = int(line.split()[1]) * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (mapped + limit, resource.RLIM_INFINITY))
+    return limit
 
 
 def die_with_parent(expected_parent: int | None = None) -> bool:
@@ -59,11 +79,19 @@ def main(argv: list[str], start_method: str = "interpreter") -> int:
         from bench.executors.cores import claim
 
         cores = claim(request["pin_cores"], request.get("core_lock_dir"))
+    if start_method == "interpreter" and os.environ.get(MEMORY_LIMIT_ENV):
+        from bench.executors.zygote import preload
+
+        preload(os.environ.get("KERAS_BACKEND", "tensorflow"))  # the limit counts from here, as in a zygote child
+    memory_limit = limit_memory()
     record = run_unit(request)
-    from bench.backends import recorded_environment
+    from bench.backends import framework_config, recorded_environment
 
     record.setdefault("process", {}).update({
         "environment": recorded_environment(),  # the same under both executors (trial_process.trial_environment)
+        "framework_config": framework_config(os.environ.get("KERAS_BACKEND", "tensorflow")),
+        "zygote_device_kind": request.get("zygote_device_kind"),
+        "memory_limit_bytes": memory_limit,
         "cpu_cores": cores,
         "pid": os.getpid(), "parent_pid": os.getppid(), "start_method": start_method,
         "start_note": request.get("start_note"),

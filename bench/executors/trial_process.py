@@ -31,6 +31,8 @@ from bench.trial import Trial, now_iso, result_skeleton
 START_METHODS = ("zygote", "interpreter")
 START_ENV = "REGBENCH_TRIAL_START"
 LOG_TAIL_BYTES = 64 * 1024  # of each attempt's output, kept in the run's logs/
+OOM_SIGNS = ("MemoryError", "std::bad_alloc", "out of memory", "Cannot allocate memory", "RESOURCE_EXHAUSTED",
+             "failed to map segment")  # in the last lines of a trial process that died without a record
 PKG_ROOT = str(pathlib.Path(__file__).resolve().parents[2])  # the checkout/site holding `bench`
 
 
@@ -172,26 +174,40 @@ class Launcher:
         self.executor = executor
         self.start_method = start_method or default_start_method()
         self.extra_env = dict(extra_env or {})
-        self._zygotes: dict = {}
-        self._unavailable: dict[str, str] = {}  # backend -> why its zygote is not used
+        self._zygotes: dict = {}  # (backend, "cpu" | "gpu") -> Zygote
+        self._unavailable: dict[tuple, str] = {}  # (backend, kind) -> why its zygote is not used
+        self._lost: dict[tuple, str] = {}  # (backend, kind) -> the last lost zygote, noted once
 
-    def _zygote(self, backend: str):
+    def _zygote(self, backend: str, gpu_tokens: list[str] | None):
+        """The zygote for this backend and device kind, started on first use (None: not used, see
+        `_unavailable`). A GPU unit's zygote imports the framework with the GPU environment: JAX
+        freezes JAX_PLATFORMS at import and Keras's torch backend its default device, so a child of
+        a CPU zygote could never use a GPU. A zygote found dead is replaced once per launch."""
         from bench.executors.zygote import Zygote, ZygoteUnavailable
 
-        z = self._zygotes.get(backend)
+        key = (backend, "cpu" if gpu_tokens is None else "gpu")
+        z = self._zygotes.get(key)
         if z is not None and z.alive():
             return z
-        if backend in self._unavailable:
+        if z is not None:  # killed or crashed: its children died with it; start another
+            self._zygotes.pop(key)
+            self._lost[key] = f"zygote pid {z.pid} was lost (exit code {z.proc.poll()}); a new one was started"
+            z.close()
+        if key in self._unavailable:
             return None
-        base = trial_environment(backend, None, None)
+        base = trial_environment(backend, None, gpu_tokens)
         base.update(self.extra_env)
         try:
-            z = Zygote(backend, base, str(self.workdir), str(self.workdir / f"zygote-{backend}.log"))
+            z = Zygote(backend, base, str(self.workdir), str(self.workdir / f"zygote-{backend}-{key[1]}.log"))
         except ZygoteUnavailable as e:
-            self._unavailable[backend] = str(e)
+            self._unavailable[key] = str(e)
             return None
-        self._zygotes[backend] = z
+        self._zygotes[key] = z
         return z
+
+    def zygotes(self) -> list[tuple[tuple[str, str], int]]:
+        """[((backend, device kind), pid)] of the live zygotes."""
+        return [(key, z.pid) for key, z in self._zygotes.items() if z.alive()]
 
     def launch(self, unit, gpu_tokens: list[str] | None, attempt: int = 1) -> TrialProcess:
         """Start one attempt of `unit`, a trial or a session (on a GPU when gpu_tokens is a list)."""
@@ -204,24 +220,28 @@ class Launcher:
         gpu = gpu_tokens is not None
         child_env = trial_environment(unit.backend, unit.cpu_threads, gpu_tokens)
         child_env.update(self.extra_env)
+        key = (unit.backend, "gpu" if gpu else "cpu")
         request = {"kind": unit.kind, "unit": unit.to_dict(), "executor": self.executor, "gpu": gpu,
                    "pin_cores": unit.cpu_threads if not gpu or unit.device == "gpu" else None,
                    "core_lock_dir": self.extra_env.get("REGBENCH_CORE_LOCK_DIR"),
-                   "launched_unix": time.time(), "start_note": None, "parent_pid": None}
+                   "launched_unix": time.time(), "start_note": None, "parent_pid": None,
+                   "zygote_device_kind": None}
         argv = [str(request_path), str(out_path)]
-        zygote = self._zygote(unit.backend) if self.start_method == "zygote" else None
         deadline = time.monotonic() + unit.timeout_s  # the trial's own time: a zygote's start is not counted
-        if self.start_method == "zygote" and zygote is None:
-            request["start_note"] = self._unavailable.get(unit.backend)
-        if zygote is not None:
-            request["parent_pid"] = zygote.pid
+        for _ in range(2 if self.start_method == "zygote" else 0):  # a zygote lost between launches: once more
+            zygote = self._zygote(unit.backend, gpu_tokens)
+            if zygote is None:
+                request["start_note"] = self._unavailable.get(key)
+                break
+            request.update(parent_pid=zygote.pid, zygote_device_kind=key[1], start_note=self._lost.pop(key, None))
             request_path.write_text(json.dumps(request))
             try:
                 pid = zygote.fork(argv, child_env, str(self.workdir), str(log_path))
                 return TrialProcess(unit, pid, "zygote", out_path, log_path, deadline, gpu, _zygote=zygote)
             except ZygoteUnavailable as e:
-                self._unavailable[unit.backend] = str(e)
                 request["start_note"] = str(e)
+                zygote.kill()  # the next turn starts a fresh one
+        request["zygote_device_kind"] = None
         request["parent_pid"] = os.getpid()
         request_path.write_text(json.dumps(request))
         with open(log_path, "ab") as log:
@@ -262,9 +282,9 @@ def collect(proc: TrialProcess, executor: str) -> Outcome:
     if proc.timed_out:
         return Outcome(failure_record(proc.unit, f"timeout: killed after {proc.unit.timeout_s:g} s",
                                       proc.gpu, executor))
-    code = proc.poll()
-    return Outcome(None, died=f"trial process exited with code {code} without a result; "
-                              f"last output: {proc.log_tail()}")
+    code, tail = proc.poll(), proc.log_tail()
+    oom = "OOM: " if any(s in tail for s in OOM_SIGNS) else ""
+    return Outcome(None, died=f"{oom}trial process exited with code {code} without a result; last output: {tail}")
 
 
 def wait_and_collect(proc: TrialProcess, executor: str) -> Outcome:

@@ -148,6 +148,24 @@ def serve(backend: str) -> int:
     return 0
 
 
+LOST_EXIT_CODE = -9  # a child of a zygote that was killed: it died of PR_SET_PDEATHSIG's SIGKILL
+
+
+def _pid_exists(pid: int) -> bool:
+    """Is `pid` running? A zombie is not (a container's PID 1 may never reap an orphan)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
 class ZygoteUnavailable(Exception):
     """The zygote could not start or cannot be trusted; the message says why."""
 
@@ -162,6 +180,7 @@ class Zygote:
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
                                      env=env, cwd=cwd, start_new_session=True)
         self._buf = b""
+        self._closed = False  # its stdout reached EOF: the zygote is gone
         self._exits: dict[int, int] = {}
         self._started: dict[int, int] = {}
         self._next_id = 0
@@ -178,12 +197,15 @@ class Zygote:
 
     # -- events ---------------------------------------------------------------------------
     def _read_events(self, timeout: float) -> list[dict]:
+        if self._closed:
+            raise ZygoteUnavailable(f"the {self.backend} zygote exited (code {self.proc.wait()})")
         fd = self.proc.stdout.fileno()
         ready, _, _ = select.select([fd], [], [], max(0.0, timeout))
         if not ready:
             return []
         chunk = os.read(fd, 65536)
         if not chunk:
+            self._closed = True
             raise ZygoteUnavailable(f"the {self.backend} zygote exited (code {self.proc.wait()})")
         self._buf += chunk
         events = []
@@ -209,8 +231,16 @@ class Zygote:
         return None
 
     def pump(self, timeout_s: float = 0.0) -> None:
-        """Read whatever events arrived (waiting up to timeout_s for the first)."""
-        self._read_events(timeout_s)
+        """Read whatever events arrived (waiting up to timeout_s for the first). A zygote that is
+        gone (killed, crashed) is not an error here: its children died with it (PR_SET_PDEATHSIG),
+        and `exit_code` says so."""
+        if self._closed:
+            time.sleep(min(timeout_s, 0.05))
+            return
+        try:
+            self._read_events(timeout_s)
+        except ZygoteUnavailable:
+            pass
 
     # -- requests ---------------------------------------------------------------------------
     def fork(self, argv: list[str], env: dict, cwd: str, log_path: str) -> int:
@@ -228,10 +258,24 @@ class Zygote:
         return self._started.pop(rid)
 
     def exit_code(self, pid: int) -> int | None:
-        return self._exits.get(pid)
+        """The child's exit code; LOST_EXIT_CODE once the zygote is gone and the child with it
+        (reparented, so no exit code reaches us); None while it runs."""
+        if pid in self._exits:
+            return self._exits[pid]
+        if self._closed and not _pid_exists(pid):
+            return LOST_EXIT_CODE
+        return None
 
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return not self._closed and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the zygote (its children die with it)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._closed = True
 
     def close(self) -> None:
         try:

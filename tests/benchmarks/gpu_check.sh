@@ -22,28 +22,40 @@
 # The device call (the `run` tool), verbatim:
 #   carry:     [".whl"]
 #   command:   GPUCHECK_COMMIT=<git rev-parse HEAD> bash tests/benchmarks/gpu_check.sh
-#   timeout_s: 580
-# Worst case 10 s set-up + 330 s budget (+20 s per backend to stop) + 150 s sync test; about 1-2 min
-# more to start the machine: under 11 of the 15 device minutes.
+#   timeout_s: 480
+# It ends inside one 8-minute command (GPUCHECK_DEADLINE_S=450 s from its start), which leaves a
+# 15-minute device lease room to start the machine (1-2 min) and to run it once more:
+#   set-up and preflight (wheels, imports, `regbench env`)            <= 30 s
+#   the suite runs: GPUCHECK_BUDGET_S = 300 s, torch then jax          300 s
+#     (each its share of what is left; cut short by SIGINT, which keeps every finished trial)
+#   stopping each backend at its share (SIGINT, then SIGKILL after 20 s) <= 2 x 20 s
+#   the sync test, only if it fits before the deadline                 <= 60 s
+#   summary and packing                                                <= 15 s
+#   total                                                              <= 445 s < 450 s < 480 s
+# The suite runs its cells pairs first (order: pairs): none and dropout of each workload in
+# mixed_bfloat16, then float32, so a backend cut short by its share still holds whole pairs.
 # Files come back under <files_at>/gpucheck/: log.txt, env.json, summary.txt, sync.txt,
-# run-torch.tar.gz, run-jax.tar.gz. Commit a run as the reference:
-#   mkdir -p results/reference/h200-jax && tar xzf <files_at>/gpucheck/run-jax.tar.gz -C results/reference/h200-jax
-# (summary.txt names the folder, from the GPU model).
+# run-torch.tar.gz, run-jax.tar.gz. The script exits 5 and suggests no results/reference/ folder
+# when no backend landed an ok pair (a baseline and a regularized trial of one cell, both ok);
+# otherwise it ends by printing the exact commands that commit each backend's run with its report.
 #
 # Knobs (environment): GPUCHECK_BACKENDS ("torch jax"), GPUCHECK_SUITE (gpu_check.yaml with a GPU,
-# gpu_check_cpu.yaml without; a name or YAML file), GPUCHECK_BUDGET_S (330: seconds for all suite
-# runs together), GPUCHECK_MIN_S (60: do not start a backend with a smaller share), GPUCHECK_SYNC (1:
-# run tests/test_sync.py after the first backend), GPUCHECK_SITE (/tmp/site), GPUCHECK_WHEELS (.whl;
-# "skip" uses the Keras already importable), PYTHON (python3), GPUCHECK_COMMIT (the commit the tree
-# was sent from: the copy there has no .git; goes in the manifest).
-# Tested on the CPU: tests/test_backends.py runs the fallback end to end with both backends.
+# gpu_check_cpu.yaml without; a name or YAML file), GPUCHECK_BUDGET_S (300: seconds for all suite
+# runs together), GPUCHECK_DEADLINE_S (450: the whole script), GPUCHECK_MIN_S (60: do not start a
+# backend with a smaller share), GPUCHECK_SYNC (1: run tests/test_sync.py after the first backend),
+# GPUCHECK_SYNC_S (60), GPUCHECK_SITE (/tmp/site), GPUCHECK_WHEELS (.whl; "skip" uses the Keras
+# already importable), PYTHON (python3), GPUCHECK_COMMIT (the commit the tree was sent from: the
+# copy there has no .git; goes in the manifest).
+# Tested on the CPU: tests/test_backends.py runs the fallback end to end through this script.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 start=$(date +%s)
 OUT=${OUT:-/tmp/regbench-gpucheck}
 PY=${PYTHON:-python3}
 BACKENDS=${GPUCHECK_BACKENDS:-torch jax}
-BUDGET_S=${GPUCHECK_BUDGET_S:-330}
+BUDGET_S=${GPUCHECK_BUDGET_S:-300}
+DEADLINE_S=${GPUCHECK_DEADLINE_S:-450}
+SYNC_S=${GPUCHECK_SYNC_S:-60}
 MIN_S=${GPUCHECK_MIN_S:-60}
 SITE=${GPUCHECK_SITE:-/tmp/site}
 WHEELS=${GPUCHECK_WHEELS:-.whl}
@@ -104,20 +116,27 @@ fi
 echo "suite: $SUITE, budget ${BUDGET_S}s, backends in order: $BACKENDS" >> "$DEST/summary.txt"
 
 # 3. The suite on each backend, each with an equal share of what is left of the budget (the sync
-#    test's time is not part of it); the sync test after the first backend.
+#    test's time is not part of it); the sync test after the first backend, if it fits.
 first=1
 suite_s=0
-remaining=$(echo $BACKENDS | wc -w)
-for backend in $BACKENDS; do
+installed=""
+for backend in $BACKENDS; do  # a backend that is not installed takes no share
+  if "$PY" -c "import $backend" 2>/dev/null; then
+    installed="$installed $backend"
+  else
+    say "skip $backend: not installed"; echo "$backend: not installed" >> "$DEST/summary.txt"
+  fi
+done
+remaining=$(echo $installed | wc -w)
+for backend in $installed; do
   left=$(( BUDGET_S - suite_s ))
   share=$(( left / remaining ))
+  to_deadline=$(( DEADLINE_S - $(elapsed) - 20 - 15 ))  # its stop, and the summary
+  [ "$share" -gt "$to_deadline" ] && share=$to_deadline
   remaining=$(( remaining - 1 ))
   if [ "$share" -lt "$MIN_S" ]; then
     say "skip $backend: a ${share}s share of the ${left}s left of the ${BUDGET_S}s budget"
     echo "$backend: not run (budget)" >> "$DEST/summary.txt"; continue
-  fi
-  if ! "$PY" -c "import $backend" 2>/dev/null; then
-    say "skip $backend: not installed"; echo "$backend: not installed" >> "$DEST/summary.txt"; continue
   fi
   say "run suite $SUITE on $backend (a ${share}s share)"
   t_backend=$(date +%s)
@@ -144,8 +163,16 @@ recs = [json.loads(p.read_text()) for p in sorted((run / "trials").glob("*.json"
 count = {}
 for r in recs:
     count[r["status"]] = count.get(r["status"], 0) + 1
-print(f"{backend}: exit {rc}, run {m['run_id']} {m['status']}, {len(recs)}/{len(m['trial_ids'])} trials {count}"
-      f" -> results/reference/{folder}-{backend}/")
+ok = {}
+for r in recs:
+    if r["status"] == "ok":
+        t = r["trial"]
+        ok.setdefault((t["workload"], t["precision"], t["batch_size"]), set()).add(t["setting"])
+pairs = [(k, s) for k, settings in ok.items() if "none" in settings for s in sorted(settings - {"none"})]
+print(f"{backend}: exit {rc}, run {m['run_id']} {m['status']}, {len(recs)}/{len(m['trial_ids'])} trials {count}, "
+      f"{len(pairs)} ok pair(s)" + (f" -> results/reference/{folder}-{backend}/" if pairs else ": nothing to commit"))
+for (w, p, b), s in pairs:
+    print(f"  pair: {w} {p} batch {b}: none + {s}")
 ran = [r for r in recs if r["status"] != "skipped" and r.get("wall_s")]
 if ran:
     wall = statistics.median(r["wall_s"] for r in ran)
@@ -168,12 +195,31 @@ EOF
   fi
   if [ "$first" = 1 ] && [ "${GPUCHECK_SYNC:-1}" = 1 ]; then
     first=0
-    say "sync test"
-    REGBENCH_SYNC_LOG="$DEST/sync.txt" timeout --kill-after=10 150 "$PY" -m pytest -q -p no:cacheprovider \
-      tests/test_sync.py >> "$DEST/sync.txt" 2>&1
-    echo "sync test: exit $? ($(tail -1 "$DEST/sync.txt"))" >> "$DEST/summary.txt"
+    if [ $(( DEADLINE_S - $(elapsed) - SYNC_S - 15 )) -lt $(( (BUDGET_S - suite_s) )) ]; then
+      say "sync test skipped: it does not fit before the ${DEADLINE_S}s deadline with the next backend's share"
+      echo "sync test: not run (deadline)" >> "$DEST/summary.txt"
+    else
+      say "sync test"
+      REGBENCH_SYNC_LOG="$DEST/sync.txt" timeout --kill-after=5 "$SYNC_S" "$PY" -m pytest -q -p no:cacheprovider \
+        tests/test_sync.py >> "$DEST/sync.txt" 2>&1
+      echo "sync test: exit $? ($(tail -1 "$DEST/sync.txt"))" >> "$DEST/summary.txt"
+    fi
   fi
 done
 rm -rf "$RUNS"
 say "done"
 cat "$DEST/summary.txt"
+# 4. The verdict: commit commands for each backend that landed a pair, or a non-zero exit.
+landed=$(grep -o -- '-> results/reference/[^/]*/' "$DEST/summary.txt" | sed 's|-> ||; s|/$||')
+if [ -z "$landed" ]; then
+  say "no ok pair landed on any backend: nothing to commit under results/reference/ (see log.txt)"
+  exit 5
+fi
+echo
+echo "To commit, on the development machine in the repository root (FILES_AT: the run tool's files_at):"
+for ref in $landed; do
+  backend=${ref##*-}
+  echo "  mkdir -p $ref && tar xzf \"\$FILES_AT/gpucheck/run-$backend.tar.gz\" -C $ref"
+  echo "  .venv/bin/regbench report $ref"
+  echo "  git add $ref && git commit -m \"GPU check reference: ${ref#results/reference/}\""
+done
