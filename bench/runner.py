@@ -226,14 +226,14 @@ def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
         status, reason = "failed", (f"no steady-state steps ({timer.steps_run} steps run): "
                                     "raise epochs or steps_per_epoch")
     record = result_skeleton(trial, status, reason, node)
-    free_reasons = free.pop("null_reasons")
+    timing_reasons = free.pop("null_reasons")
     attention = attention_record(model, trial.backend)
-    free_reasons.update(attention.pop("null_reasons"))
+    timing_reasons.update(attention.pop("null_reasons"))
     record["timing"] = {"data_s": data_s, "build_s": build_s, **timing, **free, "input_pipeline": input_pipeline,
                         **backends.jit_record(model, trial.jit_compile), **attention,
                         **backends.host_sync_record(trial.backend, model)}
-    if free_reasons:
-        record["timing"]["null_reasons"] = {**record["timing"].get("null_reasons", {}), **free_reasons}
+    if timing_reasons:
+        record["timing"]["null_reasons"] = {**record["timing"].get("null_reasons", {}), **timing_reasons}
     record["memory"] = mem
     record["energy"] = nvml.energy_result(samples_seen, timer.steady_spans(),
                                           timing["steady_state_steps"] * trial.batch_size)
