@@ -180,6 +180,7 @@ def overhead(trials: pd.DataFrame, metrics=METRICS, *, sessions: list | None = N
     if sessions:
         table = _with_paired_step_time(table, df, sessions)
     _note_gpu_bound(table, df)
+    _note_attention_path(table, df)
     return table[OVERHEAD_COLUMNS].reset_index(drop=True)
 
 
@@ -216,6 +217,42 @@ def _note_gpu_bound(table: pd.DataFrame, trials: pd.DataFrame) -> None:
         if row in why:
             note = table.iat[i, table.columns.get_loc("note")]
             table.iat[i, table.columns.get_loc("note")] = "; ".join(n for n in (why[row], note) if n)
+
+
+def attention_paths(trials: pd.DataFrame) -> dict:
+    """(cell keys..., setting) -> "path (kernel)" of its ok trials' attention (timing.attention_path and
+    attention_kernel; bench/attention.py), for the cells whose trials recorded one."""
+    if trials.empty or "attention_path" not in trials.columns:
+        return {}
+    df = with_keys(trials, CELL_KEYS)
+    ok = df[(df["status"] == "ok") & df["attention_path"].notna()]
+    kernel = ok["attention_kernel"] if "attention_kernel" in ok else pd.Series(None, index=ok.index, dtype=object)
+    label = [f"{p} ({k})" if isinstance(k, str) else str(p) for p, k in zip(ok["attention_path"], kernel)]
+    groups = ok.assign(_attention=label).groupby(CELL_KEYS + ["setting"], dropna=False)["_attention"]
+    return {key: " / ".join(sorted(set(v))) for key, v in groups}
+
+
+def attention_note(paths: dict, cell: tuple, setting: str) -> str:
+    """'attention: explicit (einsum), baseline fused (cudnn)' when the setting's step ran another
+    attention path or kernel than its baseline's (attention dropout does, on JAX and torch), else ''."""
+    mine, base = paths.get((*cell, setting)), paths.get((*cell, BASELINE))
+    if setting == BASELINE or mine is None or base is None or mine == base:
+        return ""
+    return f"attention: {mine}, baseline {base}"
+
+
+def _note_attention_path(table: pd.DataFrame, trials: pd.DataFrame) -> None:
+    """Note every overhead row of a setting whose attention path differs from its baseline's: its
+    overheads include the kernel switch (e.g. cuDNN flash attention lost to attention dropout)."""
+    paths = attention_paths(trials)
+    if not paths or table.empty:
+        return
+    keyed = with_keys(table, CELL_KEYS)
+    col = table.columns.get_loc("note")
+    for i, (*cell, setting) in enumerate(keyed[CELL_KEYS + ["setting"]].itertuples(index=False, name=None)):
+        note = attention_note(paths, tuple(cell), setting)
+        if note:
+            table.iat[i, col] = "; ".join(n for n in (note, table.iat[i, col]) if n)
 
 
 def _note_target_hits(table: pd.DataFrame, ok: pd.DataFrame) -> None:

@@ -9,8 +9,8 @@ import pandas as pd
 
 from analysis import plots, render, stats
 from analysis.runs import RunData, load
-from analysis.overheads import (BASELINE, CELL_KEYS, METRIC_BY_NAME, format_estimate, gpu_baselines_not_gpu_bound,
-                                overhead)
+from analysis.overheads import (BASELINE, CELL_KEYS, METRIC_BY_NAME, attention_note, attention_paths, format_estimate,
+                                gpu_baselines_not_gpu_bound, overhead)
 from analysis.speedups import ERASES, precision_speedup
 
 METHOD_NOTE = (
@@ -137,6 +137,13 @@ def findings(table: pd.DataFrame, speedup: pd.DataFrame, fails: pd.DataFrame, li
         for r in gpu_baselines_not_gpu_bound(trials).to_dict("records"):
             out.append(f"WARNING: the GPU baseline of {r['workload']} ({r['precision']}, {r['backend']}, batch "
                        f"{r['batch_size']}): {r['why']}; its overheads show host and launch cost.")
+        paths = attention_paths(trials)
+        for key in sorted(paths, key=str):
+            note = attention_note(paths, key[:-1], key[-1])
+            if note:
+                cell = dict(zip(CELL_KEYS, key[:-1]))
+                out.append(f"{key[-1]} on {cell['workload']} ({cell['precision']}, {cell['backend']}) ran another "
+                           f"attention path than its baseline ({note}): its overheads include the kernel switch.")
     st = table[(table["metric"] == "step_time") & (table["mark"] == stats.SIGNIFICANT)]
     for r in st.sort_values("change_pct", ascending=False).head(limit).to_dict("records"):
         out.append(f"{r['setting']} on {r['workload']} ({r['precision']}): step time {format_estimate(r)}.")

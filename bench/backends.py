@@ -305,6 +305,24 @@ def jit_record(model, requested: str) -> dict:
             "jit_disabled_by": blockers}
 
 
+def host_sync_record(backend: str, model) -> dict:
+    """Whether the training step itself makes the host wait for the device every step (a known
+    cause, apart from StepTimer's own per-step sync), and why.
+
+    torch + loss scaling (mixed_float16): Keras's LossScaleOptimizer applies gradients through
+    ops.cond on "all gradients finite" (and on its growth counter), and on torch ops.cond is a
+    Python `if` on a device tensor (keras/src/backend/torch/core.py `cond`): the host waits for
+    the step's gradients, so the free-running figure cannot overlap host and device. On JAX
+    (lax.cond) and TensorFlow (tf.cond) the branch stays in the compiled step."""
+    import keras
+
+    if backend == "torch" and isinstance(getattr(model, "optimizer", None), keras.optimizers.LossScaleOptimizer):
+        return {"host_sync_per_step": True,
+                "host_sync_reason": ("LossScaleOptimizer's ops.cond is a Python `if` on a device tensor on torch: "
+                                     "the host waits for each step's gradient finiteness check")}
+    return {"host_sync_per_step": False, "host_sync_reason": None}
+
+
 def matmul_peak_flops_per_s(backend: str, dtype: str, gpu: bool, min_time_s: float = 0.25) -> float:
     """Measured matmul throughput of this device at `dtype` (FLOP/s), the peak that MFU divides by.
 

@@ -17,7 +17,8 @@ A session (one fresh process; `run_session`, read top to bottom):
 3. runs `rounds` rounds; each round times one block of every model in a seeded random order
    (recorded), a block being one `fit` epoch over the same tiled training batches;
 4. records each block's median step time (the first batch of a block, which waits for the
-   iterator, is excluded, exactly as in a trial's steady-state window).
+   iterator, is excluded, exactly as in a trial's steady-state window), and each model's
+   attention path (`attention`: label -> bench.attention.attention_record).
 
 The ratio of a setting is formed per round: its block against the median of the three baseline
 models' blocks of that round. Each model instance has its own speed, a few percent either way on
@@ -200,6 +201,7 @@ def _tile(x, rows: int):
 def _time_blocks(session: Session, node: dict, gpu: bool) -> dict:
     import keras
 
+    from bench.attention import attention_record
     from bench.inputs import block_inputs
     from bench.measure.timing import StepTimer
     from bench.runner import build_model, load_data
@@ -277,6 +279,8 @@ def _time_blocks(session: Session, node: dict, gpu: bool) -> dict:
     record["estimates"] = estimates
     record["timing"] = {"data_and_build_s": build_s, "warmup_s": warmup_s, "rounds_s": rounds_s,
                         "measured_s": measured_s, "baseline_step_time_s": float(np.median(base_blocks))}
+    record["timing"].update(backends.host_sync_record(base.backend, models[AA_LABEL]))  # same optimizer for all
+    record["attention"] = {k: attention_record(m, base.backend) for k, m in models.items()}
     record["process"] = {"dtype_policy_at_start": policy_at_start, "keras_backend": keras.config.backend(),
                          "jit_compile": {k: bool(m.jit_compile) for k, m in models.items()}}
     return record

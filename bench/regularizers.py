@@ -31,7 +31,8 @@ class Recipe:
 
     l1: float = 0.0
     l2: float = 0.0
-    dropout_rate: float = 0.0
+    dropout_rate: float = 0.0  # Dropout after hidden blocks (transformer: residual branches and MLP)
+    attention_dropout_rate: float = 0.0  # MultiHeadAttention(dropout=...): forces Keras's explicit attention path
     batch_norm: bool = False
     augmentation: str | None = None  # None | "model" (jit-safe layers) | "model_keras" (Keras layers) | "pipeline"
     augment_strength: float = 0.0  # noise stddev (tabular) or max shift as a fraction of size (images)
@@ -154,6 +155,15 @@ def _residual_only(w) -> str | None:
             else f"drops residual branches; {w.NAME} ({_arch(w)}) has none")
 
 
+def _attention_only(w) -> str | None:
+    return (None if _arch(w) == "transformer"
+            else f"keeps dropout off attention; {w.NAME} has no attention layer (use dropout)")
+
+
+def _dropout(recipe: Recipe, p: dict) -> None:
+    recipe.dropout_rate = recipe.attention_dropout_rate = p["rate"]
+
+
 def _not_tokens(w) -> str | None:
     return (None if _kind(w) != "tokens"
             else f"noise, flips and shifts have no meaning for the token ids of {w.NAME}")
@@ -189,6 +199,7 @@ def _setter(field: str, param: str):
 _RATE = Param(0.1, low=0.0, high=1.0, low_open=True, high_open=True)
 
 
+_DROPOUT_RATE = Param(0.3, low=0.0, high=1.0, low_open=True, high_open=True)
 _PENALTY = Param(1e-4, low=0.0, high=1.0, low_open=True)
 
 REGISTRY: dict[str, Regularizer] = {
@@ -206,9 +217,15 @@ REGISTRY: dict[str, Regularizer] = {
                     {"alpha": Param(2e-4, low=0.0, high=1.0, low_open=True),
                      "l1_ratio": Param(0.5, low=0.0, high=1.0)}, _elastic),
         Regularizer("dropout", "Dropout after every hidden block, at `rate` (transformer: on attention "
-                    "probabilities, on both residual branches and on the MLP hidden layer).",
-                    {"rate": Param(0.3, low=0.0, high=1.0, low_open=True, high_open=True)},
-                    lambda r, p: setattr(r, "dropout_rate", p["rate"])),
+                    "probabilities, on both residual branches and on the MLP hidden layer; attention dropout "
+                    "makes Keras's MultiHeadAttention leave the fused dot_product_attention for its explicit "
+                    "einsum path, recorded in timing.attention_path).",
+                    {"rate": _DROPOUT_RATE}, _dropout),
+        Regularizer("dropout_no_attention",
+                    "Dropout at `rate` on both residual branches and the MLP hidden layer, none on the "
+                    "attention probabilities, so MultiHeadAttention keeps the fused dot_product_attention "
+                    "(cuDNN flash on JAX, SDPA on torch). Attention workloads only.",
+                    {"rate": _DROPOUT_RATE}, _setter("dropout_rate", "rate"), _attention_only),
         Regularizer("batch_norm", "BatchNormalization after every hidden Dense/Conv, before the activation.",
                     {}, lambda r, p: setattr(r, "batch_norm", True), _not_transformer),
         Regularizer("augmentation",

@@ -141,9 +141,11 @@ def early_stopping_callback(recipe):
 def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
     import keras
 
+    from bench.attention import attention_record
     from bench.inputs import trial_inputs, validation_data
     from bench.measure.compute import compute_section, node_peak_flops_per_s
     from bench.measure.convergence import curve_rows, summarize
+    from bench.measure.datasheet import dense_peak_flops_per_s
     from bench.measure.energy import NvmlSampler
     from bench.measure.memory import MemoryTracker
     from bench.measure.timing import StepTimer, free_running
@@ -203,11 +205,13 @@ def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
     #    trains, since it trains the model further; the training pipeline's next epoch (reshuffled)
     free = free_running(model, inputs, trial.backend, trial.batch_size, trial.steps_per_epoch)
 
-    # 6. compute: analytic FLOPs vs this node's measured matmul peak at this precision
+    # 6. compute: analytic FLOPs vs this node's measured matmul peak at this precision, and vs the
+    #    board's datasheet dense peak
     dtype = precision.COMPUTE_DTYPE[trial.precision]
-    peak, peak_note = node_peak_flops_per_s(trial.backend, dtype, gpu, node.get("gpu_uuid") or node["cpu"],
-                                            trial.float32_matmul if dtype == "float32" else None)
-    compute = compute_section(model, timing["samples_per_s"], peak, peak_note)
+    f32_matmul = trial.float32_matmul if dtype == "float32" else None
+    peak, peak_note = node_peak_flops_per_s(trial.backend, dtype, gpu, node.get("gpu_uuid") or node["cpu"], f32_matmul)
+    sheet = dense_peak_flops_per_s(node["device_name"] if gpu else None, dtype, f32_matmul, bool(node.get("mig_uuid")))
+    compute = compute_section(model, timing["samples_per_s"], peak, peak_note, sheet)
 
     # 7. the record
     mem = memory.result()
@@ -222,11 +226,14 @@ def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
         status, reason = "failed", (f"no steady-state steps ({timer.steps_run} steps run): "
                                     "raise epochs or steps_per_epoch")
     record = result_skeleton(trial, status, reason, node)
-    free_reasons = free.pop("null_reasons")
+    timing_reasons = free.pop("null_reasons")
+    attention = attention_record(model, trial.backend)
+    timing_reasons.update(attention.pop("null_reasons"))
     record["timing"] = {"data_s": data_s, "build_s": build_s, **timing, **free, "input_pipeline": input_pipeline,
-                        **backends.jit_record(model, trial.jit_compile)}
-    if free_reasons:
-        record["timing"]["null_reasons"] = {**record["timing"].get("null_reasons", {}), **free_reasons}
+                        **backends.jit_record(model, trial.jit_compile), **attention,
+                        **backends.host_sync_record(trial.backend, model)}
+    if timing_reasons:
+        record["timing"]["null_reasons"] = {**record["timing"].get("null_reasons", {}), **timing_reasons}
     record["memory"] = mem
     record["energy"] = nvml.energy_result(samples_seen, timer.steady_spans(),
                                           timing["steady_state_steps"] * trial.batch_size)

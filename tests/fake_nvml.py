@@ -1,5 +1,6 @@
 """A fake pynvml for CPU tests: several GPUs in PCI bus order, MIG instances, power as NVML reports it
-on A100/H100 (a 1 s trailing average), a total-energy counter, utilization over a 1 s period.
+on A100/H100 (a 1 s trailing average; the power fields NVML_FI_DEV_POWER_INSTANT / _AVERAGE where a
+GPU's `power_fields` says the board answers them), a total-energy counter, utilization over a 1 s period.
 
 Each GPU has a power profile and a utilization profile: piecewise-constant functions of the fake
 clock, [(from_s, watts or percent), ...]. The energy counter is the exact integral of the power
@@ -53,6 +54,7 @@ class FakeGpu:
     energy_counter: bool = True  # Volta and newer
     memory_used: int = 2**30
     process_memory: int | None = 300 * 2**20  # this process's usage, when NVML reports it
+    power_fields: tuple = ()  # NVML power fields the board answers: "instant" and/or "average" (newer drivers)
 
 
 class NVMLError(Exception):
@@ -62,6 +64,11 @@ class NVMLError(Exception):
 class FakeNvml:
     NVMLError = NVMLError
     NVML_DEVICE_MIG_ENABLE = 1
+    NVML_SUCCESS = 0
+    NVML_ERROR_NOT_SUPPORTED = 3
+    NVML_VALUE_TYPE_UNSIGNED_INT = 1
+    NVML_FI_DEV_POWER_AVERAGE = 185
+    NVML_FI_DEV_POWER_INSTANT = 186
 
     def __init__(self, clock: FakeClock, gpus: list[FakeGpu]):
         self.clock, self.gpus = clock, gpus
@@ -137,6 +144,22 @@ class FakeNvml:
             raise NVMLError("Not Supported")
         g, t = self._gpu(h, "power"), self.clock()
         return int(_mean(g.power, t - 1.0, t) * 1000)
+
+    def nvmlDeviceGetFieldValues(self, h, field_ids):
+        """Per field: nvmlReturn 0 and the value in mW (unsigned int), or NOT_SUPPORTED. POWER_INSTANT
+        is the profile's value now; POWER_AVERAGE its mean over the last second."""
+        g, t = self._gpu(h, "power"), self.clock()
+        out = []
+        for field in field_ids:
+            kind = {self.NVML_FI_DEV_POWER_INSTANT: "instant", self.NVML_FI_DEV_POWER_AVERAGE: "average"}.get(field)
+            if h[0] == "mig" or kind not in g.power_fields:
+                out.append(SimpleNamespace(fieldId=field, nvmlReturn=self.NVML_ERROR_NOT_SUPPORTED, valueType=1,
+                                           value=SimpleNamespace(uiVal=0)))
+                continue
+            watts = _mean(g.power, t - 1.0, t) if kind == "average" else _mean(g.power, t, t + 1e-9)
+            out.append(SimpleNamespace(fieldId=field, nvmlReturn=self.NVML_SUCCESS, valueType=1,
+                                       value=SimpleNamespace(uiVal=int(watts * 1000))))
+        return out
 
     def nvmlDeviceGetTotalEnergyConsumption(self, h):  # mJ since the driver loaded
         g = self._gpu(h, "energy")

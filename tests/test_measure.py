@@ -144,3 +144,50 @@ def test_host_peak_is_this_process_and_read_at_the_end_of_the_window():
     assert r["tracked"] == r["at_stop"]
     assert r["after"] > r["tracked"] + 200 * MIB, r  # the later 250 MiB shows in the process...
     assert abs(r["after"] - r["hwm"]) < 2 * MIB, r  # ...as this process's high-water mark (read just before) says
+
+
+# ---- MFU against the measured matmul peak and against the board's datasheet ----------------------
+
+@pytest.mark.parametrize("board, dtype, float32_matmul, tflops", [
+    ("NVIDIA H100 80GB HBM3", "bfloat16", None, 989.5),  # SXM: 1,979 with sparsity
+    ("NVIDIA H100 80GB HBM3", "float32", "tf32", 494.5),
+    ("NVIDIA H100 80GB HBM3", "float32", "ieee", 67.0),
+    ("NVIDIA H100 PCIe", "float16", None, 756.5),
+    ("NVIDIA H200", "bfloat16", None, 989.5),
+    ("NVIDIA A100-SXM4-80GB", "bfloat16", None, 312.0),
+    ("NVIDIA A100-PCIE-40GB", "float32", "tf32", 156.0),
+    ("NVIDIA L4", "float16", None, 121.0),
+    ("NVIDIA L40S", "bfloat16", None, 362.05),
+])
+def test_datasheet_dense_peaks_by_nvml_name(board, dtype, float32_matmul, tflops):
+    from bench.measure import datasheet
+
+    peak, source = datasheet.dense_peak_flops_per_s(board, dtype, float32_matmul)
+    assert peak == pytest.approx(tflops * 1e12)
+    assert "datasheet" in source and "dense" in source
+
+
+def test_unknown_board_cpu_and_mig_have_no_datasheet_peak():
+    from bench.measure import datasheet
+
+    for board, why in [("NVIDIA GeForce RTX 4090", "not in"), (None, "CPU")]:
+        peak, reason = datasheet.dense_peak_flops_per_s(board, "bfloat16")
+        assert peak is None and why in reason
+    peak, reason = datasheet.dense_peak_flops_per_s("NVIDIA H100 80GB HBM3", "bfloat16", mig=True)
+    assert peak is None and "MIG" in reason
+
+
+def test_mfu_is_recorded_against_both_peaks():
+    import keras
+
+    from bench.measure.compute import compute_section
+
+    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(10)])
+    flops = 3 * 2 * 64 * 10
+    out = compute_section(model, 1000.0, 2e12, "measured in this trial", datasheet=(4e12, "NVIDIA datasheet"))
+    assert out["mfu"] == pytest.approx(flops * 1000 / 2e12)
+    assert out["mfu_datasheet"] == pytest.approx(flops * 1000 / 4e12)
+    assert out["peak_flops_per_s_datasheet"] == 4e12 and out["peak_flops_datasheet_source"] == "NVIDIA datasheet"
+    out = compute_section(model, 1000.0, 2e12, "measured", datasheet=(None, "a CPU: no datasheet peak"))
+    assert out["mfu_datasheet"] is None and out["null_reasons"]["mfu_datasheet"] == "a CPU: no datasheet peak"
+    assert out["null_reasons"]["peak_flops_per_s_datasheet"] == "a CPU: no datasheet peak"

@@ -156,3 +156,25 @@ def test_integrate_holds_the_ends():
     assert integrate([0, 1], [0, 10], [(0.0, 1.0)]) == pytest.approx(5)
     assert integrate([0, 1], [0, 10], [(2.0, 3.0)]) == pytest.approx(10)
     assert readings_inside([1.0, 1.5, 2.0, 2.5], [1, 2, 3, 4], [(0.5, 2.0)], 1.0) == [2, 3]
+
+
+@pytest.mark.parametrize("fields, reading, window_s, source", [
+    (("instant", "average"), "NVML_FI_DEV_POWER_INSTANT", 0.0, "nvml"),
+    (("average",), "NVML_FI_DEV_POWER_AVERAGE", 1.0, "nvml"),
+    ((), "nvmlDeviceGetPowerUsage", 1.0, "assumed"),  # an older driver: no power fields
+])
+def test_power_averaging_window_comes_from_the_board_or_is_named_assumed(node, monkeypatch, fields, reading,
+                                                                         window_s, source):
+    node.gpus[0].power, node.gpus[0].util, node.gpus[0].energy_counter = PHASES_W, PHASES_UTIL, False
+    node.gpus[0].power_fields = fields
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    short = [(3.2, 3.9), (7.2, 7.9)]  # steady spans shorter than a 1 s average
+    _, e = run(node, spans=short, steady_samples=100)
+    assert (e["power_reading"], e["power_average_window_s"], e["power_average_window_source"]) == (
+        reading, window_s, source)
+    if window_s == 0.0:  # instantaneous readings: the short steady spans get their power, and only theirs
+        assert e["steady_mean_power_w"] == pytest.approx(400, rel=0.01)
+    else:
+        assert e["steady_energy_j"] is None and f"{window_s:g} s average" in e["null_reasons"]["steady_energy_j"]
+    if source == "assumed":
+        assert "assumed" in e["power_average_window_note"] and "GA100" in e["power_average_window_note"]

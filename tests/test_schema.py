@@ -245,3 +245,39 @@ def test_a_folder_that_is_not_a_run(tmp_path):
     proc = regbench("validate", tmp_path)
     assert proc.returncode == 2 and proc.stderr.strip() == f"regbench: error: {tmp_path}: not a regbench run " \
                                                            "(no manifest.json and no trials/)"
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda r: r["timing"].update(attention_path="flash"),
+     "t.json: timing.attention_path: 'flash' is not one of ['fused', 'explicit', 'mixed', None]"),
+    (lambda r: r["timing"].update(host_sync_per_step="yes"), "t.json: timing.host_sync_per_step: 'yes' is not of type 'boolean'"),
+    (lambda r: r["compute"].update(mfu_datasheet=-0.1), "t.json: compute.mfu_datasheet: -0.1 is less than the minimum of 0"),
+    (lambda r: r["compute"].update(mfu_datasheet=None),
+     "t.json: compute.mfu_datasheet: null without a reason in compute.null_reasons"),
+    (lambda r: r["energy"].update(power_average_window_source="guess"),
+     "t.json: energy.power_average_window_source: 'guess' is not one of ['nvml', 'assumed', None]"),
+])
+def test_attention_host_sync_datasheet_and_power_window_fields_are_checked(change, expected):
+    record = ok_record()
+    change(record)
+    assert problems(record) == [expected]
+
+
+def test_session_records_name_each_models_attention_path():
+    doc = {"schema_version": SCHEMA_VERSION, "kind": "paired_session", "session_id": "s", "status": "skipped",
+           "reason": "no fp16 here", "node": dict(NODE),
+           "session": {"group_id": "g", "workload": "w", "precision": "float32", "batch_size": 1,
+                       "backend": "jax", "repeat": 0, "labels": ["none"], "cell_ids": {}},
+           "attention": {"none": {"attention_path": "fused", "attention_kernel": "cudnn"},
+                         "dropout": {"attention_path": "explicit", "attention_kernel": "einsum"}}}
+    assert schema.check_session(doc) == []
+    doc["attention"]["dropout"]["attention_path"] = "flash"
+    assert [p.field for p in schema.check_session(doc)] == ["attention.dropout.attention_path"]
+
+
+@pytest.mark.parametrize("cut", ['{"a": 1, "b": tr', '{"a": 1, "b": nul', '{"a": 1, "b": "x', '{"a": 1, "b": '])
+def test_a_file_cut_inside_a_literal_is_truncated_not_corrupt(tmp_path, cut):
+    path = tmp_path / "t.json"
+    path.write_text(cut)
+    _, problem = schema.read_json_file(path)
+    assert problem.message.startswith("not valid JSON: truncated"), problem

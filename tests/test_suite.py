@@ -100,7 +100,7 @@ def test_gpu_suite_is_the_new_workloads_by_every_applicable_regularizer():
     new = {"weight_decay", "label_smoothing", "mixup", "cutmix", "spatial_dropout", "max_norm", "stochastic_depth"}
     for w in ("transformer_encoder", "resnet50", "synthetic_cnn"):
         ran = {n for t in gpu.trials if t.workload == w for n, _ in t.regularizers}
-        applicable = {n for n in new | {"l2", "dropout", "batch_norm", "augmentation"}
+        applicable = {n for n in new | {"l2", "dropout", "dropout_no_attention", "batch_norm", "augmentation"}
                       if not_applicable([normalize(n, {}, "t")], WORKLOADS[w]) is None}
         assert ran == applicable, w
         assert len([t for t in gpu.trials if t.workload == w]) == 3 * (1 + len(applicable))

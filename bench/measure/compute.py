@@ -1,4 +1,5 @@
-"""Model FLOPs per sample (analytic) and MFU against the node's measured matmul peak.
+"""Model FLOPs per sample (analytic) and MFU against the node's measured matmul peak (`mfu`) and
+against the board's datasheet dense peak (`mfu_datasheet`, bench/measure/datasheet.py).
 
 Counts multiply-adds (2 FLOPs each) of Dense, Conv2D, EinsumDense and MultiHeadAttention layers:
 for attention, the four projections plus the two attention products (scores Q.K^T and the
@@ -74,18 +75,29 @@ def forward_flops_per_sample(model) -> float:
 
 
 def compute_section(model, samples_per_s: float | None, peak_flops_per_s: float | None,
-                    peak_note: str | None = None) -> dict:
+                    peak_note: str | None = None, datasheet: tuple[float | None, str] | None = None) -> dict:
     """FLOPs per sample, achieved FLOP/s at `samples_per_s`, the peak and MFU; peak_note says
-    where the peak came from (or why it is missing)."""
+    where the peak came from (or why it is missing). `datasheet`: (the board's datasheet dense
+    peak or None, its source or why none; bench.measure.datasheet) for mfu_datasheet, the MFU that
+    published figures mean (mfu divides by the measured matmul peak, which is lower)."""
     flops = 3.0 * forward_flops_per_sample(model)
     achieved = flops * samples_per_s if samples_per_s else None
+    sheet, sheet_note = datasheet or (None, "no datasheet peak given")
     out = {"flops_per_sample": flops, "achieved_flops_per_s": achieved,
            "peak_flops_per_s": peak_flops_per_s, "peak_flops_source": peak_note,
            "mfu": achieved / peak_flops_per_s if achieved and peak_flops_per_s else None,
+           "peak_flops_per_s_datasheet": sheet, "peak_flops_datasheet_source": sheet_note,
+           "mfu_datasheet": achieved / sheet if achieved and sheet else None,
            "null_reasons": {}}
     if peak_flops_per_s is None:
         out["null_reasons"]["peak_flops_per_s"] = peak_note or "not measured"
         out["null_reasons"]["mfu"] = out["null_reasons"]["peak_flops_per_s"]
+    if sheet is None:
+        out["null_reasons"]["peak_flops_per_s_datasheet"] = out["null_reasons"]["mfu_datasheet"] = sheet_note
+    elif achieved is None:
+        out["null_reasons"]["mfu_datasheet"] = "no achieved FLOP/s (no steady-state steps)"
+    if achieved is None and peak_flops_per_s is not None:
+        out["null_reasons"]["mfu"] = "no achieved FLOP/s (no steady-state steps)"
     return out
 
 

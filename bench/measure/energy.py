@@ -9,9 +9,16 @@ reason; memory is the instance's own.
 
 Energy over a window comes from the board's total-energy counter (`nvmlDeviceGetTotalEnergyConsumption`,
 mJ, Volta and newer) where the device has one (`energy_source: total_energy_counter`). Only without
-it is sampled power integrated (`energy_source: power_samples`): NVML's power reading is a ~1 s
-trailing average on A100/H100, so only readings whose whole averaging period lies inside the
-window count, and a window shorter than that period has no power figure. Utilization is "the
+it is sampled power integrated (`energy_source: power_samples`): only readings whose whole averaging
+period lies inside the window count, and a window shorter than that period has no power figure.
+
+Power readings and their averaging period (`power_reading`, `power_average_window_s`,
+`power_average_window_source`): NVML reports no period in seconds, but its power fields name
+theirs. Where the board answers the field NVML_FI_DEV_POWER_INSTANT, that is read (period 0 s,
+source "nvml"); else NVML_FI_DEV_POWER_AVERAGE (a 1 s average by NVML's definition, "nvml"); else
+`nvmlDeviceGetPowerUsage`, which NVML documents as a 1 s average on Ampere (except GA100) and newer
+and instantaneous on GA100 and older: 1 s is then assumed (source "assumed"; the longer period
+only drops readings, never mixes compile or validation power into a window). Utilization is "the
 share of the last sample period (1/6 s to 1 s, by product) in which a kernel ran": likewise only
 readings whose whole period lies in the steady window count. A window too short for a counter
 gives null with the reason, never a figure that mixes in compile or validation time.
@@ -26,12 +33,19 @@ import threading
 import time
 
 INPUT_BOUND_UTIL_PERCENT = 80.0
-POWER_AVERAGE_S = 1.0  # nvmlDeviceGetPowerUsage on A100/H100: a 1 s trailing average
+POWER_AVERAGE_S = 1.0  # NVML_FI_DEV_POWER_AVERAGE, and nvmlDeviceGetPowerUsage where no field answers (assumed)
+POWER_FIELDS = (  # (pynvml constant, its value in nvml.h, averaging period s): the first the board answers is read
+    ("NVML_FI_DEV_POWER_INSTANT", 186, 0.0),
+    ("NVML_FI_DEV_POWER_AVERAGE", 185, POWER_AVERAGE_S),
+)
+POWER_USAGE_NOTE = ("no NVML power field answers: nvmlDeviceGetPowerUsage is read, which NVML documents as a 1 s "
+                    "average on Ampere (except GA100) and newer and instantaneous on GA100 and older; 1 s assumed")
 UTIL_PERIOD_S = 1.0  # nvmlDeviceGetUtilizationRates: the last 1/6 s .. 1 s (the longest assumed)
 MIN_READINGS = 5  # of readings wholly inside the window, for an averaged figure
 COUNTER_INTERVALS = 20  # a counter window spans at least this many reading intervals (edge error < ~5%)
 ENERGY_KEYS = ("energy_j", "mean_power_w", "gpu_util_mean", "energy_per_sample_j", "input_bound",
-               "steady_energy_j", "steady_mean_power_w", "steady_gpu_util_mean", "energy_source", "energy_shared")
+               "steady_energy_j", "steady_mean_power_w", "steady_gpu_util_mean", "energy_source", "energy_shared",
+               "power_reading", "power_average_window_s", "power_average_window_source", "power_average_window_note")
 
 
 class NvmlSampler:
@@ -53,6 +67,8 @@ class NvmlSampler:
         self._thread = None
         self.energy_mj = [None, None]
         self.t = [None, None]
+        self.power_field = None  # the NVML field id read for power, or None: nvmlDeviceGetPowerUsage
+        self.power = {}  # power_reading, power_average_window_s, power_average_window_source, ..._note
         try:
             import pynvml
 
@@ -64,6 +80,7 @@ class NvmlSampler:
                 if self.gpu.get("mig_uuid"):
                     self.shared = True
                     self.memory_handle = pynvml.nvmlDeviceGetHandleByUUID(self.gpu["mig_uuid"])
+                self._choose_power_reading()
         except Exception as e:  # noqa: BLE001 - NVML missing is normal on CPU nodes
             self.handle = self.memory_handle = None
             self.reason = f"NVML unavailable ({type(e).__name__}: {e})".replace("\n", " ")
@@ -87,6 +104,44 @@ class NvmlSampler:
             self.reason = (f"CUDA_VISIBLE_DEVICES token {tokens[0]!r} matches no GPU NVML reports "
                            f"({', '.join(g['uuid'] for g in gpus)})")
         return found
+
+    def _choose_power_reading(self) -> None:
+        """The first power field the board answers (POWER_FIELDS), else nvmlDeviceGetPowerUsage; sets
+        self.power_field and self.power (the record's power_* fields)."""
+        import pynvml
+
+        for name, number, window_s in POWER_FIELDS:
+            field = getattr(pynvml, name, number)
+            try:
+                self._field_w(field)
+            except Exception:  # noqa: BLE001 - an older driver or board: the next reading
+                continue
+            self.power_field = field
+            self.power = {"power_reading": name, "power_average_window_s": window_s,
+                          "power_average_window_source": "nvml",
+                          "power_average_window_note": f"{name} answers on this board: "
+                                                       + ("instantaneous power" if window_s == 0 else
+                                                          f"a {window_s:g} s average, by NVML's definition")}
+            return
+        self.power = {"power_reading": "nvmlDeviceGetPowerUsage", "power_average_window_s": POWER_AVERAGE_S,
+                      "power_average_window_source": "assumed", "power_average_window_note": POWER_USAGE_NOTE}
+
+    def _field_w(self, field: int) -> float:
+        """One NVML power field of the GPU, in W; raises when the board does not answer it."""
+        import pynvml
+
+        value = pynvml.nvmlDeviceGetFieldValues(self.handle, [field])[0]
+        if value.nvmlReturn != getattr(pynvml, "NVML_SUCCESS", 0):
+            raise RuntimeError(f"NVML field {field}: return code {value.nvmlReturn}")
+        kind = ("dVal", "uiVal", "ulVal", "ullVal", "sllVal", "siVal", "usVal")[value.valueType]
+        return float(getattr(value.value, kind)) / 1000.0  # mW
+
+    def _power_w(self) -> float:
+        import pynvml
+
+        if self.power_field is not None:
+            return self._field_w(self.power_field)
+        return pynvml.nvmlDeviceGetPowerUsage(self.handle) / 1000.0
 
     @property
     def available(self) -> bool:
@@ -118,7 +173,7 @@ class NvmlSampler:
         import pynvml
 
         t = self.clock()
-        power = self._read("power", lambda: pynvml.nvmlDeviceGetPowerUsage(self.handle) / 1000.0)
+        power = self._read("power", self._power_w)
         util = None
         if not self.shared:  # NVML has no utilization for a MIG instance or its MIG-enabled parent
             util = self._read("utilization", lambda: float(pynvml.nvmlDeviceGetUtilizationRates(self.handle).gpu))
@@ -169,6 +224,8 @@ class NvmlSampler:
         shared = ("MIG instance: the parent GPU's energy and power are shared with its other MIG instances, "
                   "not this trial's alone")
         out["energy_shared"] = self.shared
+        out.update(self.power)
+        window_s = self.power["power_average_window_s"]
         t0, t1 = self.t
         counter_t, counter = self._column(5)
         power_t, power = self._column(1)
@@ -213,13 +270,13 @@ class NvmlSampler:
                         f"steady window {steady_s:.3g} s is shorter than the {need:g} s the energy counter needs "
                         f"(read every {self.interval_s:g} s)")
             elif out["energy_source"] == "power_samples":
-                inside = readings_inside(power_t, power, spans, POWER_AVERAGE_S)
+                inside = readings_inside(power_t, power, spans, window_s)
                 if len(inside) >= MIN_READINGS:
                     out["steady_energy_j"] = sum(inside) / len(inside) * steady_s
                 else:
                     reasons["steady_energy_j"] = (
                         f"no energy counter, and {len(inside)} power readings (< {MIN_READINGS}) have their "
-                        f"{POWER_AVERAGE_S:g} s average wholly inside the steady spans (longest "
+                        f"{window_s:g} s average wholly inside the steady spans (longest "
                         f"{max(b - a for a, b in spans):.3g} s)")
             else:
                 reasons["steady_energy_j"] = reasons["energy_j"]

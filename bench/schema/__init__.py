@@ -217,7 +217,9 @@ def read_json_file(path: pathlib.Path, file: str | None = None) -> tuple[Any, Pr
         return json.loads(text), None
     except json.JSONDecodeError as e:
         end = text.rstrip()
-        if e.pos >= len(end) or e.msg.startswith("Unterminated string"):  # a string cut short runs to the end
+        rest = end[e.pos:]  # a string, or a true/false/null literal, cut short runs to the end
+        if (e.pos >= len(end) or e.msg.startswith("Unterminated string")
+                or any(literal.startswith(rest) for literal in ("true", "false", "null"))):
             line, col = end.count("\n") + 1, len(end) - (end.rfind("\n") + 1) + 1
             return None, Problem(file, "", f"not valid JSON: truncated (the text ends at line {line}, "
                                            f"column {col} inside a value)")

@@ -11,7 +11,8 @@ embedding; `layers` blocks x += Attention(LN(x)), x += MLP(LN(x)) with heads x (
 attention and MLP = Dense(4 * width, gelu) -> Dense(width); final LayerNorm, mean over positions,
 Dense(classes) with the softmax in float32. Regularizers: L1/L2 penalties and max-norm on every
 Dense and attention kernel; `dropout` on the attention probabilities, on both residual branches
-(after the attention projection, after the MLP) and on the MLP hidden layer; stochastic depth on
+(after the attention projection, after the MLP) and on the MLP hidden layer (`dropout_no_attention`:
+the same without the attention probabilities, so the fused attention kernel stays); stochastic depth on
 both residual branches of block l with probability rate * l / layers. Sizes come from the suite:
 `model: {layers, width, heads, seq_len, vocab, classes}`.
 """
@@ -95,7 +96,8 @@ def _block(x, recipe, index: int, count: int, heads: int, width: int):
     layers, rate, name = keras.layers, recipe.dropout_rate, f"block{index}"
     dense_kw = dict(kernel_regularizer=recipe.kernel_regularizer(), kernel_constraint=recipe.kernel_constraint())
     h = layers.LayerNormalization(epsilon=LN_EPSILON, name=f"{name}_ln1")(x)
-    attention = layers.MultiHeadAttention(heads, width // heads, dropout=rate, name=f"{name}_attention",
+    attention = layers.MultiHeadAttention(heads, width // heads, dropout=recipe.attention_dropout_rate,
+                                          name=f"{name}_attention",
                                           kernel_regularizer=recipe.kernel_regularizer(),
                                           kernel_constraint=recipe.kernel_constraint())
     h = attention(h, h)
