@@ -29,19 +29,14 @@ COLUMNS = ["n", "samples_per_s", "energy_per_sample_j", "samples_per_joule", "sa
 
 def load_prices(path) -> dict[str, float]:
     """Read a price table (device name -> price per hour); AnalysisInputError naming file and field."""
-    import yaml
+    from bench import yamlfile
+    from bench.errors import UserError
 
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise AnalysisInputError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise AnalysisInputError(f"{path}: cannot read ({e})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise AnalysisInputError(f"{path}: not valid YAML{where}") from None
+        data = yamlfile.load(path)  # bounded: size, nesting, aliases, duplicate keys
+    except UserError as e:
+        raise AnalysisInputError(str(e)) from None
     if not isinstance(data, dict) or not data:
         raise AnalysisInputError(f"{path}: expected a mapping of device name -> price per hour")
     out = {}

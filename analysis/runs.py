@@ -19,6 +19,7 @@ import pandas as pd
 
 from analysis.errors import AnalysisInputError
 from bench import records
+from bench.schema.reading import NestedTooDeep, parse_json, read_type_problems
 
 SCHEMA_VERSION_READ = 1
 """Newest trial-file / manifest schema_version this package understands."""
@@ -72,7 +73,7 @@ def _read_manifest(run_dir: Path, run: str, problems: list) -> dict:
         problems.append((run, str(path), "manifest.json missing: run metadata unknown"))
         return {}
     try:
-        manifest = json.loads(path.read_bytes())
+        manifest = parse_json(path.read_bytes())
         if not isinstance(manifest, dict):
             raise ValueError("top level is not an object")
     except (ValueError, OSError) as e:
@@ -92,7 +93,9 @@ def _one_line(err: Exception) -> str:
 def _parse(raw: bytes, path: str) -> dict:
     """Parse and validate one trial file; raise _Unusable with the reason."""
     try:
-        doc = json.loads(raw)
+        doc = parse_json(raw)
+    except NestedTooDeep as e:
+        raise _Unusable(str(e)) from None
     except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
         raise _Unusable(f"not valid JSON (partial or corrupt file?): {_one_line(e)}") from None
     if not isinstance(doc, dict):
@@ -109,6 +112,10 @@ def _parse(raw: bytes, path: str) -> dict:
         raise _Unusable("trial section missing or has no workload")
     if not isinstance(doc.get("trial_id"), str):
         raise _Unusable("trial_id missing")
+    wrong = read_type_problems(doc, version)
+    if wrong:
+        more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+        raise _Unusable(f"wrong type: {wrong[0][0]}: {wrong[0][1]}{more}")
     return doc
 
 
@@ -124,7 +131,7 @@ def _read_sessions(run_dir: Path, run: str, problems: list) -> list[dict]:
     out = []
     for path in sorted((run_dir / "sessions").glob("*.json")):
         try:
-            doc = json.loads(path.read_bytes())
+            doc = parse_json(path.read_bytes())
             if not isinstance(doc, dict) or doc.get("kind") != "paired_session":
                 raise ValueError("not a paired-session record")
             version = doc.get("schema_version")

@@ -6,9 +6,26 @@ transformer_encoder's layers/width/heads); errors name the file and field, one l
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from typing import Any
 
 from bench.errors import UserError
+
+_DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def as_number(value: Any) -> Any:
+    """A string YAML 1.1 left unread because it is written like 1e-3 or 1e6 (its floats need a dot)
+    becomes that float; anything else is returned as it is."""
+    if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+        return float(value)
+    return value
+
+
+def is_number(value: Any) -> bool:
+    """An int or a finite float (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and math.isfinite(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +46,8 @@ class Param:
             return None if isinstance(value, bool) else f"{value!r} is not true/false"
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"{value!r} is not a number"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{value!r} is not a finite number"
         if self.kind is int and int(value) != value:
             return f"{value!r} is not an integer"
         lo_bad = self.low is not None and (value <= self.low if self.low_open else value < self.low)
@@ -51,7 +70,7 @@ def resolve(spec: dict[str, Param], given: dict | None, where: str) -> dict:
             raise UserError(f"{where}.{key}: unknown option (allowed: {', '.join(spec) or 'none'})")
     out = {}
     for key, p in spec.items():
-        value = given.get(key, p.default)
+        value = as_number(given.get(key, p.default)) if p.kind is float else given.get(key, p.default)
         if p.kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         problem = p.check(value)

@@ -15,7 +15,7 @@ import tempfile
 
 from bench import SCHEMA_VERSION
 from bench.errors import STORAGE_ERRNOS, StorageError, UserError
-from bench.schema import version_problem
+from bench.schema import NestedTooDeep, parse_json, version_problem
 from bench.trial import now_iso
 
 LOG_MAX_BYTES = 256 * 1024  # per trial: the end of its processes' output
@@ -57,9 +57,11 @@ def write_json_atomic(path: pathlib.Path, obj) -> None:
 def read_json(path: pathlib.Path) -> dict:
     """Read a manifest or trial file; corrupt or too-new files raise UserError naming the file."""
     try:
-        obj = json.loads(path.read_text())
+        obj = parse_json(path.read_text())
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
+    except NestedTooDeep as e:
+        raise UserError(f"{path}: {e}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(obj, dict):
@@ -68,6 +70,17 @@ def read_json(path: pathlib.Path) -> dict:
     if why:
         raise UserError(f"{path}: {why}")
     return obj
+
+
+def _mkdir_error(out: pathlib.Path, e: OSError) -> Exception:
+    """Why the run directory cannot be made, in one line naming the path: a StorageError (read-only,
+    full, no permission: exit 1), or a UserError when something on the way to --out is a file."""
+    if e.errno in STORAGE_ERRNOS:
+        return StorageError(f"{e.filename or out}: cannot create the run directory ({STORAGE_ERRNOS[e.errno]})")
+    blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        return UserError(f"{out}: cannot create the run directory: {blocker} is a file, not a directory")
+    return StorageError(f"{e.filename or out}: cannot create the run directory ({e.strerror or e})")
 
 
 def git_commit() -> str | None:
@@ -92,13 +105,20 @@ class RunStore:
     def create(cls, out_dir: pathlib.Path, suite: dict, trial_ids: list[str], run_id: str | None = None) -> "RunStore":
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_id = run_id or f"{stamp}-{suite.get('name', 'suite')}"
-        path = pathlib.Path(out_dir) / run_id
+        out = pathlib.Path(out_dir)
+        path = out / run_id
         n = 1
-        while path.exists():
+        while path.exists() or path.is_symlink():
             n += 1
-            path = pathlib.Path(out_dir) / f"{run_id}-{n}"
+            path = out / f"{run_id}-{n}"
+        if path.resolve().parent != out.resolve():  # a run writes only inside --out (a symlinked --out: its target)
+            raise UserError(f"{out}: the run directory {run_id!r} would lie outside it; a run directory is "
+                            "one plain folder inside --out")
         store = cls(path)
-        store.trials_dir.mkdir(parents=True)
+        try:
+            store.trials_dir.mkdir(parents=True)
+        except OSError as e:
+            raise _mkdir_error(out, e) from None
         write_json_atomic(store.manifest_path, {
             "schema_version": SCHEMA_VERSION, "run_id": path.name, "suite": suite, "trial_ids": trial_ids,
             "nodes": {}, "placements": {}, "git_commit": git_commit(), "started_at": now_iso(),

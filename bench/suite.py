@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import re
 
 import numpy as np
 
 from bench import backends, precision, regularizers, yamlfile
 from bench.errors import UserError, did_you_mean
+from bench.params import as_number, is_number
 from bench.trial import Trial
 
 SUITES_DIR = pathlib.Path(__file__).parent / "suites"
@@ -47,6 +49,9 @@ PAIRED_DEFAULTS = {  # see bench/paired.py; README "How a trial is measured"
     "budget_s": 600.0,  # wall time the added sessions may take, with target_ci_pct
     "run_budget_s": None,  # and they end within this much of the run's start (trials and planned sessions included)
 }
+NAME_MAX = 64  # a suite name is part of the run directory's name: one plain folder name
+_NAME = re.compile(rf"[A-Za-z0-9_-][A-Za-z0-9_.-]{{0,{NAME_MAX - 1}}}")
+MAX_EPOCHS = 100000
 WORKLOAD_KEYS = ("name", "max_train_samples", "steps_per_epoch", "target_val_accuracy", "epochs", "batch_sizes",
                  "model")
 
@@ -100,9 +105,25 @@ def _choice(where, value, options):
 
 
 def _number(where, value, low: float, high: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > low or (high and value > high):
-        _fail(where, f"{value!r} is not a number in ({low:g}, {'inf' if high is None else f'{high:g}'}]")
+    """A finite number in (low, high]; a string YAML read from 1e-3 counts as the number."""
+    value = as_number(value)
+    if not is_number(value) or not value > low or (high is not None and value > high):
+        finite = "finite " if isinstance(value, float) else ""
+        _fail(where, f"{value!r} is not a {finite}number in ({low:g}, {'inf' if high is None else f'{high:g}'}]")
     return float(value)
+
+
+def _name(f: str, value) -> str:
+    """The suite name (a plain folder-name slug: it names the run directory); absent: the file's stem, made safe."""
+    if value is None:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", pathlib.Path(f).stem).strip(".-")[:NAME_MAX] or "suite"
+    if not isinstance(value, str):
+        quote = f" (quote it: '{value}')" if isinstance(value, (int, float)) else ""
+        _fail(f"{f}: name", f"{value!r} is not a string{quote}")
+    if not _NAME.fullmatch(value):
+        _fail(f"{f}: name", f"{value!r} is not a plain name: up to {NAME_MAX} letters, digits, '-', '_' or '.', "
+                            "not starting with '.'")
+    return value
 
 
 def _paired(where: str, value) -> dict | None:
@@ -208,7 +229,11 @@ def parse(data: dict, source: str, backend_override: str | None = None) -> Suite
         if key not in data:
             _fail(f, f"missing required key {key!r}")
 
-    name = str(data.get("name") or pathlib.Path(source).stem)
+    name = _name(f, data.get("name"))
+    description = data.get("description")
+    description = "" if description is None else description
+    if not isinstance(description, str):
+        _fail(f"{f}: description", f"{description!r} is not a string")
     backend = backend_override or data.get("backend", "tensorflow")
     _choice(f"{f}: backend", backend, backends.BACKENDS)
     jit = _choice(f"{f}: jit_compile", data.get("jit_compile", "auto"), ("auto", "on", "off"))
@@ -222,22 +247,16 @@ def parse(data: dict, source: str, backend_override: str | None = None) -> Suite
     elif kinds:
         device = "mixed"
     repeats = _int(f"{f}: repeats", data.get("repeats", 3), 1, 1000)
-    epochs = _int(f"{f}: epochs", data.get("epochs", 10), 1, 100000)
+    epochs = _int(f"{f}: epochs", data.get("epochs", 10), 1, MAX_EPOCHS)
     seed = _int(f"{f}: seed", data.get("seed", 0), 0)
     cpus = _int(f"{f}: cpus_per_trial", data.get("cpus_per_trial", 1), 1, 1024)
     retries = _int(f"{f}: max_retries", data.get("max_retries", 2), 0, 20)
-    timeout = data.get("timeout_s", 900)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        _fail(f"{f}: timeout_s", f"{timeout!r} is not a positive number of seconds")
+    timeout = _number(f"{f}: timeout_s", data.get("timeout_s", 900), 0.0)
     allow_slow = data.get("allow_slow_precision", False)
     if not isinstance(allow_slow, bool):
         _fail(f"{f}: allow_slow_precision", f"{allow_slow!r} is not true/false")
-    lr = data.get("learning_rate", 1e-3)
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
-        _fail(f"{f}: learning_rate", f"{lr!r} is not a positive number")
-    expected = data.get("expected_trial_s", 10)
-    if isinstance(expected, bool) or not isinstance(expected, (int, float)) or expected <= 0:
-        _fail(f"{f}: expected_trial_s", f"{expected!r} is not a positive number")
+    lr = _number(f"{f}: learning_rate", data.get("learning_rate", 1e-3), 0.0)
+    expected = _number(f"{f}: expected_trial_s", data.get("expected_trial_s", 10), 0.0)
 
     precisions = [_choice(f"{f}: precisions[{i}]", p, precision.POLICIES)
                   for i, p in enumerate(_list(f"{f}: precisions", data["precisions"]))]
@@ -247,6 +266,9 @@ def parse(data: dict, source: str, backend_override: str | None = None) -> Suite
                 for i, item in enumerate(_list(f"{f}: regularizers", data["regularizers"]))]
     accel = data.get("accelerator_types", [None])
     accel = [None] if accel in (None, []) else _list(f"{f}: accelerator_types", accel)
+    for i, a in enumerate(accel):
+        if a is not None and not isinstance(a, str):
+            _fail(f"{f}: accelerator_types[{i}]", f"{a!r} is not a string (an accelerator type, e.g. H100)")
 
     workloads = []
     for i, w in enumerate(_list(f"{f}: workloads", data["workloads"])):
@@ -258,12 +280,13 @@ def parse(data: dict, source: str, backend_override: str | None = None) -> Suite
             if key not in WORKLOAD_KEYS:
                 _fail(where, f"unknown key {key!r}{did_you_mean(key, WORKLOAD_KEYS)}")
         _choice(f"{where}.name", spec["name"], list(WORKLOADS))
-        for key in ("max_train_samples", "steps_per_epoch", "epochs"):
+        for key, high in (("max_train_samples", 1 << 31), ("steps_per_epoch", 1 << 24), ("epochs", MAX_EPOCHS)):
             if spec.get(key) is not None:
-                _int(f"{where}.{key}", spec[key], 1)
-        tgt = spec.get("target_val_accuracy")
-        if tgt is not None and (isinstance(tgt, bool) or not isinstance(tgt, (int, float)) or not 0 < tgt <= 1):
+                _int(f"{where}.{key}", spec[key], 1, high)
+        tgt = as_number(spec.get("target_val_accuracy"))
+        if tgt is not None and (not is_number(tgt) or not 0 < tgt <= 1):
             _fail(f"{where}.target_val_accuracy", f"{tgt!r} is not in (0, 1]")
+        spec = {**spec, "target_val_accuracy": tgt} if tgt is not None else spec
         wb = spec.get("batch_sizes")
         if wb is not None:
             wb = [_int(f"{where}.batch_sizes[{j}]", b, 1, 1 << 20) for j, b in enumerate(_list(f"{where}.batch_sizes", wb))]
@@ -322,7 +345,7 @@ def parse(data: dict, source: str, backend_override: str | None = None) -> Suite
     paired = _paired(f"{f}: paired", data.get("paired"))
 
     resolved = {
-        "name": name, "description": data.get("description", ""), "source": source, "backend": backend,
+        "name": name, "description": description, "source": source, "backend": backend,
         "workloads": workloads, "regularizers": [[{"name": n, "params": p} for n, p in s] for s in settings],
         "settings": names, "precisions": precisions, "batch_sizes": batch_sizes, "repeats": repeats,
         "epochs": epochs, "seed": seed, "learning_rate": float(lr), "jit_compile": jit, "float32_matmul": f32,

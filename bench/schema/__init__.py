@@ -23,10 +23,12 @@ import functools
 import json
 import math
 import pathlib
+import re
 from typing import Any
 
 from bench import SCHEMA_VERSION
 from bench.errors import UserError
+from bench.schema.reading import NestedTooDeep, json_type as _json_type, parse_json
 
 HERE = pathlib.Path(__file__).parent
 #: kind -> {schema_version: schema file}; the versions this regbench reads.
@@ -214,17 +216,24 @@ def read_json_file(path: pathlib.Path, file: str | None = None) -> tuple[Any, Pr
     except UnicodeDecodeError as e:
         return None, Problem(file, "", f"not valid JSON: not UTF-8 text at byte {e.start} (corrupted file?)")
     try:
-        return json.loads(text), None
+        return parse_json(text), None
+    except NestedTooDeep as e:
+        return None, Problem(file, "", str(e))
     except json.JSONDecodeError as e:
         end = text.rstrip()
-        rest = end[e.pos:]  # a string, or a true/false/null literal, cut short runs to the end
-        if (e.pos >= len(end) or e.msg.startswith("Unterminated string")
-                or any(literal.startswith(rest) for literal in ("true", "false", "null"))):
+        if e.pos >= len(end) or e.msg.startswith("Unterminated string") or _cut_short(end[e.pos:]):
             line, col = end.count("\n") + 1, len(end) - (end.rfind("\n") + 1) + 1
             return None, Problem(file, "", f"not valid JSON: truncated (the text ends at line {line}, "
                                            f"column {col} inside a value)")
         return None, Problem(file, "", f"not valid JSON: {e.msg} at line {e.lineno}, column {e.colno} "
                                        "(corrupted file?)")
+
+
+def _cut_short(rest: str) -> bool:
+    """`rest`, from where json stopped to the end of the text, is the start of a number or literal:
+    the file was cut inside a value (1.5e, tr, -), not corrupted in the middle."""
+    return bool(re.fullmatch(r"[-+.eE0-9]+", rest)) or any(
+        w.startswith(rest) for w in ("true", "false", "null", "NaN", "Infinity", "-Infinity"))
 
 
 def check_trial_file(path: pathlib.Path, file: str | None = None) -> list[Problem]:
@@ -371,7 +380,3 @@ def field_path(parts) -> str:
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
-
-def _json_type(value) -> str:
-    return {list: "array", str: "string", int: "number", float: "number", bool: "boolean",
-            type(None): "null"}.get(type(value), type(value).__name__)
