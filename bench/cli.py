@@ -195,10 +195,10 @@ def cmd_run(args) -> int:
 
 def _noise_summary(store, plan) -> list[str]:
     """What the run's own A/A control says about the noise, and where the CI target was missed."""
-    from analysis import paired
+    from bench import session_estimates
 
-    table = paired.estimates(store.records("session"))
-    lines = [f"noise floor: {line}" for line in paired.noise_lines(table, plan.target_ci_pct)]
+    table = session_estimates.estimates(store.records("session"))
+    lines = [f"noise floor: {line}" for line in session_estimates.noise_lines(table, plan.target_ci_pct)]
     if plan.unmet:
         lines.append(f"paired: {len(plan.unmet)} cell group(s) did not reach +-{plan.target_ci_pct:g} points "
                      "(session cap or time budget); see the report")

@@ -26,8 +26,9 @@ a shared VM and now and then 14-22% off (two back-to-back runs: 3 of 30 sessions
 ratio beyond 5%), and every ratio of the session shares the reference: the median of three
 instances drops one such instance, where the mean of two moved every ratio of its session by
 half of it. The session's estimate is the median over rounds, which resists blocks hit by a
-burst of steal time. Across sessions (each one a new set of instances), `analysis` combines the session
-estimates (analysis/paired.py); the A/A ratio (second baseline over first) is the noise floor.
+burst of steal time (`round_log_ratios`, shared with the estimates). Across sessions (each one a new
+set of instances), bench/session_estimates.py combines the session estimates; the A/A ratio
+(second baseline over first) is the noise floor.
 
 A setting whose training step is the baseline's (early stopping only acts at epoch ends: its cost
 is the validation pass) is not timed again: its step-time figure is the A/A control, and its
@@ -176,10 +177,12 @@ def run_session(session: Session, executor: str = "process", gpu: bool | None = 
     return record
 
 
-def round_log_ratios(step_time_s: dict) -> dict:
-    """label -> per-round log ratio of its block to the round's reference, the median of the three
-    baseline models' blocks (the geometric mean of two in sessions recorded before the third);
-    for the A/A label, the second baseline over the first."""
+def round_log_ratios(record: dict) -> dict[str, np.ndarray]:
+    """label -> per-round log ratios of a session record's blocks (`blocks.step_time_s`): each
+    setting's block against the round's reference, the median of the three baseline models'
+    blocks (the geometric mean of two in sessions recorded before the third); for the A/A label,
+    the second baseline over the first."""
+    step_time_s = {k: np.asarray(v, dtype=float) for k, v in record["blocks"]["step_time_s"].items()}
     first, second = np.log(step_time_s[setting_label(())]), np.log(step_time_s[AA_LABEL])
     baselines = (setting_label(()), AA_LABEL, THIRD_LABEL)
     if THIRD_LABEL in step_time_s:
@@ -270,13 +273,12 @@ def _time_blocks(session: Session, node: dict, gpu: bool) -> dict:
     rounds_s = time.perf_counter() - t
 
     # 4. the record: raw block medians (the estimate is recomputed by analysis), per-session summaries
-    estimates = {label: {"log_ratio_median": float(np.median(L)), "ratio": float(np.exp(np.median(L))),
-                         "rounds": int(len(L))} for label, L in round_log_ratios(step_time_s).items()}
     base_blocks = np.asarray(step_time_s[setting_label(())])
     record = session_skeleton(session, "ok", None, node)
     record["blocks"] = {"steps": steps, "build_order": build_order, "order": order, "step_time_s": step_time_s,
                         "wall_s": block_wall_s, "warmup_step_time_s": warmup}
-    record["estimates"] = estimates
+    record["estimates"] = {label: {"log_ratio_median": float(np.median(L)), "ratio": float(np.exp(np.median(L))),
+                                   "rounds": int(len(L))} for label, L in round_log_ratios(record).items()}
     record["timing"] = {"data_and_build_s": build_s, "warmup_s": warmup_s, "rounds_s": rounds_s,
                         "measured_s": measured_s, "baseline_step_time_s": float(np.median(base_blocks))}
     record["timing"].update(backends.host_sync_record(base.backend, models[AA_LABEL]))  # same optimizer for all

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
+from bench import session_estimates
 from bench.paired import Session, plan_sessions
 
 
@@ -61,14 +62,12 @@ class RunPlan:
         deadline, spent = time.monotonic() + self.budget_s, f"time budget ({self.budget_s:g} s)"
         if self.run_budget_s is not None and self.started + self.run_budget_s < deadline:
             deadline, spent = self.started + self.run_budget_s, f"run time budget ({self.run_budget_s:g} s from its start)"
-        from analysis import paired
-
         while True:
             records = store.records("session")
             if batch:
                 ran, wave_s = _pace(records, batch, batch_wall_s)
                 side_by_side = max(side_by_side, ran)
-            table = paired.estimates(records)  # once per step: every decision below reads it
+            table = session_estimates.estimates(records)  # once per step: every decision below reads it
             extra = self.more_sessions(records, table, slots=side_by_side)
             if not extra:
                 return
@@ -77,7 +76,7 @@ class RunPlan:
                 wave_s = walls[len(walls) // 2] if walls else 0.0
             fits = len(extra) if wave_s <= 0 else int((deadline - time.monotonic()) // wave_s) * side_by_side
             if fits < 1:
-                self.unmet = paired.wide_groups(table, self.target_ci_pct)
+                self.unmet = session_estimates.wide_groups(table, self.target_ci_pct)
                 if progress is not None:
                     progress.note(f"paired: {spent} spent; {len(self.unmet)} cell "
                                   f"group(s) still wider than +-{self.target_ci_pct:g} points")
@@ -96,18 +95,16 @@ class RunPlan:
     @staticmethod
     def widest_first(sessions: list[Session], table) -> list[Session]:
         """`sessions` ordered by their group's widest step-time half-width (`table`:
-        analysis.paired.estimates), widest first."""
+        bench.session_estimates.estimates), widest first."""
         widest = table.fillna({"half_width_pct": float("inf")}).groupby("group_id")["half_width_pct"].max()
         return sorted(sessions, key=lambda s: -widest.get(s.group_id, float("inf")))
 
     def more_sessions(self, records: list[dict], table=None, slots: int = 1) -> list[Session]:
         """More sessions for the groups still wider than the target, within their cap: one each, or
         enough to fill `slots` sessions side by side when fewer groups are wide (`table`:
-        analysis.paired.estimates of `records`, when the caller has it)."""
-        from analysis import paired
-
-        table = paired.estimates(records) if table is None else table
-        wide = set(paired.wide_groups(table, self.target_ci_pct))
+        bench.session_estimates.estimates of `records`, when the caller has it)."""
+        table = session_estimates.estimates(records) if table is None else table
+        wide = set(session_estimates.wide_groups(table, self.target_ci_pct))
         per_group = -(-slots // max(len(wide), 1))
         count: dict[str, int] = {}
         for s in self.sessions + self.added:

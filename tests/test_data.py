@@ -1,4 +1,5 @@
-"""Data staging (bench/data.py) with real files, real processes and a real local HTTP mirror.
+"""Data staging (bench/data.py, bench/staging.py, bench/dataset_formats.py) with real files, real
+processes and a real local HTTP mirror.
 
 The tests write tiny files in the real formats: Fashion-MNIST as four gzipped IDX files under
 $KERAS_HOME/datasets/fashion-mnist/ (keras.datasets reads them too), CIFAR-10 as the binary
@@ -22,7 +23,7 @@ import time
 import numpy as np
 import pytest
 
-from bench import data
+from bench import data, dataset_formats as formats, staging
 from bench.errors import UserError
 from tests.conftest import ROOT
 
@@ -47,8 +48,8 @@ def fashion_files(n_train=12, n_test=6, seed=0) -> dict[str, bytes]:
 def cifar_files(records=4, seed=0) -> dict[str, bytes]:
     rng = np.random.default_rng(seed)
     out = {}
-    for name in data.CIFAR_FILES:
-        rec = rng.integers(0, 256, (records, data.CIFAR_RECORD_BYTES)).astype(np.uint8)
+    for name in formats.CIFAR_FILES:
+        rec = rng.integers(0, 256, (records, formats.CIFAR_RECORD_BYTES)).astype(np.uint8)
         rec[:, 0] = rng.integers(0, 10, records)
         out[name] = rec.tobytes()
     return out
@@ -74,7 +75,7 @@ def write(folder: pathlib.Path, files: dict[str, bytes]) -> pathlib.Path:
 def make_mirror(path: pathlib.Path) -> tuple[pathlib.Path, dict, dict]:
     fashion, cifar = fashion_files(seed=1), cifar_files(seed=2)
     write(path / "fashion-mnist", fashion)
-    (path / data.CIFAR_ARCHIVE).write_bytes(cifar_archive(cifar))
+    (path / formats.CIFAR_ARCHIVE).write_bytes(cifar_archive(cifar))
     return path, fashion, cifar
 
 
@@ -182,11 +183,11 @@ def test_concurrent_processes_fetch_once_and_all_see_verified_data(tmp_path):
         assert p.returncode == 0, err
     results = [json.loads(out) for out, _ in outs]
     # every file requested exactly once over all six processes
-    assert server.hits == {f"/fashion-mnist/{f}": 1 for f in FASHION} | {f"/{data.CIFAR_ARCHIVE}": 1}
+    assert server.hits == {f"/fashion-mnist/{f}": 1 for f in FASHION} | {f"/{formats.CIFAR_ARCHIVE}": 1}
     for name in ("fashion_mnist", "cifar10"):
         states = sorted(r[name]["state"] for r in results)
         assert states == ["fetched"] + ["verified"] * 5, (name, states)
-        assert {r[name]["path"] for r in results} == {str(shared / data.DATASETS[name].folder)}
+        assert {r[name]["path"] for r in results} == {str(shared / formats.DATASETS[name].folder)}
     for f, payload in fashion.items():
         assert (shared / "fashion-mnist" / f).read_bytes() == payload
     for f, payload in cifar.items():
@@ -203,7 +204,7 @@ def test_network_blocked_fails_in_one_line_naming_node_and_dataset(tmp_path):
     assert lines[0].startswith(f"regbench: error: node {socket.gethostname()}: dataset fashion_mnist (Fashion-MNIST) "
                                "cannot be had:")
     assert "blocked by the test" in lines[0] and "raw.githubusercontent.com" in lines[0]
-    assert attempts(proc) == data.FETCH_ATTEMPTS  # retried, then given up
+    assert attempts(proc) == staging.FETCH_ATTEMPTS  # retried, then given up
     assert not list((tmp_path / "keras" / "datasets" / "fashion-mnist").iterdir())  # no partial file
 
 
@@ -213,7 +214,7 @@ def test_network_blocked_staged_data_needs_no_network_and_a_trial_never_download
     keras_home = tmp_path / "keras"
     write(keras_home / "datasets" / "fashion-mnist", fashion_files(n_train=12, n_test=6))
     code = ("import json\n"
-            "from bench.data import prepare, load_fashion_mnist\n"
+            "from bench.data import prepare\nfrom bench.dataset_formats import load_fashion_mnist\n"
             "from bench.workloads import cifar10_resnet\n"
             "print(json.dumps(prepare(['fashion_mnist_cnn'])))\n"
             "import keras\n"
@@ -237,7 +238,7 @@ def test_corrupted_cache_file_is_reported_then_refetched(env, tmp_path, monkeypa
 
     folder = write(tmp_path / "keras" / "datasets" / "fashion-mnist", fashion_files(seed=3))
     assert data.prepare(["fashion_mnist_cnn"], fetch=False)["fashion_mnist"]["state"] == "verified"
-    manifest = json.loads((folder / data.MANIFEST).read_text())
+    manifest = json.loads((folder / staging.MANIFEST).read_text())
     assert set(manifest["files"]) == set(FASHION)
 
     bad = folder / "train-images-idx3-ubyte.gz"
@@ -264,13 +265,13 @@ def test_corrupted_cache_file_is_reported_then_refetched(env, tmp_path, monkeypa
 
 def test_structural_checks_without_a_manifest(env, tmp_path):
     folder = write(tmp_path / "keras" / "datasets" / "cifar-10-batches-bin", cifar_files())
-    ds = data.DATASETS["cifar10"]
-    assert data.problems(ds, folder) == {}
+    ds = formats.DATASETS["cifar10"]
+    assert staging.problems(ds, folder) == {}
     (folder / "data_batch_2.bin").write_bytes((folder / "data_batch_2.bin").read_bytes()[:-5])  # truncated
     rec = bytearray((folder / "test_batch.bin").read_bytes())
-    rec[data.CIFAR_RECORD_BYTES] = 11  # label of the second record
+    rec[formats.CIFAR_RECORD_BYTES] = 11  # label of the second record
     (folder / "test_batch.bin").write_bytes(bytes(rec))
-    found = data.problems(ds, folder)
+    found = staging.problems(ds, folder)
     assert set(found) == {"data_batch_2.bin", "test_batch.bin"}
     assert "not a whole number of 3073-byte CIFAR-10 records" in found["data_batch_2.bin"]
     assert "label 11 outside 0..9" in found["test_batch.bin"]
@@ -278,7 +279,7 @@ def test_structural_checks_without_a_manifest(env, tmp_path):
     fm = write(tmp_path / "keras" / "datasets" / "fashion-mnist", fashion_files())
     gz = fm / "t10k-labels-idx1-ubyte.gz"
     gz.write_bytes(gz.read_bytes()[:-6])  # truncated: gzip's length/CRC trailer is gone
-    assert "not a complete gzip file" in data.problems(data.DATASETS["fashion_mnist"], fm)[gz.name]
+    assert "not a complete gzip file" in staging.problems(formats.DATASETS["fashion_mnist"], fm)[gz.name]
 
 
 def test_published_count_must_have_the_published_md5(env, tmp_path, monkeypatch):
@@ -340,8 +341,8 @@ def test_real_format_files_load_exactly_and_train(tmp_path):
         files[f"{split}-images-idx3-ubyte.gz"], files[f"{split}-labels-idx1-ubyte.gz"] = idx_gz(images), idx_gz(labels)
     write(keras_home / "datasets" / "fashion-mnist", files)
     cifar = {}
-    for name in data.CIFAR_FILES:
-        rec = rng.integers(0, 256, (8, data.CIFAR_RECORD_BYTES)).astype(np.uint8)
+    for name in formats.CIFAR_FILES:
+        rec = rng.integers(0, 256, (8, formats.CIFAR_RECORD_BYTES)).astype(np.uint8)
         rec[:, 0] = rng.integers(0, 10, 8)
         cifar[name] = rec
     write(keras_home / "datasets" / "cifar-10-batches-bin", {n: r.tobytes() for n, r in cifar.items()})

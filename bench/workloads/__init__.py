@@ -7,16 +7,27 @@
     load(seed, max_train_samples, **model) -> Data
     build(recipe, data) -> keras.Model  (uncompiled; inputs known)
 
-and optionally DATASET (a bench.data.DATASETS name: files staged per node before trials run) and
-MODEL ({option: bench.params.Param}, the suite's `model:` options, passed to load() and kept in
-Data.model) with check_model(options) -> (field, problem) | None.
+and optionally DATASET (a bench.dataset_formats.DATASETS name: files staged per node before trials
+run) and MODEL ({option: bench.params.Param}, the suite's `model:` options, passed to load() and
+kept in Data.model) with check_model(options) -> (field, problem) | None.
 
 The runner never special-cases a workload. To add one, write the module and list it here.
 """
 from __future__ import annotations
 
+from bench.errors import UserError, did_you_mean
 from bench.workloads import (cifar10_resnet, digits_mlp, fashion_mnist_cnn, resnet50, synthetic_cnn,
                              transformer_encoder)
 
 WORKLOADS = {m.NAME: m for m in (digits_mlp, fashion_mnist_cnn, cifar10_resnet, synthetic_cnn,
                                  transformer_encoder, resnet50)}
+
+
+def named(names=None) -> list:
+    """The workload modules called `names` (every one when empty), in that order; UserError naming
+    the first unknown name, with the nearest known one."""
+    names = list(names or WORKLOADS)
+    for name in names:
+        if name not in WORKLOADS:
+            raise UserError(f"WORKLOAD: unknown workload {name!r}{did_you_mean(name, WORKLOADS)}")
+    return [WORKLOADS[name] for name in names]

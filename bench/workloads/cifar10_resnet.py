@@ -19,7 +19,7 @@ ACCURACY_MEANINGFUL = True
 
 
 def load(seed: int, max_train_samples: int | None = None) -> Data:
-    from bench.data import load_cifar10
+    from bench.dataset_formats import load_cifar10
 
     (x_tr, y_tr), (x_va, y_va) = load_cifar10()
     x_tr, y_tr = subsample(x_tr, y_tr, max_train_samples, seed)

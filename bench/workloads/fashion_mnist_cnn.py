@@ -15,7 +15,7 @@ ACCURACY_MEANINGFUL = True
 
 
 def load(seed: int, max_train_samples: int | None = None) -> Data:
-    from bench.data import load_fashion_mnist
+    from bench.dataset_formats import load_fashion_mnist
 
     (x_tr, y_tr), (x_va, y_va) = load_fashion_mnist()
     x_tr, y_tr = subsample(x_tr, y_tr, max_train_samples, seed)
