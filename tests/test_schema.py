@@ -245,3 +245,21 @@ def test_a_folder_that_is_not_a_run(tmp_path):
     proc = regbench("validate", tmp_path)
     assert proc.returncode == 2 and proc.stderr.strip() == f"regbench: error: {tmp_path}: not a regbench run " \
                                                            "(no manifest.json and no trials/)"
+
+
+def test_the_input_side_fields_are_part_of_the_contract():
+    """Defect caught: the feed and the input side's figures written with no contract (any value passed)."""
+    record = ok_record()
+    record["timing"].update(input_feed="uint8-cast-on-device", input_batch_bytes=64 * 3072 + 256,
+                            input_time_per_batch_s=0.0004, input_workers=1, input_overlaps_step=True,
+                            input_side_bound=False)
+    assert problems(record) == []
+    for change, expected in [
+        (dict(input_feed="float32"), "t.json: timing.input_feed: must be <dtype>-host or uint8-cast-on-device"),
+        (dict(input_time_per_batch_s=-0.1), "t.json: timing.input_time_per_batch_s: -0.1 is less than the minimum of 0"),
+        (dict(input_workers=0), "t.json: timing.input_workers: 0 is less than the minimum of 1"),
+        (dict(input_side_bound=None), "t.json: timing.input_side_bound: null without a reason in timing.null_reasons"),
+    ]:
+        bad = copy.deepcopy(record)
+        bad["timing"].update(change)
+        assert problems(bad) == [expected]
