@@ -141,7 +141,7 @@ def early_stopping_callback(recipe):
 def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
     import keras
 
-    from bench.inputs import trial_inputs, validation_data
+    from bench.inputs import input_record, trial_inputs, validation_data
     from bench.measure.compute import compute_section, node_peak_flops_per_s
     from bench.measure.convergence import curve_rows, summarize
     from bench.measure.energy import NvmlSampler
@@ -203,6 +203,10 @@ def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
     #    trains, since it trains the model further; the training pipeline's next epoch (reshuffled)
     free = free_running(model, inputs, trial.backend, trial.batch_size, trial.steps_per_epoch)
 
+    # 5b. the input side alone (no step): what producing one batch costs the host, against the step
+    feed, feed_reasons = input_record(inputs, x_train, y_train, trial.batch_size, trial.backend,
+                                      timing["step_time_p50_s"])
+
     # 6. compute: analytic FLOPs vs this node's measured matmul peak at this precision
     dtype = precision.COMPUTE_DTYPE[trial.precision]
     peak, peak_note = node_peak_flops_per_s(trial.backend, dtype, gpu, node.get("gpu_uuid") or node["cpu"],
@@ -224,9 +228,10 @@ def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
     record = result_skeleton(trial, status, reason, node)
     free_reasons = free.pop("null_reasons")
     record["timing"] = {"data_s": data_s, "build_s": build_s, **timing, **free, "input_pipeline": input_pipeline,
-                        **backends.jit_record(model, trial.jit_compile)}
-    if free_reasons:
-        record["timing"]["null_reasons"] = {**record["timing"].get("null_reasons", {}), **free_reasons}
+                        **feed, **backends.jit_record(model, trial.jit_compile)}
+    if free_reasons or feed_reasons:
+        record["timing"]["null_reasons"] = {**record["timing"].get("null_reasons", {}), **free_reasons,
+                                            **feed_reasons}
     record["memory"] = mem
     record["energy"] = nvml.energy_result(samples_seen, timer.steady_spans(),
                                           timing["steady_state_steps"] * trial.batch_size)

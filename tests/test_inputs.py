@@ -84,7 +84,7 @@ def test_synthetic_images_are_fed_as_uint8_and_cast_on_the_device():
         m = WORKLOADS[name].build(Recipe(), data)
         assert m.inputs[0].dtype == "uint8", name
         cast = keras.Model(m.inputs, m.get_layer("image_rescale").output)
-        seen = keras.ops.convert_to_numpy(cast(data.x_train[:4]))
+        seen = keras.ops.convert_to_numpy(cast([data.x_train[:4]]))
         assert seen.dtype == np.float32 and np.allclose(seen, data.x_train[:4] / 255.0, atol=1e-6), name
     assert input_feed(np.zeros((2, 4), "float32")) == "float32-host"
     assert input_feed(np.zeros((2, 4), "int32")) == "int32-host"

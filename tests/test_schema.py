@@ -263,3 +263,13 @@ def test_the_input_side_fields_are_part_of_the_contract():
         bad = copy.deepcopy(record)
         bad["timing"].update(change)
         assert problems(bad) == [expected]
+
+
+@pytest.mark.parametrize("tail", ['{"a": tr', '{"a": 1, "b": nu', '{"a": -', '{"a": fals'])
+def test_a_literal_cut_short_reads_as_truncated(tmp_path, tail):
+    """Defect caught: a file cut inside true/false/null read as corrupted ('Expecting value'), not as
+    a write cut short."""
+    path = tmp_path / "t.json"
+    path.write_text(tail)
+    _, problem = schema.read_json_file(path, "t.json")
+    assert str(problem).startswith("t.json: not valid JSON: truncated (the text ends at line 1"), problem

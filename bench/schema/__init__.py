@@ -217,7 +217,9 @@ def read_json_file(path: pathlib.Path, file: str | None = None) -> tuple[Any, Pr
         return json.loads(text), None
     except json.JSONDecodeError as e:
         end = text.rstrip()
-        if e.pos >= len(end) or e.msg.startswith("Unterminated string"):  # a string cut short runs to the end
+        rest = end[e.pos:]  # a literal cut short ('tr', 'nu', '-') fails where it starts, not at the end
+        cut_literal = bool(rest) and any(w.startswith(rest) for w in ("true", "false", "null", "-"))
+        if e.pos >= len(end) or cut_literal or e.msg.startswith("Unterminated string"):  # a cut string runs to the end
             line, col = end.count("\n") + 1, len(end) - (end.rfind("\n") + 1) + 1
             return None, Problem(file, "", f"not valid JSON: truncated (the text ends at line {line}, "
                                            f"column {col} inside a value)")
