@@ -29,7 +29,7 @@ def test_gpu_baselines_under_80_percent_are_flagged(tmp_path):
     run = synthetic.write_run(tmp_path / "run", workloads=("digits_mlp",), settings={"none": (1, 1, 0), "l2": (1.2, 1, 0)},
                               precisions={"float32": 1.0}, repeats=2, extra_docs=docs)
     data = analysis.load(run)
-    flagged = analysis.overheads.gpu_baselines_not_gpu_bound(data.trials)
+    flagged = analysis.flags.gpu_baselines_not_gpu_bound(data.trials)
     assert sorted(flagged["workload"]) == ["synthetic_cnn", "transformer_encoder"]  # not resnet50, not the CPU cell
     table = analysis.overhead(data.trials)
     notes = table.groupby("workload")["note"].agg(lambda n: " | ".join(n))
