@@ -24,9 +24,9 @@ from bench.measure.energy import INPUT_BOUND_UTIL_PERCENT as GPU_BOUND_UTIL_PERC
 
 SYNC_GAP_LIMIT = 0.10
 FLAG_COLUMNS = CELL_KEYS + ["setting", "flag", "value", "why"]
-FLAG_TEXT = {"not_gpu_bound": "not GPU-bound (steady GPU utilization under 80% or unmeasured)",
-             "input_side_bound": "input-side bound (the step waits for the host's batch work)",
-             "sync_gap": f"synced and free-running step times differ by more than {SYNC_GAP_LIMIT:.0%}"}
+FLAG_TEXT = {"not_gpu_bound": "are not GPU-bound (steady GPU utilization under 80% or unmeasured)",
+             "input_side_bound": "are input-side bound (the step waits for the host's batch work)",
+             "sync_gap": f"have synced and free-running step times more than {SYNC_GAP_LIMIT:.0%} apart"}
 
 
 def _numbers(g: pd.DataFrame, column: str) -> pd.Series:
@@ -125,5 +125,6 @@ def flag_findings(flags: pd.DataFrame) -> list[str]:
         if len(hit):
             names = ", ".join(f"{r['setting']} on {r['workload']} ({r['precision']})"
                               for r in hit.head(6).to_dict("records")) + (", ..." if len(hit) > 6 else "")
-            out.append(f"WARNING: {len(hit)} cell(s) {text}: {names}; see Flagged cells.")
+            out.append(f"WARNING: {len(hit)} cell(s) {text}: {names}; their overheads are host cost (see Flagged "
+                       "cells).")
     return out
