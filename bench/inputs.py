@@ -190,7 +190,8 @@ def _tf_dataset_batch_s(ds, count: int) -> float:
 
 def input_side(inputs: dict, batch_size: int, backend: str, batches: int = INPUT_TIMING_BATCHES) -> dict:
     """The input side of `fit(**inputs)` alone, in this thread: the median seconds to produce one
-    batch (gather, and for input-side recipes augmentation and mixing), how many threads produce
+    batch on the host (gather, and for input-side recipes augmentation and mixing; the copy to the
+    device is not in it), how many threads produce
     batches at once (`input_workers`), and whether they run while the step does
     (`input_overlaps_step`: tf.data's prefetching, or the enqueuer's threads) or between steps
     (JAX and torch take arrays and a one-worker PyDataset in the training loop's thread).
@@ -231,10 +232,16 @@ def input_side_bound(time_per_batch_s: float | None, workers: int, overlaps: boo
 def input_record(inputs: dict, x: np.ndarray, y: np.ndarray, batch_size: int, backend: str,
                  step_s: float | None) -> tuple[dict, dict]:
     """The timing section's input fields for a trial fed `inputs` (training arrays x, y) whose
-    synced median step took `step_s`, and their null reasons."""
-    side = input_side(inputs, batch_size, backend)
+    synced median step took `step_s`, and their null reasons. A feed that fails to be timed leaves
+    the trial's other figures standing: its time is null with the reason."""
+    fields = {"input_feed": input_feed(x), "input_batch_bytes": int(batch_size * (x[0].nbytes + y[0].nbytes))}
+    try:
+        side = input_side(inputs, batch_size, backend)
+    except Exception as e:  # noqa: BLE001 - a figure missing, not a failed trial
+        why = f"timing the feed alone failed: {type(e).__name__}: {e}".replace("\n", " ")[:300]
+        fields.update(input_time_per_batch_s=None, input_side_bound=None)
+        return fields, {"input_time_per_batch_s": why, "input_side_bound": why}
     bound = input_side_bound(side["input_time_per_batch_s"], side["input_workers"], side["input_overlaps_step"],
                              step_s)
-    fields = {"input_feed": input_feed(x), "input_batch_bytes": int(batch_size * (x[0].nbytes + y[0].nbytes)),
-              **side, "input_side_bound": bound}
+    fields.update(side, input_side_bound=bound)
     return fields, ({} if bound is not None else {"input_side_bound": "no steady-state step time to compare with"})

@@ -150,3 +150,18 @@ def test_input_side_bound_compares_the_input_with_the_rest_of_its_step():
     assert input_side_bound(0.020, 2, True, 0.0105) is True  # two workers: 10 ms a batch, the step waits
     assert input_side_bound(0.010, 2, True, 0.020) is False  # 5 ms a batch against a 20 ms step: hidden
     assert input_side_bound(None, 1, False, 0.01) is None and input_side_bound(0.01, 1, True, None) is None
+
+
+def test_a_feed_that_cannot_be_timed_leaves_a_null_with_its_reason():
+    """Defect caught: the trial failed (all its figures lost) because its feed could not be timed alone."""
+    from bench.inputs import input_record
+
+    x, y = np.zeros((16, 4), "float32"), np.zeros(16, "int32")
+    fields, reasons = input_record({"x": object()}, x, y, 8, "jax", 0.01)
+    assert fields == {"input_feed": "float32-host", "input_batch_bytes": 8 * (16 + 4),
+                      "input_time_per_batch_s": None, "input_side_bound": None}
+    assert set(reasons) == {"input_time_per_batch_s", "input_side_bound"}
+    assert "timing the feed alone failed" in reasons["input_side_bound"]
+    fields, reasons = input_record({"x": x, "y": y, "batch_size": 8}, x, y, 8, "jax", None)
+    assert fields["input_side_bound"] is None and reasons == {"input_side_bound": "no steady-state step time to "
+                                                                                  "compare with"}
