@@ -1,5 +1,7 @@
-"""The report flags a GPU baseline under 80% steady-state GPU utilization (or with none measured) as
-not measuring the regularizer: a finding at the top, a note on each of its cell's overheads."""
+"""The report flags cells whose figures measure the host (analysis.flags): a GPU baseline or
+regularized cell under 80% steady-state GPU utilization (or with none measured), an input-side
+bound cell, and synced vs free-running step times more than 10% apart: a finding at the top, a
+note on each of its cell's overheads, a row of the Flagged cells table."""
 from __future__ import annotations
 
 import json
