@@ -21,7 +21,6 @@ import numpy as np
 import pandas as pd
 
 from analysis import stats
-from bench.measure.energy import INPUT_BOUND_UTIL_PERCENT as GPU_BOUND_UTIL_PERCENT  # the trials' input_bound threshold
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +149,8 @@ def overhead(trials: pd.DataFrame, metrics=METRICS, *, sessions: list | None = N
     percent change (ratios) or percentage points (accuracy deltas). mark: significant | noise (CI
     includes 1 or 0) | too few repeats | no baseline | no data. method: "paired sessions" for step
     time when `sessions` (RunData.sessions) cover the cell, else "isolated trials". Only records
-    with status ok are used; note says why a cell has no baseline, or how often the target was hit.
+    with status ok are used; note says why a cell has no baseline, or how often the target was hit,
+    and the host-bound flags of the row's baseline and setting (analysis.flags).
     """
     if isinstance(metrics, str):
         metrics = [METRIC_BY_NAME[metrics]]
@@ -179,44 +179,11 @@ def overhead(trials: pd.DataFrame, metrics=METRICS, *, sessions: list | None = N
         _note_target_hits(table, ok)
     if sessions:
         table = _with_paired_step_time(table, df, sessions)
-    _note_gpu_bound(table, df)
+    from analysis.flags import note_flags  # flags reads this module's cell keys
+
+    note_flags(table, df)  # host-bound baselines and settings (analysis/flags.py)
     _note_attention_path(table, df)
     return table[OVERHEAD_COLUMNS].reset_index(drop=True)
-
-
-
-def gpu_baselines_not_gpu_bound(trials: pd.DataFrame) -> pd.DataFrame:
-    """GPU baseline cells whose steady-state GPU utilization is under 80% (or unmeasured): their
-    overheads measure host and launch work, not the regularizer. One row per cell (CELL_KEYS)
-    with `util` (median over repeats, NaN when unmeasured) and `why`."""
-    need = {"device_kind", "steady_gpu_util_mean", "setting", "status"}
-    if trials.empty or not need <= set(trials.columns):
-        return pd.DataFrame(columns=CELL_KEYS + ["util", "why"])
-    df = with_keys(trials, CELL_KEYS)
-    base = df[(df["status"] == "ok") & (df["setting"] == BASELINE) & (df["device_kind"] == "gpu")]
-    rows = []
-    for key, g in base.groupby(CELL_KEYS, dropna=False, sort=True):
-        util = pd.to_numeric(g["steady_gpu_util_mean"], errors="coerce").dropna()
-        if util.empty:
-            rows.append((*key, np.nan, "steady-state GPU utilization not measured (window too short, MIG or no "
-                                       "NVML): not shown to be GPU-bound"))
-        elif util.median() < GPU_BOUND_UTIL_PERCENT:
-            rows.append((*key, float(util.median()), f"baseline GPU utilization {util.median():.0f}% < "
-                                                     f"{GPU_BOUND_UTIL_PERCENT:.0f}%: not measuring the regularizer"))
-    return pd.DataFrame(rows, columns=CELL_KEYS + ["util", "why"])
-
-
-def _note_gpu_bound(table: pd.DataFrame, trials: pd.DataFrame) -> None:
-    """Mark every overhead row of a GPU cell whose baseline is not GPU-bound (note column)."""
-    flagged = gpu_baselines_not_gpu_bound(trials)
-    if flagged.empty or table.empty:
-        return
-    why = {tuple(r[k] for k in CELL_KEYS): r["why"] for r in flagged.to_dict("records")}
-    keyed = with_keys(table, CELL_KEYS)
-    for i, row in enumerate(keyed[CELL_KEYS].itertuples(index=False, name=None)):
-        if row in why:
-            note = table.iat[i, table.columns.get_loc("note")]
-            table.iat[i, table.columns.get_loc("note")] = "; ".join(n for n in (why[row], note) if n)
 
 
 def attention_paths(trials: pd.DataFrame) -> dict:

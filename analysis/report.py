@@ -9,8 +9,9 @@ import pandas as pd
 
 from analysis import plots, render, stats
 from analysis.runs import RunData, load
+from analysis.flags import cell_flags, flag_findings, gpu_baselines_not_gpu_bound
 from analysis.overheads import (BASELINE, CELL_KEYS, METRIC_BY_NAME, attention_note, attention_paths, format_estimate,
-                                gpu_baselines_not_gpu_bound, overhead)
+                                overhead)
 from analysis.speedups import ERASES, precision_speedup
 
 METHOD_NOTE = (
@@ -28,6 +29,14 @@ METHOD_NOTE = (
     "callbacks), from isolated trials. A repeat that "
     "never reached the target counts its whole training time in time to target. '~noise': the interval "
     "includes no change; 'too few repeats': one value, no interval.")
+
+
+FLAGS_NOTE = (
+    "Cells, regularized ones and baselines alike, whose figures measure the host: not GPU-bound (steady GPU "
+    "utilization under 80% or unmeasured), input-side bound (the step waits for the host's batch work: gather, "
+    "augmentation, mixup or cutmix in NumPy; timing.input_time_per_batch_s is the input side's time per batch "
+    "measured on the feed alone), or synced and free-running step times more than 10% apart (the synced step "
+    "carries host work the device would overlap). A row's overheads are host cost, not the regularizer's device cost.")
 
 
 def varying_keys(df: pd.DataFrame, keys=CELL_KEYS) -> list[str]:
@@ -119,6 +128,7 @@ def baselines(trials: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({
         "repeats": g.size(),
         "step time p50 (ms)": g["step_time_p50_s"].median() * 1e3,
+        "input side per batch (ms)": _median(g, "input_time_per_batch_s") * 1e3,
         "throughput (samples/s)": g["samples_per_s"].median(),
         "peak host memory (MiB)": g["host_peak_bytes"].median() / 2**20,
         "peak device memory (MiB)": g["device_peak_bytes"].median() / 2**20,
@@ -127,6 +137,19 @@ def baselines(trials: pd.DataFrame) -> pd.DataFrame:
         "jit": g["jit_compile"].agg(lambda s: ", ".join(sorted({str(v) for v in s}))),
     }).reset_index()
     return out.dropna(axis=1, how="all").round(4)
+
+
+def _median(g, column: str):
+    """Per group median of a column that older runs lack (NaN there)."""
+    return g[column].agg(lambda v: pd.to_numeric(v, errors="coerce").median()) if column in g.obj else g.size() * np.nan
+
+
+def flagged_cells(trials: pd.DataFrame) -> pd.DataFrame:
+    """The report's table of analysis.flags.cell_flags: the varying cell keys, setting, flag, why."""
+    flags = cell_flags(trials)
+    if flags.empty:
+        return pd.DataFrame()
+    return flags[varying_keys(flags) + ["setting", "flag", "why"]].reset_index(drop=True)
 
 
 def findings(table: pd.DataFrame, speedup: pd.DataFrame, fails: pd.DataFrame, limit: int = 8,
@@ -144,6 +167,7 @@ def findings(table: pd.DataFrame, speedup: pd.DataFrame, fails: pd.DataFrame, li
                 cell = dict(zip(CELL_KEYS, key[:-1]))
                 out.append(f"{key[-1]} on {cell['workload']} ({cell['precision']}, {cell['backend']}) ran another "
                            f"attention path than its baseline ({note}): its overheads include the kernel switch.")
+        out += flag_findings(cell_flags(trials))
     st = table[(table["metric"] == "step_time") & (table["mark"] == stats.SIGNIFICANT)]
     for r in st.sort_values("change_pct", ascending=False).head(limit).to_dict("records"):
         out.append(f"{r['setting']} on {r['workload']} ({r['precision']}): step time {format_estimate(r)}.")
@@ -211,6 +235,8 @@ def write_report(run_dir) -> Path:
     write_csv(table, out / "overhead.csv")
     write_csv(speedup, out / "precision_speedup.csv")
     write_csv(fails, out / "failures.csv")
+    flagged = flagged_cells(data.trials)
+    write_csv(cell_flags(data.trials), out / "flags.csv")
     write_csv(data.trials, out / "trials.csv")
     write_csv(data.curves, out / "curves.csv")
 
@@ -225,8 +251,9 @@ def write_report(run_dir) -> Path:
         (out / f"{stem}.png").write_bytes(png)
         figs.append((stem, caption, png))
 
-    (out / "summary.md").write_text(markdown(title, meta, facts, noise, unstable, wide, sp, base, fails, figs))
-    page = html_report(title, meta, facts, noise, unstable, wide, sp, base, fails, figs)
+    (out / "summary.md").write_text(markdown(title, meta, facts, noise, unstable, wide, sp, base, fails, figs,
+                                             flagged=flagged))
+    page = html_report(title, meta, facts, noise, unstable, wide, sp, base, fails, figs, flagged=flagged)
     index = out / "index.html"
     tmp = out / "index.html.tmp"
     tmp.write_text(page)
@@ -275,11 +302,14 @@ def stability(data: RunData) -> tuple[list[str], bool]:
     return lines, any(line.startswith("WARNING") for line in lines)
 
 
-def markdown(title, meta, facts, noise, unstable, wide, sp, base, fails, figs, max_rows: int = 200) -> str:
+def markdown(title, meta, facts, noise, unstable, wide, sp, base, fails, figs, max_rows: int = 200,
+             flagged: pd.DataFrame | None = None) -> str:
     parts = [f"# {title}\n", render.md_table(meta, None), "\n## Findings\n"]
     parts += [f"- {f}\n" for f in facts] or ["- nothing to report\n"]
     parts += ["\n## Noise floor and stability\n"] + [f"- {line}\n" for line in noise or ["not measured"]]
     parts += ["\n## Overhead vs baseline\n", METHOD_NOTE + "\n\n", render.md_table(wide, max_rows)]
+    if flagged is not None and len(flagged):
+        parts += ["\n## Flagged cells\n", FLAGS_NOTE + "\n\n", render.md_table(flagged, max_rows)]
     parts += ["\n## Mixed precision: speedup over float32\n", render.md_table(sp, max_rows)]
     parts += ["\n## Baselines\n", render.md_table(base, max_rows)]
     linked = fails.assign(log=fails["log"].map(lambda v: f"[{v}]({v})" if v else "")) if len(fails) else fails
@@ -288,7 +318,8 @@ def markdown(title, meta, facts, noise, unstable, wide, sp, base, fails, figs, m
     return "".join(parts)
 
 
-def html_report(title, meta, facts, noise, unstable, wide, sp, base, fails, figs) -> str:
+def html_report(title, meta, facts, noise, unstable, wide, sp, base, fails, figs,
+                flagged: pd.DataFrame | None = None) -> str:
     body = [render.h(1, title)]
     if unstable:
         body.append('<p class="warn">The machine was too noisy for some answers of this run: the result may be '
@@ -303,6 +334,8 @@ def html_report(title, meta, facts, noise, unstable, wide, sp, base, fails, figs
         body.append(f'<p class="warn">{len(fails)} trials are not ok or unreadable: see '
                     '<a href="#failures">the list</a>.</p>')
     body += [render.h(2, "Overhead vs baseline"), render.p(METHOD_NOTE, "small"), render.html_table(wide)]
+    if flagged is not None and len(flagged):
+        body += [render.h(2, "Flagged cells"), render.p(FLAGS_NOTE, "small"), render.html_table(flagged)]
     for stem, caption, png in figs:
         body.append(render.html_image(png, alt=stem, caption=caption))
     body += [render.h(2, "Mixed precision: speedup over float32"), render.html_table(sp)]
@@ -310,7 +343,7 @@ def html_report(title, meta, facts, noise, unstable, wide, sp, base, fails, figs
     body += ['<h2 id="failures">Failed, diverged, skipped and unreadable trials</h2>',
              render.html_table(fails, 2000, links={"log": str}) if len(fails) else render.p("None.")]
     body.append(render.p("Tables as CSV next to this page: overhead.csv, precision_speedup.csv, failures.csv, "
-                         "trials.csv, curves.csv.", "small"))
+                         "flags.csv, trials.csv, curves.csv.", "small"))
     return render.html_page(title, body)
 
 

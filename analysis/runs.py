@@ -186,8 +186,9 @@ def _read_run(run_dir: Path, run: str, trial_cols: dict, curve_cols: dict, probl
 _TEXT_COLUMNS = ("run", "run_dir", "file", "trial_id", "status", "reason", "started_at", "finished_at",
                  "regularizers", "null_reasons", "workload", "setting", "precision", "backend", "cell_id",
                  "hostname", "device_kind", "device_name", "executor", "fingerprint_id", "accelerator_type",
-                 "gpu_uuid", "start_method", "attention_path", "attention_kernel")
-_FLAG_COLUMNS = ("jit_compile", "input_bound", "applicable", "target_reached", "host_sync_per_step")
+                 "gpu_uuid", "start_method", "attention_path", "attention_kernel", "input_feed")
+_FLAG_COLUMNS = ("jit_compile", "input_bound", "applicable", "target_reached", "host_sync_per_step",
+                 "input_overlaps_step", "input_side_bound")
 
 
 def _frame(columns: dict, names: Iterable[str]) -> pd.DataFrame:

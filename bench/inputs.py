@@ -10,9 +10,15 @@ what the digits MLP's input-side augmentation cost there (+35-46% with the enque
 runs of three processes). There the PyDataset keeps Keras' default, `workers=1`: TensorFlow wraps
 it in tf.data with prefetching, JAX and torch call it between steps, and the step time carries
 the batch's cost once, as a user of that slot pays it.
+What the feed costs the host is recorded next to the step time (`input_record`): the feed
+(`input_feed`: uint8 images cast in the model, or an array dtype fed as is), the bytes of one
+batch, and the input side's own time per batch, measured on the feed alone after training
+(`input_side`), with `input_side_bound` when the step waits for it.
 Imports Keras: use it only inside a trial process.
 """
 from __future__ import annotations
+
+import time
 
 import keras
 import numpy as np
@@ -143,3 +149,99 @@ def block_inputs(recipe, x: np.ndarray, y: np.ndarray, batch_size: int, kind: st
     if not _tf_arrays(recipe):
         return fit_inputs(recipe, x, y, batch_size, kind, seed, cpu_threads)[0]
     return dict(x=_tf_dataset(x, y, batch_size, seed))
+
+
+# ---------------------------------------------------------------------------- what the feed costs the host
+
+INPUT_TIMING_BATCHES = 8  # batches timed on the feed alone (fewer when an epoch has fewer)
+INPUT_SIDE_MARGIN = 0.9
+"""Measured alone, the input side runs faster than inside `fit`, where it shares the cores with the
+framework's host thread: within 10% of what it must beat counts as not beating it."""
+
+
+def input_feed(x: np.ndarray) -> str:
+    """How the training images or arrays reach the device: "uint8-cast-on-device" (uint8 images,
+    cast and scaled by the model's first layer: bench.workloads.common.image_input), else
+    "<dtype>-host" (fed as they are: "float32-host", "int32-host")."""
+    return "uint8-cast-on-device" if x.dtype == np.uint8 else f"{x.dtype.name}-host"
+
+
+def _median_s(make_batch, count: int) -> float:
+    times = []
+    for i in range(count):
+        t = time.perf_counter()
+        make_batch(i)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def _tf_dataset_batch_s(ds, count: int) -> float:
+    """Median seconds per batch of a tf.data pipeline iterated alone: past its start and its
+    prefetch buffer (batches ready before they were asked for) each next() waits for one batch's
+    work. A pipeline of too few batches for that: past its start, or its only batch."""
+    times, it = [], iter(ds)
+    while len(times) < 1 + PREFETCH_BATCHES + count:
+        t = time.perf_counter()
+        if next(it, None) is None:
+            break
+        times.append(time.perf_counter() - t)
+    return float(np.median(times[1 + PREFETCH_BATCHES:] or times[1:] or times))
+
+
+def input_side(inputs: dict, batch_size: int, backend: str, batches: int = INPUT_TIMING_BATCHES) -> dict:
+    """The input side of `fit(**inputs)` alone, in this thread: the median seconds to produce one
+    batch on the host (gather, and for input-side recipes augmentation and mixing; the copy to the
+    device is not in it), how many threads produce
+    batches at once (`input_workers`), and whether they run while the step does
+    (`input_overlaps_step`: tf.data's prefetching, or the enqueuer's threads) or between steps
+    (JAX and torch take arrays and a one-worker PyDataset in the training loop's thread).
+    Call after training: timing a tf.data pipeline starts another of its epochs."""
+    x = inputs["x"]
+    if isinstance(x, TransformedBatches):  # __getitem__ keeps no state: the batches fit gets
+        overlaps = x.workers > 1 or backend == "tensorflow"
+        return {"input_time_per_batch_s": _median_s(x.__getitem__, min(batches, len(x))),
+                "input_workers": x.workers, "input_overlaps_step": overlaps}
+    if isinstance(x, np.ndarray):  # Keras' array adapter on JAX and torch: a shuffled gather per batch
+        y = inputs["y"]
+        order = np.random.default_rng(0).permutation(len(x))
+        count = max(1, min(batches, len(x) // batch_size))
+
+        def gather(i):
+            idx = order[i * batch_size:(i + 1) * batch_size]
+            return x[idx], y[idx]
+
+        return {"input_time_per_batch_s": _median_s(gather, count), "input_workers": 1,
+                "input_overlaps_step": False}
+    return {"input_time_per_batch_s": _tf_dataset_batch_s(x, batches), "input_workers": 1,
+            "input_overlaps_step": True}
+
+
+def input_side_bound(time_per_batch_s: float | None, workers: int, overlaps: bool,
+                     step_s: float | None) -> bool | None:
+    """Whether the step waits for the input side (its overhead is then host cost, not device cost).
+    Between steps, the input's time is part of the step: bound when it takes (nearly) as long as
+    the rest of the step. Overlapping the step, `workers` threads share the batches: bound when
+    each batch takes them (nearly) as long as the step. None when either time is unknown."""
+    if time_per_batch_s is None or step_s is None:
+        return None
+    if overlaps:
+        return time_per_batch_s / workers >= INPUT_SIDE_MARGIN * step_s
+    return time_per_batch_s >= INPUT_SIDE_MARGIN * (step_s - time_per_batch_s)
+
+
+def input_record(inputs: dict, x: np.ndarray, y: np.ndarray, batch_size: int, backend: str,
+                 step_s: float | None) -> tuple[dict, dict]:
+    """The timing section's input fields for a trial fed `inputs` (training arrays x, y) whose
+    synced median step took `step_s`, and their null reasons. A feed that fails to be timed leaves
+    the trial's other figures standing: its time is null with the reason."""
+    fields = {"input_feed": input_feed(x), "input_batch_bytes": int(batch_size * (x[0].nbytes + y[0].nbytes))}
+    try:
+        side = input_side(inputs, batch_size, backend)
+    except Exception as e:  # noqa: BLE001 - a figure missing, not a failed trial
+        why = f"timing the feed alone failed: {type(e).__name__}: {e}".replace("\n", " ")[:300]
+        fields.update(input_time_per_batch_s=None, input_side_bound=None)
+        return fields, {"input_time_per_batch_s": why, "input_side_bound": why}
+    bound = input_side_bound(side["input_time_per_batch_s"], side["input_workers"], side["input_overlaps_step"],
+                             step_s)
+    fields.update(side, input_side_bound=bound)
+    return fields, ({} if bound is not None else {"input_side_bound": "no steady-state step time to compare with"})

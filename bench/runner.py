@@ -142,7 +142,7 @@ def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
     import keras
 
     from bench.attention import attention_record
-    from bench.inputs import trial_inputs, validation_data
+    from bench.inputs import input_record, trial_inputs, validation_data
     from bench.measure.compute import compute_section, node_peak_flops_per_s
     from bench.measure.convergence import curve_rows, summarize
     from bench.measure.datasheet import dense_peak_flops_per_s
@@ -205,6 +205,10 @@ def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
     #    trains, since it trains the model further; the training pipeline's next epoch (reshuffled)
     free = free_running(model, inputs, trial.backend, trial.batch_size, trial.steps_per_epoch)
 
+    # 5b. the input side alone (no step): what producing one batch costs the host, against the step
+    feed, feed_reasons = input_record(inputs, x_train, y_train, trial.batch_size, trial.backend,
+                                      timing["step_time_p50_s"])
+
     # 6. compute: analytic FLOPs vs this node's measured matmul peak at this precision, and vs the
     #    board's datasheet dense peak
     dtype = precision.COMPUTE_DTYPE[trial.precision]
@@ -230,8 +234,9 @@ def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
     attention = attention_record(model, trial.backend)
     timing_reasons.update(attention.pop("null_reasons"))
     record["timing"] = {"data_s": data_s, "build_s": build_s, **timing, **free, "input_pipeline": input_pipeline,
-                        **backends.jit_record(model, trial.jit_compile), **attention,
+                        **feed, **backends.jit_record(model, trial.jit_compile), **attention,
                         **backends.host_sync_record(trial.backend, model)}
+    timing_reasons.update(feed_reasons)
     if timing_reasons:
         record["timing"]["null_reasons"] = {**record["timing"].get("null_reasons", {}), **timing_reasons}
     record["memory"] = mem

@@ -132,6 +132,8 @@ def check_augmentation(f: dict, strength: float | None) -> None:
         return
     chain = AUGMENTATION[kind(w)]
     first_input = next(name for name, c in cls.items() if c == "InputLayer")
+    if cons[first_input] == ["image_rescale"]:  # uint8 images: cast and scaled to [0, 1] first (common.image_input)
+        first_input = "image_rescale"
     assert cons[first_input] == [chain[0][1]], (w, cons[first_input])
     for (c, name), nxt in zip(chain, chain[1:] + [None]):
         assert cls[name] == c

@@ -57,6 +57,10 @@ def test_synthetic_workload_is_throughput_only(tmp_path):
     assert c["applicable"] is False and c["best_val_accuracy"] is None and c["time_to_target_s"] is None
     assert "not applicable" in c["null_reasons"]["best_val_accuracy"]
     assert [str(p) for p in schema.check_trial(r)] == []  # every null has its reason
+    t = r["timing"]  # uint8 images (3 KiB each, int32 labels) cast in the model; tf.data gathers them ahead
+    assert t["input_feed"] == "uint8-cast-on-device" and t["input_batch_bytes"] == 64 * (32 * 32 * 3 + 4)
+    assert t["input_time_per_batch_s"] > 0 and (t["input_workers"], t["input_overlaps_step"]) == (1, True)
+    assert isinstance(t["input_side_bound"], bool)
     # analytic conv FLOPs: 32x32 input, 3x3 kernels, strides 1,2,2,2, filters 32,64,128,128; head 128->256->10
     convs = [(32, 32, 3, 32), (16, 16, 32, 64), (8, 8, 64, 128), (4, 4, 128, 128)]
     forward = sum(2 * h * w * 9 * cin * cout for h, w, cin, cout in convs) + 2 * (128 * 256 + 256 * 10)

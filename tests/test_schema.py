@@ -281,3 +281,31 @@ def test_a_file_cut_inside_a_literal_is_truncated_not_corrupt(tmp_path, cut):
     path.write_text(cut)
     _, problem = schema.read_json_file(path)
     assert problem.message.startswith("not valid JSON: truncated"), problem
+
+
+def test_the_input_side_fields_are_part_of_the_contract():
+    """Defect caught: the feed and the input side's figures written with no contract (any value passed)."""
+    record = ok_record()
+    record["timing"].update(input_feed="uint8-cast-on-device", input_batch_bytes=64 * 3072 + 256,
+                            input_time_per_batch_s=0.0004, input_workers=1, input_overlaps_step=True,
+                            input_side_bound=False)
+    assert problems(record) == []
+    for change, expected in [
+        (dict(input_feed="float32"), "t.json: timing.input_feed: must be <dtype>-host or uint8-cast-on-device"),
+        (dict(input_time_per_batch_s=-0.1), "t.json: timing.input_time_per_batch_s: -0.1 is less than the minimum of 0"),
+        (dict(input_workers=0), "t.json: timing.input_workers: 0 is less than the minimum of 1"),
+        (dict(input_side_bound=None), "t.json: timing.input_side_bound: null without a reason in timing.null_reasons"),
+    ]:
+        bad = copy.deepcopy(record)
+        bad["timing"].update(change)
+        assert problems(bad) == [expected]
+
+
+@pytest.mark.parametrize("tail", ['{"a": tr', '{"a": 1, "b": nu', '{"a": -', '{"a": fals'])
+def test_a_literal_cut_short_reads_as_truncated(tmp_path, tail):
+    """Defect caught: a file cut inside true/false/null read as corrupted ('Expecting value'), not as
+    a write cut short."""
+    path = tmp_path / "t.json"
+    path.write_text(tail)
+    _, problem = schema.read_json_file(path, "t.json")
+    assert str(problem).startswith("t.json: not valid JSON: truncated (the text ends at line 1"), problem

@@ -114,9 +114,12 @@ for workload, precision, regs, kw in plan:
               steps_per_epoch=2, learning_rate=1e-3, **kw)
     r = run_trial(t, gpu=False)
     curve = (r.get("convergence") or {}).get("curve") or [{}]
+    timing = r.get("timing") or {}
     print(json.dumps({"workload": workload, "setting": r["trial"]["setting"], "precision": precision,
                       "status": r["status"], "reason": r.get("reason"), "loss": curve[-1].get("loss"),
-                      "jit": (r.get("timing") or {}).get("jit_compile")}), flush=True)
+                      "jit": timing.get("jit_compile"), "feed": timing.get("input_feed"),
+                      "input_s": timing.get("input_time_per_batch_s"), "bound": timing.get("input_side_bound")}),
+          flush=True)
 """
 
 
@@ -160,11 +163,16 @@ def everything_at_once(precision: str) -> list:
     return plan
 
 
+FEEDS = {"resnet50": "uint8-cast-on-device", "transformer_encoder": "int32-host"}
+
+
 def check(records: list, expected: list):
     assert sorted((r["workload"], r["setting"], r["precision"]) for r in records) == sorted(expected)
     for r in records:
         assert r["status"] == "ok", r
         assert np.isfinite(r["loss"]), r
+        # images fed as uint8 and cast in the model, mixup and cutmix included; the input side timed alone
+        assert r["feed"] == FEEDS[r["workload"]] and r["input_s"] > 0 and r["bound"] in (True, False), r
 
 
 def expected_runs(plan: list) -> list:

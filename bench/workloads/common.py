@@ -10,7 +10,8 @@ import numpy as np
 
 @dataclasses.dataclass
 class Data:
-    """Arrays in NumPy. x in float32 (scaled; int32 token ids for "tokens"), y as int32 class indices
+    """Arrays in NumPy. x in float32 (scaled; int32 token ids for "tokens"; or uint8 images, which
+    the model casts and scales to [0, 1] on the device: `image_input`), y as int32 class indices
     (one-hot float32 after Recipe.prepare_data when the loss needs soft labels)."""
 
     x_train: np.ndarray
@@ -46,6 +47,20 @@ def subsample(x: np.ndarray, y: np.ndarray, limit: int | None, seed: int):
         return x, y
     idx = np.random.default_rng(seed).permutation(len(x))[:limit]
     return x[idx], y[idx]
+
+
+def image_input(data: Data):
+    """The model's image input and the float tensor its layers see. Images fed as uint8 (a quarter
+    of float32's bytes over the host link, as a tuned training script feeds them) are cast and
+    scaled to [0, 1] by the model's first layer (`image_rescale`, in the policy's compute dtype, as
+    the first convolution cast float images before), on the device inside the compiled step; float
+    images pass as they are. Returns (keras.Input, tensor)."""
+    import keras
+
+    inputs = keras.Input(shape=data.input_shape, dtype=data.x_train.dtype.name, name="image")
+    if data.x_train.dtype != np.uint8:
+        return inputs, inputs
+    return inputs, keras.layers.Rescaling(1.0 / 255, name="image_rescale")(inputs)
 
 
 def dense_block(x, units: int, recipe, name: str):
@@ -201,6 +216,8 @@ def mix_batch(x: np.ndarray, y: np.ndarray, mixup_alpha: float, cutmix_alpha: fl
     mixup: x = lam*x + (1-lam)*x[perm]. CutMix: a box of about (1-lam) of the area, centred
     uniformly and clipped at the border, is pasted from x[perm]; lam becomes the kept area exactly.
     Labels mix with the same lam. With both alphas set, each batch uses one of the two (p = 1/2).
+    uint8 images stay uint8: mixup blends them in float32 and rounds to the nearest level (timm's
+    FastCollateMixup does the same), within half a level (0.5/255) of the float blend.
     """
     use_cutmix = bool(cutmix_alpha) and (not mixup_alpha or rng.random() < 0.5)
     alpha = cutmix_alpha if use_cutmix else mixup_alpha
@@ -216,6 +233,11 @@ def mix_batch(x: np.ndarray, y: np.ndarray, mixup_alpha: float, cutmix_alpha: fl
         x = x.copy()
         x[:, y1:y2, x1:x2] = x[perm, y1:y2, x1:x2]
         lam = 1.0 - (y2 - y1) * (x2 - x1) / (h * w)
+    elif x.dtype == np.uint8:
+        mixed = x.astype(np.float32)
+        mixed *= np.float32(lam)
+        mixed += np.float32(1.0 - lam) * x[perm]
+        x = np.rint(mixed, out=mixed).astype(np.uint8)
     else:
         x = (lam * x + (1.0 - lam) * x[perm]).astype(x.dtype, copy=False)
     y = (lam * y + (1.0 - lam) * y[perm]).astype(y.dtype, copy=False)
