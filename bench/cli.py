@@ -193,7 +193,7 @@ def _run(args, held) -> int:
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (a scheduler's, `ray stop`'s)
         progress.close()
         store.update_manifest(status="interrupted", finished_at=now_iso())
-        what = "terminated (SIGTERM)" if isinstance(stop, signals.Terminated) else "interrupted"
+        what = "terminated (SIGTERM)" if signals.terminated(stop) else "interrupted"
         print(f"{what}; finished trials are kept. Resume with:\n  regbench run --resume {store.path}",
               file=sys.stderr)
         return signals.exit_code(stop)

@@ -6,7 +6,8 @@ scratch files are left behind and no resume hint is printed. Inside `stop_on_sig
 `Terminated` (a KeyboardInterrupt, so every handler of Ctrl-C handles it too) once; a second
 SIGTERM while the driver cleans up is noted, not raised again. Either signal also sets a flag
 that loops waiting inside foreign C code (Ray's) poll with `raise_if_stopped()`, so a stop that
-lands while such code swallows the exception still ends the run.
+lands while such code swallows the exception still ends the run. Code that installs C-level
+handlers behind Python's back (ray.init) is followed by `reassert()`.
 """
 from __future__ import annotations
 
@@ -20,18 +21,36 @@ class Terminated(KeyboardInterrupt):
 
 
 _STOPPED: list = []  # the exception class of each stop signal seen, in order
+_OURS: set = set()  # the signals whose handler stop_on_signals() installed
 _SEEN = threading.Event()
+
+
+def terminated(stop: BaseException) -> bool:
+    """Whether the interrupt `stop` came from SIGTERM (also when code it passed through, such as
+    Ray's waits, turned our Terminated into a plain KeyboardInterrupt)."""
+    return isinstance(stop, Terminated) or Terminated in _STOPPED
 
 
 def exit_code(stop: BaseException) -> int:
     """The shell's code for a process stopped by the signal: 128 + its number."""
-    return 128 + (signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
+    return 128 + (signal.SIGTERM if terminated(stop) else signal.SIGINT)
 
 
 def raise_if_stopped() -> None:
     """Raise the stop a signal asked for (for loops that wait in C code that may swallow it)."""
     if _SEEN.is_set():
         raise _STOPPED[0]
+
+
+def reassert() -> None:
+    """Put our handlers back where other code replaced them: ray.init() sets a SIGTERM handler
+    that calls sys.exit(15) in the driver, and its core worker one in C that prints "SIGTERM
+    received"; either skips the run's cleanup."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum, ours in ((signal.SIGINT, _on_sigint), (signal.SIGTERM, _on_sigterm)):
+        if signum in _OURS:
+            signal.signal(signum, ours)
 
 
 def _on_sigint(signum, frame):
@@ -63,8 +82,10 @@ def stop_on_signals():
     if before:  # not already inside an outer stop_on_signals()
         _STOPPED.clear()
         _SEEN.clear()
+        _OURS.update(before)
     try:
         yield
     finally:
         for signum, old in before.items():
             signal.signal(signum, old)
+            _OURS.discard(signum)

@@ -56,6 +56,7 @@ def run_ray(batches, store, suite, progress, start_method: str | None = None, ad
 
     with signals.stop_on_signals(), scratch.held(store.path.name):
         started_here = connect(address, progress.note)
+        signals.reassert()  # ray.init() put its own SIGTERM handler in place of ours
         reaper = start_reaper() if started_here else None
         try:
             _stage_data(ray, sorted({t.workload for t in suite.trials}), progress)
