@@ -31,6 +31,9 @@ def _parser() -> argparse.ArgumentParser:
                           "their old records move to RUN_DIR/history/")
     run.add_argument("--executor", choices=("ray", "process"), default=None,
                      help="ray (default) or process (one subprocess per trial, no Ray)")
+    run.add_argument("--address", metavar="ADDR", default=None,
+                     help="with --executor ray: join the Ray cluster at ADDR (host:port, or auto: the cluster this "
+                          "node belongs to); default RAY_ADDRESS, else a private local instance")
     run.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default=None)
     run.add_argument("--only", metavar="PATTERN", help="run only trials whose id matches this glob/substring")
     run.add_argument("--no-report", action="store_true", help="do not write the report at the end")
@@ -98,15 +101,35 @@ def main(argv=None) -> int:
     except StorageError as e:
         print(f"regbench: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM inside a run (bench/signals.py)
+        from bench.signals import exit_code
+
         print("regbench: interrupted", file=sys.stderr)
-        return 130
+        return exit_code(e)
 
 
 # ---- commands ---------------------------------------------------------------
 
 def cmd_run(args) -> int:
-    from bench import executors, suite as suite_mod, yamlfile
+    """A run holds its directory's lock from start to end (bench/runlock.py), and a SIGTERM
+    stops it as Ctrl-C does (bench/signals.py)."""
+    import contextlib
+
+    from bench import signals
+
+    with signals.stop_on_signals(), contextlib.ExitStack() as held:
+        return _run(args, held)
+
+
+def _hold(store, held) -> None:
+    """Take the run's lock for the rest of the command (a second driver is refused)."""
+    from bench import runlock
+
+    held.enter_context(runlock.acquire(store.path, lambda line: print(line, file=sys.stderr)))
+
+
+def _run(args, held) -> int:
+    from bench import executors, signals, suite as suite_mod, yamlfile
     from bench.plan import RunPlan
     from bench.progress import Progress
     from bench.store import RunStore, now_iso
@@ -118,6 +141,8 @@ def cmd_run(args) -> int:
         from bench import retry
 
         store = RunStore.open(pathlib.Path(args.resume))
+        _hold(store, held)
+        store.tidy()  # writes a killed driver cut short; safe only under the lock
         manifest = store.manifest()
         if "suite_input" not in manifest:
             raise UserError(f"{store.manifest_path}: suite_input missing; cannot resume this run")
@@ -145,6 +170,7 @@ def cmd_run(args) -> int:
         done = 0
         plan = RunPlan.of(suite, todo, args.target_ci)
         store = RunStore.create(out, suite.resolved, [t.trial_id for t in todo])
+        _hold(store, held)
         na = (f"; {len(suite.not_applicable)} not-applicable workload x setting pairs left out, see `regbench plan`"
               if suite.not_applicable else "")
         store.update_manifest(suite_input=raw, executor=executor, target_ci_pct=plan.target_ci_pct,
@@ -155,7 +181,8 @@ def cmd_run(args) -> int:
     progress = Progress(plan.unit_count - done)
     try:
         store.update_manifest(status="running", executor=executor)
-        executors.execute(suite, plan.batches(store, progress), store, executor, progress, args.trial_start)
+        executors.execute(suite, plan.batches(store, progress), store, executor, progress, args.trial_start,
+                          args.address)
     except UserError:
         progress.close()
         if not args.resume and not any(store.trials_dir.iterdir()) and not any(store.unit_dir("session").glob("*")):
@@ -163,12 +190,13 @@ def cmd_run(args) -> int:
         else:
             store.update_manifest(status="interrupted", finished_at=now_iso())
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (a scheduler's, `ray stop`'s)
         progress.close()
         store.update_manifest(status="interrupted", finished_at=now_iso())
-        print(f"interrupted; finished trials are kept. Resume with:\n  regbench run --resume {store.path}",
+        what = "terminated (SIGTERM)" if signals.terminated(stop) else "interrupted"
+        print(f"{what}; finished trials are kept. Resume with:\n  regbench run --resume {store.path}",
               file=sys.stderr)
-        return 130
+        return signals.exit_code(stop)
     except StorageError as e:
         progress.close()
         try:

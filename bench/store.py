@@ -7,6 +7,7 @@ skips every trial that has a file.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import os
 import pathlib
@@ -21,11 +22,13 @@ from bench.trial import now_iso
 LOG_MAX_BYTES = 256 * 1024  # per trial: the end of its processes' output
 
 
-def write_text_atomic(path: pathlib.Path, text: str) -> None:
+def write_text_atomic(path: pathlib.Path, text: str, replace: bool = True) -> bool:
     """Write to a temporary file in the same folder, fsync, rename, fsync the folder: a reader
     (or a run killed at any moment) sees the old file or the whole new one, never a part.
-    A full disk, a read-only file system or a missing permission is a StorageError naming the
-    path, with no temporary file left behind."""
+    replace=False creates `path` only if it does not exist, atomically against a concurrent
+    writer (see _publish_new); returns False when it existed. A full disk, a read-only file
+    system or a missing permission is a StorageError naming the path, with no temporary file
+    left behind."""
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,13 +37,17 @@ def write_text_atomic(path: pathlib.Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
+        if replace:
+            os.replace(tmp, path)
+            tmp = None
+        elif not _publish_new(tmp, path):
+            return False
         dir_fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+        return True
     except OSError as e:
         if e.errno in STORAGE_ERRNOS:
             raise StorageError(f"{path}: cannot write ({STORAGE_ERRNOS[e.errno]})") from None
@@ -50,8 +57,35 @@ def write_text_atomic(path: pathlib.Path, text: str) -> None:
             os.unlink(tmp)
 
 
-def write_json_atomic(path: pathlib.Path, obj) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=1, allow_nan=True, default=str))
+_RENAME_NOREPLACE = 1
+
+
+def _publish_new(tmp: str, path: pathlib.Path) -> bool:
+    """Give the whole file `tmp` the name `path` unless that name exists: one call that fails if
+    it does (a hard link, or renameat2(RENAME_NOREPLACE) where links are not supported), never a
+    check then a write. False when `path` exists; `tmp` is left for the caller to remove."""
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd = -100
+    if libc.renameat2(at_fdcwd, os.fsencode(tmp), at_fdcwd, os.fsencode(str(path)), _RENAME_NOREPLACE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code == errno.EEXIST:
+        return False
+    raise OSError(code, os.strerror(code), str(path))
+
+
+def write_json_atomic(path: pathlib.Path, obj, replace: bool = True) -> bool:
+    return write_text_atomic(path, json.dumps(obj, indent=1, allow_nan=True, default=str), replace)
 
 
 def read_json(path: pathlib.Path) -> dict:
@@ -134,10 +168,14 @@ class RunStore:
         if not store.manifest_path.exists():
             raise UserError(f"{path}: not a regbench run (no manifest.json)")
         store.manifest()  # validates
-        for kind in cls.UNIT_DIRS:  # the folders are made by the first write into them
-            for stale in store.unit_dir(kind).glob(".*.tmp"):  # a write cut short by a killed driver
-                stale.unlink(missing_ok=True)
         return store
+
+    def tidy(self) -> None:
+        """Remove the temporary files of record writes cut short by a killed driver. Only for the
+        driver holding the run's lock (bench/runlock.py): another one may be writing them now."""
+        for kind in self.UNIT_DIRS:  # the folders are made by the first write into them
+            for stale in self.unit_dir(kind).glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
 
     # -- manifest ------------------------------------------------------------
     def manifest(self) -> dict:
@@ -173,20 +211,21 @@ class RunStore:
             done.add(p.stem)
         return done
 
-    def write_record(self, kind: str, record: dict) -> pathlib.Path:
-        """Write a finished unit's record once; a second result for the same id is ignored
-        (exactly once). A corrupt leftover is replaced by the real result."""
+    def write_record(self, kind: str, record: dict) -> bool:
+        """Write a finished unit's record once: True when this call wrote it, False when the id
+        already had one (the caller's result is dropped; exactly once even against a concurrent
+        writer: the file appears whole under its name, or not at all). A corrupt leftover (a file
+        torn by hand) is replaced by the real result."""
         path = self.unit_dir(kind) / f"{record[self.ID_KEYS[kind]]}.json"
-        if path.exists():
-            try:
-                read_json(path)
-                return path
-            except UserError:
-                pass
-        write_json_atomic(path, record)
-        return path
+        if write_json_atomic(path, record, replace=False):
+            return True
+        try:
+            read_json(path)
+            return False
+        except UserError:
+            return write_json_atomic(path, record)
 
-    def write_trial(self, record: dict) -> pathlib.Path:
+    def write_trial(self, record: dict) -> bool:
         return self.write_record("trial", record)
 
     def log_path(self, trial_id: str) -> pathlib.Path:

@@ -5,12 +5,13 @@
 
 Everything after `--` is passed to `regbench run`. Unless given, it adds
     --executor ray                     (the trials spread over every node of the cluster)
+    --address auto                     (with the ray executor: join the cluster this node belongs to)
     --out <project>/results            (on the head node; fetch it with `ray rsync-down`)
 where <project> is $REGBENCH_HOME, else ~/regbench (where the launcher YAMLs' file_mounts put
 the repository), else the current directory (the working dir `ray job submit` uploaded).
 
-`regbench run` calls ray.init() without an address, so it joins the cluster this script runs
-on. With token authentication (the YAMLs in clusters/ switch it on) the token is read from
+`regbench run` joins a cluster only when told (an address file on the node is not enough), so
+the address is passed explicitly. With token authentication (the YAMLs in clusters/ switch it on) the token is read from
 ~/.ray/auth_token, $RAY_AUTH_TOKEN_PATH or $RAY_AUTH_TOKEN; this script sets RAY_AUTH_MODE=token
 when such a token exists and the mode was not chosen explicitly.
 
@@ -49,10 +50,21 @@ def token_available() -> bool:
     return token_file.is_file() and token_file.stat().st_size > 0
 
 
+def option_value(args: list[str], name: str) -> str | None:
+    for i, a in enumerate(args):
+        if a == name and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
 def build_command(args: list[str], project: pathlib.Path) -> list[str]:
     command = [sys.executable, "-m", "bench.cli", "run", *args]
     if not has_option(args, "--executor"):
         command += ["--executor", "ray"]
+    if option_value(command, "--executor") == "ray" and not has_option(args, "--address"):
+        command += ["--address", "auto"]
     if not has_option(args, "--out") and not has_option(args, "--resume"):
         command += ["--out", str(project / "results")]
     return command

@@ -310,14 +310,18 @@ def job():
 
 def test_entry_script_adds_defaults(job, tmp_path):
     command = job.build_command(["--suite", "smoke"], tmp_path)
-    assert command[1:] == ["-m", "bench.cli", "run", "--suite", "smoke", "--executor", "ray",
+    assert command[1:] == ["-m", "bench.cli", "run", "--suite", "smoke", "--executor", "ray", "--address", "auto",
                            "--out", str(tmp_path / "results")]
+    # the cluster is joined because the script says so: `regbench run` alone starts a private instance
+    assert job.build_command(["--executor", "ray"], tmp_path).count("--address") == 1
 
 
 def test_entry_script_keeps_user_choices(job, tmp_path):
     command = job.build_command(["--executor=process", "--out", "/data/r"], tmp_path)
     assert command.count("--executor=process") == 1 and "ray" not in command
-    assert command.count("--out") == 1
+    assert command.count("--out") == 1 and "--address" not in command
+    command = job.build_command(["--address", "10.0.0.5:6379"], tmp_path)
+    assert command.count("--address") == 1 and "auto" not in command
     resume = job.build_command(["--resume", "/data/r/run1"], tmp_path)
     assert "--out" not in resume
 

@@ -7,6 +7,7 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -75,13 +76,17 @@ paired: false
 """
 
 
-def start(tmp_path: pathlib.Path, name: str, **fields) -> subprocess.Popen:
+def start(tmp_path: pathlib.Path, name: str, env=None, **fields) -> subprocess.Popen:
     path = tmp_path / f"{name}.yaml"
     path.write_text(SUITE.format(name=name, **fields))
-    return subprocess.Popen([sys.executable, "-m", "bench.cli", "run", "--suite", str(path), "--executor", "process",
-                             "--trial-start", "interpreter", "--out", str(tmp_path / name), "--no-report"],
+    return _driver(["--suite", str(path), "--out", str(tmp_path / name)], env)
+
+
+def _driver(args: list[str], env=None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "bench.cli", "run", *args, "--executor", "process",
+                             "--trial-start", "interpreter", "--no-report"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)})
+                            env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT), **(env or {})})
 
 
 def children(pid: int) -> list[tuple[int, str]]:
@@ -185,3 +190,72 @@ def test_killed_zygote_is_a_fault_not_a_crash(tmp_path):
     assert "retrying (1/2)" in err
     (manifest,) = (tmp_path / "z").glob("*/manifest.json")
     assert json.loads(manifest.read_text())["status"] == "complete"
+
+
+def _wait_for(predicate, what: str, proc: subprocess.Popen, timeout_s: float = 180):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (rc {proc.returncode}) before {what}: {proc.stderr.read()[-3000:]}")
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _leftovers(tmp: pathlib.Path) -> list[str]:
+    """What a run may leave in the temp dir its driver and trial processes see."""
+    return sorted(p.name for p in tmp.iterdir() if p.name.startswith(("regbench-", "__autograph_generated_file")))
+
+
+@pytest.mark.slow
+def test_sigterm_concurrent_resume_and_a_killed_driver_s_lock_and_scratch(tmp_path):
+    """Defects caught: SIGTERM (a scheduler's, `ray stop`'s) ending the driver silently with the
+    manifest still "running" and no resume hint; a second `--resume` of a run in progress running
+    the same trials; a SIGKILLed driver's lock blocking the run forever; per-run scratch and
+    TensorFlow's /tmp/__autograph_generated_file*.py left behind on any exit."""
+    tmp = tmp_path / "tmp"  # TMPDIR of the drivers, hence of their trial processes
+    tmp.mkdir()
+    env = {"TMPDIR": str(tmp)}
+    cpus = os.cpu_count() or 1  # one slot: the trials run one after the other
+    proc = start(tmp_path, "life", env, regularizers="[none, l2, dropout]", epochs=4, cpus=cpus, timeout_s=300)
+    trials = _wait_for(lambda: list((tmp_path / "life").glob("*/trials/*.json")), "a first trial", proc)
+    run_dir = trials[0].parent.parent
+
+    # 1. a second driver on the running run is refused, in one line naming the first
+    second = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--resume", str(run_dir), "--executor",
+                             "process", "--no-report"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+    assert second.returncode in (1, 2) and "Traceback" not in second.stderr, second.stderr[-3000:]
+    (line,) = second.stderr.strip().splitlines()
+    assert line.startswith("regbench: error: ") and f"host {socket.gethostname()}, pid {proc.pid}" in line
+
+    # 2. SIGTERM to the driver alone (as a scheduler sends it): stopped like Ctrl-C
+    os.kill(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-3000:]
+    assert f"regbench run --resume {run_dir}" in err and "Traceback" not in err, err[-3000:]
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "interrupted"
+    kept = {p.name: p.read_bytes() for p in (run_dir / "trials").glob("*.json")}
+    assert 1 <= len(kept) < 3
+    assert str(tmp) not in subprocess.run(["ps", "-ww", "-eo", "args="], capture_output=True, text=True).stdout
+    assert _leftovers(tmp) == []
+
+    # 3. a resumed driver killed with SIGKILL while a trial runs leaves its lock and its scratch
+    killed = _driver(["--resume", str(run_dir)], env)
+    _wait_for(lambda: children(killed.pid), "a trial process of the resumed run", killed)
+    killed.kill()
+    killed.communicate()
+    assert [name for name in _leftovers(tmp) if name.startswith("regbench-")]
+
+    # 4. the next resume takes the dead driver's lock over, removes its scratch, finishes the run
+    last = _driver(["--resume", str(run_dir)], env)
+    out, err = last.communicate(timeout=300)
+    assert last.returncode == 0, err[-3000:]
+    assert f"pid {killed.pid}" in err and "taking over" in err, err[-3000:]
+    recs = {p.name: json.loads(p.read_text()) for p in (run_dir / "trials").glob("*.json")}
+    assert len(recs) == 3 and all(r["status"] == "ok" for r in recs.values()), [r["reason"] for r in recs.values()]
+    assert all((run_dir / "trials" / name).read_bytes() == data for name, data in kept.items())
+    assert _leftovers(tmp) == []
+    assert not (run_dir / ".lock").exists()

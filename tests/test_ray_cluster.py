@@ -13,6 +13,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -98,6 +99,9 @@ def test_placement_one_trial_per_gpu_and_accelerator_pinning(cluster, tmp_path):
     suite.write_text(SUITE.format(name="pinned", regularizers="[none, l2]", extra="accelerator_types: [H100, A100]"))
     rc, out, err = run_cli(suite, tmp_path / "out", cluster.address)
     assert rc == 0, err
+    assert f"ray: joined the Ray cluster at {cluster.address} (3 nodes)" in err, err[-3000:]
+    # a joined cluster's nodes keep no scratch of the run (worker dirs, TMPDIR of the trials)
+    assert not list(pathlib.Path(tempfile.gettempdir()).glob(f"regbench-{out.strip().splitlines()[-1].rsplit('/', 1)[-1]}"))
     records, manifest = load_run(tmp_path / "out")
     assert len(records) == 4, err
     for r in records.values():  # each trial process ran on its fake GPU, saw none, and said so

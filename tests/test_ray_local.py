@@ -10,6 +10,7 @@ import glob
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -278,3 +279,32 @@ def test_interrupt_sigkill_and_resume_run_every_trial_once(tmp_path):
         assert (run_dir / "trials" / f"{tid}.json").read_bytes() == data
     assert manifest["status"] == "complete"
     assert set(manifest["placements"]) >= (set(final) - set(second)) | set(first)
+
+
+def test_a_cluster_file_is_not_joined_and_sigterm_stops_the_run_like_ctrl_c(tmp_path):
+    """Defects caught: a run without an address joining whatever cluster the last `ray start` on
+    the machine announced (/tmp/ray/ray_current_cluster, writable by any user); SIGTERM ending the
+    driver silently (exit 143, manifest "running", no resume hint); the run's scratch and
+    TensorFlow's autograph files left in the temp dir."""
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="rb-", dir="/tmp"))  # short: Ray's socket paths go under it
+    try:
+        (tmp / "ray").mkdir()
+        (tmp / "ray" / "ray_current_cluster").write_text("10.255.255.1:6379")  # someone else's cluster
+        env = ray_env(TMPDIR=tmp, RAY_TMPDIR=tmp)
+        env.pop("RAY_ADDRESS")
+        out_dir = tmp_path / "out"
+        proc = start_run(["--suite", str(tiny_suite(tmp_path, name="term", epochs=30))], env, out_dir)
+        wait_for(lambda: glob.glob(str(out_dir / "*" / "trials" / "*.json")), 180, "a first trial", proc)
+        os.kill(proc.pid, signal.SIGTERM)  # the driver alone, as a scheduler or `ray stop` sends it
+        rc, out, err = finish(proc, timeout_s=90)  # and nothing of its private Ray instance is left
+        run_dir = run_dir_of(out_dir)
+        assert rc == 143, err[-3000:]
+        hints = [line for line in err.splitlines() if "10.255.255.1:6379" in line]
+        assert len(hints) == 1 and "--address auto" in hints[0] and "joined" not in hints[0], err[-3000:]
+        assert f"regbench run --resume {run_dir}" in err and "Traceback" not in err, err[-3000:]
+        assert json.loads((run_dir / "manifest.json").read_text())["status"] == "interrupted"
+        assert 1 <= len(trial_files(run_dir)) < 6
+        # (regbench-cores-<uid> is the node's core locks, shared by every run on it, and stays)
+        assert not [p.name for p in tmp.iterdir() if p.name.startswith((f"regbench-{run_dir.name}", "__autograph"))]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -445,6 +445,8 @@ def _up_submit_rsync_down_report_down(loopback, tmp_path):
     executor = "ray" if importlib.util.find_spec("ray") else "process"
     out = loopback.ray("submit", cluster_yaml, "clusters/regbench_job.py", "--",
                        "--suite", "smoke", "--executor", executor, "--no-report", timeout=300)
+    if executor == "ray":  # joined because the entry script says so, and the run says where
+        assert "--executor ray --address auto" in out and "ray: joined the Ray cluster at" in out, out[-4000:]
     match = re.search(r"regbench-job: results in (\S+)", out)
     assert match, f"entry script did not report a results dir:\n{out[-4000:]}"
     remote_run = match.group(1)

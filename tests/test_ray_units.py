@@ -67,6 +67,21 @@ def test_cluster_detection(monkeypatch):
     assert rconnect.joins_cluster() is True
 
 
+def test_a_cluster_file_alone_is_not_joined(monkeypatch, tmp_path):
+    """Defect caught: a run joining whatever cluster /tmp/ray/ray_current_cluster names, a file any
+    user of the machine can write. Only RAY_ADDRESS or `--address` (auto: this node's cluster) join."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))  # Ray looks for $RAY_TMPDIR/ray/ray_current_cluster
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text("10.255.255.1:6379\n")
+    assert rconnect.joins_cluster() is False
+    assert rconnect.announced_cluster() == "10.255.255.1:6379"
+    assert rconnect.joins_cluster("auto") is True and rconnect.joins_cluster("10.0.0.1:6379") is True
+    assert rconnect.joins_cluster("local") is False
+    monkeypatch.setenv("RAY_ADDRESS", "local")  # --address wins over the environment
+    assert rconnect.joins_cluster("auto") is True
+
+
 def test_a_local_node_keeps_the_loopback_address():
     """What binds a private instance to loopback (connect._loopback_node), without starting one:
     inside it Ray takes 127.0.0.1 as this node's IP instead of rewriting it to the outward

@@ -44,6 +44,7 @@ class Sink:
 
     def __init__(self):
         self.records = []
+        self.path = pathlib.Path("runs") / "env-run"  # the run's id names its scratch
 
     def write_record(self, kind, record):
         self.records.append(record)

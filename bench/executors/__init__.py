@@ -13,8 +13,12 @@ from bench.errors import UserError
 EXECUTORS = ("ray", "process")
 
 
-def execute(suite, batches, store, executor: str, progress, start_method: str | None = None) -> None:
-    """Run each batch of units (bench/plan.py) to completion, one after the other."""
+def execute(suite, batches, store, executor: str, progress, start_method: str | None = None,
+            address: str | None = None) -> None:
+    """Run each batch of units (bench/plan.py) to completion, one after the other. `address`:
+    the Ray cluster to join (ray executor only; none starts a private instance)."""
+    if address and executor != "ray":
+        raise UserError(f"--address: joins a Ray cluster, which only --executor ray does (not {executor})")
     if executor == "process":
         from bench import env
         from bench.executors.local import run_local
@@ -30,6 +34,14 @@ def execute(suite, batches, store, executor: str, progress, start_method: str | 
                             "without it use --executor process") from None
         from bench.executors.ray import run_ray
 
-        run_ray(batches, store, suite, progress, start_method)
+        run_ray(batches, store, suite, progress, start_method, address)
     else:
         raise ValueError(f"unknown executor {executor!r}")
+
+
+def write_once(store, kind: str, record: dict, progress) -> None:
+    """Write a unit's record. One already there (written by another driver) is kept and this
+    result dropped, with a line saying so."""
+    if store.write_record(kind, record) is False:
+        progress.note(f"{record.get(store.ID_KEYS[kind])}: a record was already written (by another driver?); "
+                      "this result is dropped")

@@ -17,8 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import env
+from bench import env, scratch, signals
 from bench.errors import UserError
+from bench.executors import write_once
 from bench.executors.trial_process import Launcher, collect, failure_record, precheck, read_log_tail
 
 
@@ -71,11 +72,12 @@ def run_local(batches, store, suite, progress, start_method: str | None = None) 
     staged = data.prepare(sorted({t.workload for t in suite.trials}))
     if staged:
         progress.note("data: " + ", ".join(f"{name} {info['state']}" for name, info in staged.items()))
-    with tempfile.TemporaryDirectory(prefix="regbench-work-") as tmp:
-        workdir = Path(tmp)
+    with signals.stop_on_signals(), scratch.held(store.path.name) as run_tmp:
+        workdir = Path(tempfile.mkdtemp(prefix="work-", dir=run_tmp))
         launcher = Launcher(workdir, "process", start_method, extra_env={
             "REGBENCH_CALIBRATION_DIR": str(workdir / "calibration"),
-            "REGBENCH_CORE_LOCK_DIR": str(workdir / "cores")})
+            "REGBENCH_CORE_LOCK_DIR": str(workdir / "cores"),
+            "TMPDIR": str(scratch.tmp_dir(run_tmp))})
         try:
             for batch in batches:
                 if batch:
@@ -100,7 +102,7 @@ def _run_batch(units, launcher, store, suite, progress) -> None:
                 unit, slot = pending.pop(pick[0]), free[pick[1]]
                 skipped = precheck(unit, "process", gpu=slots[slot] is not None)
                 if skipped:
-                    store.write_record(unit.kind, skipped)
+                    write_once(store, unit.kind, skipped, progress)
                     progress.finished(skipped, was_running=False)
                     continue
                 free.remove(slot)
@@ -132,7 +134,7 @@ def _run_batch(units, launcher, store, suite, progress) -> None:
                 if record is None:
                     record = failure_record(unit, f"{outcome.died} (after {n} attempts)", proc.gpu, "process")
                 record.setdefault("attempts", n)
-                store.write_record(unit.kind, record)
+                write_once(store, unit.kind, record, progress)
                 progress.finished(record)
     finally:
         for proc, _ in running:

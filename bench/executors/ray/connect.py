@@ -1,11 +1,16 @@
-"""Joining a Ray cluster, or starting a private local one, and cleaning up after a killed driver.
+"""Joining a Ray cluster when told to, or starting a private local one, and cleaning up after a
+killed driver.
 
-`ray.init()` with no address, so `ray submit`, `ray job submit` and RAY_ADDRESS join that
-cluster and everything else starts a private local instance (no dashboard, logs not forwarded,
-every port on 127.0.0.1, token auth on, shut down at the end). RAY_ADDRESS=local forces a private
-instance. A caller that has already called `ray.init()` (tests, notebooks) keeps its connection.
-REGBENCH_RAY_SHIP_CODE=1 ships this checkout's `bench/` with the job (runtime_env py_modules)
-instead of the installed one.
+A run joins a cluster only when told: `regbench run --address ADDR` (`auto`: the cluster this
+node belongs to, the one its last `ray start` announced), else RAY_ADDRESS (`ray job submit` sets
+it; RAY_ADDRESS=local means private). Without either it starts a private local instance (no
+dashboard, logs not forwarded, every port on 127.0.0.1, token auth on, shut down at the end),
+even where /tmp/ray/ray_current_cluster names a cluster: any user of the machine can write that
+file, and a run must not land on someone else's cluster. Seeing such a file, it says in one line
+how to join it. Joining, it says where and how many nodes. `clusters/regbench_job.py` passes
+`--address auto` for `ray submit`. A caller that has already called `ray.init()` (tests,
+notebooks) keeps its connection. REGBENCH_RAY_SHIP_CODE=1 ships this checkout's `bench/` with the
+job (runtime_env py_modules) instead of the installed one.
 """
 from __future__ import annotations
 
@@ -27,65 +32,87 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def joins_cluster() -> bool:
-    """True when `ray.init()` with no address would join an existing cluster (RAY_ADDRESS,
-    `ray submit` / `ray job submit` on a node where `ray start` ran), False when it starts one."""
-    addr = os.environ.get("RAY_ADDRESS", "").strip()
-    if addr:
-        return addr != "local"
+def requested_address(address: str | None = None) -> str | None:
+    """The cluster to join: `address` (from --address), else RAY_ADDRESS; None for a private one."""
+    addr = (address or os.environ.get("RAY_ADDRESS", "")).strip()
+    return None if addr in ("", "local") else addr
+
+
+def joins_cluster(address: str | None = None) -> bool:
+    """True when this run joins a cluster (told by --address or RAY_ADDRESS), False when it starts
+    a private instance. A cluster file alone (the last `ray start`) never makes it join."""
+    return requested_address(address) is not None
+
+
+def announced_cluster() -> str | None:
+    """The address the last `ray start` on this node wrote ($RAY_TMPDIR or /tmp: ray/ray_current_cluster)."""
     try:
-        from ray._private import services
+        from ray._private import utils
 
-        return services.canonicalize_bootstrap_address(None) is not None
-    except Exception:  # noqa: BLE001 - a stale address file: let ray.init decide and report
-        return True
+        return utils.read_ray_address() or None
+    except Exception:  # noqa: BLE001 - unreadable: nothing announced
+        return None
 
 
-def _check_reachable(where: str) -> None:
+def _resolve(address: str) -> tuple[str, str]:
+    """(address for ray.init, words for messages). `auto` is this node's announced cluster."""
+    if address != "auto":
+        return address, address
+    found = announced_cluster()
+    if not found:
+        raise UserError("--address auto: no Ray cluster on this node (no `ray start` here: "
+                        "ray/ray_current_cluster missing in the Ray temp dir); start one, or give its address")
+    return found, f"{found} (the cluster this node belongs to)"
+
+
+def _check_reachable(addr: str, where: str) -> None:
     """ray.init() retries a dead GCS address for minutes: refuse it in seconds instead."""
-    try:
-        from ray._private import services
-
-        addr = services.canonicalize_bootstrap_address(None)
-    except Exception:  # noqa: BLE001 - "ray://" client addresses and the like: let ray.init judge
-        return
-    if not addr or "://" in addr or ":" not in addr:
+    if "://" in addr or ":" not in addr:  # "ray://" client addresses and the like: let ray.init judge
         return
     host, port = addr.rsplit(":", 1)
     try:
         socket.create_connection((host, int(port)), timeout=10).close()
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot join the Ray cluster at {where} ({addr}: {e.strerror or e}); start it, fix "
-                        "RAY_ADDRESS, or set RAY_ADDRESS=local to start a private instance") from None
+        raise UserError(f"cannot join the Ray cluster at {where} ({e.strerror or e}); start it, fix "
+                        "--address or RAY_ADDRESS, or leave both out to start a private instance") from None
 
 
-def connect() -> bool:
-    """Join the cluster (or start a private local instance). True when we started it."""
+def connect(address: str | None = None, note=None) -> bool:
+    """Join the cluster at `address` or RAY_ADDRESS, or start a private local instance. True
+    when we started it. `note(line)` gets the one line saying which (default: stderr)."""
     import logging
 
     import ray
 
+    note = note or (lambda line: print(line, file=sys.stderr))
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     kwargs = dict(log_to_driver=_flag(LOG_ENV), logging_level=logging.WARNING, namespace="regbench")
     if _flag(SHIP_CODE_ENV):
         kwargs["runtime_env"] = {"py_modules": [str(pathlib.Path(__file__).resolve().parents[2])]}
-    if joins_cluster():
-        where = os.environ.get("RAY_ADDRESS") or "the address in /tmp/ray/ray_current_cluster (last `ray start`)"
-        _check_reachable(where)
+    wanted = requested_address(address)
+    if wanted is not None:
+        addr, where = _resolve(wanted)
+        _check_reachable(addr, where)
         try:
-            ray.init(**kwargs)
+            ray.init(address=addr, **kwargs)
         except (ConnectionError, TimeoutError) as e:
             raise UserError(f"cannot join the Ray cluster at {where}: {str(e).splitlines()[0][:200]}; "
-                            "set RAY_ADDRESS=local to start a private instance instead") from None
+                            "leave out --address and RAY_ADDRESS to start a private instance instead") from None
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+        note(f"ray: joined the Ray cluster at {addr} ({nodes} node{'s' if nodes != 1 else ''})")
         return False
+    announced = announced_cluster()
+    if announced:
+        note(f"ray: a Ray cluster was started on this machine ({announced}); this run starts its own private "
+             "instance. To run on that cluster: regbench run --address auto")
     # A new local instance gets Ray's default token auth (a token in ~/.ray/auth_token is made on
     # first use); Ray announces that with a warning on every run, which we keep off stderr.
     # RAY_AUTH_MODE=disabled still opts out.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    with _loopback_node():
-        ray.init(include_dashboard=False, resources={NODE_SLOT: 1}, object_store_memory=128 * 2**20,
+    with _loopback_node():  # address "local": ray.init() alone would join the announced cluster
+        ray.init(address="local", include_dashboard=False, resources={NODE_SLOT: 1}, object_store_memory=128 * 2**20,
                  _node_ip_address=LOOPBACK, **kwargs)
     return True
 

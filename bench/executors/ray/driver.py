@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import threading
 import time
 
+from bench import scratch, signals
 from bench.errors import UserError
+from bench.executors import write_once
 from bench.executors.ray.connect import SHIP_CODE_ENV, connect, start_reaper
 from bench.executors.ray.resources import (NODE_WAIT_ENV, alive_nodes, check_feasible, host_reservation,
                                            infeasible_reason, on_gpu, request_for, reserve_gpu_hosts, wants_gpu)
-from bench.executors.ray.task import AttemptLog, TrialProcessDied, code_hash, run_scratch, trial_task
+from bench.executors.ray.task import AttemptLog, TrialProcessDied, code_hash, trial_task
 from bench.executors.trial_process import default_start_method, failure_record
 
 MARKER_ENV = "REGBENCH_RAY_MARKER_DIR"  # tests: each attempt writes its pids here
@@ -44,55 +43,52 @@ class PendingUnit:
         self.cancelled_for_timeout = False
 
 
-def run_ray(batches, store, suite, progress, start_method: str | None = None) -> None:
+def run_ray(batches, store, suite, progress, start_method: str | None = None, address: str | None = None) -> None:
     """Run each batch of units (trials, then sessions; bench/plan.py) as Ray tasks, one batch after
-    the other on one Ray connection; write each record into `store` as it lands."""
+    the other on one Ray connection; write each record into `store` as it lands. `address`: the
+    cluster to join (connect.py); none starts a private instance.
+
+    Ctrl-C and SIGTERM stop it (bench/signals.py: the loop also polls the flag they set, so a stop
+    that lands during one of Ray's C++ waits is not lost there). The run's scratch on every node
+    (task.py) goes at the end, whatever the exit: with the private instance here, and on a joined
+    cluster through one small task per alive node."""
     import ray
 
-    started_here = connect()
-    reaper = start_reaper() if started_here else None
-    restore_sigint = _note_sigint()
+    with signals.stop_on_signals(), scratch.held(store.path.name):
+        started_here = connect(address, progress.note)
+        signals.reassert()  # ray.init() put its own SIGTERM handler in place of ours
+        reaper = start_reaper() if started_here else None
+        try:
+            _stage_data(ray, sorted({t.workload for t in suite.trials}), progress)
+            # A private instance is torn down by ray.shutdown(), which stops every task; force-cancelling
+            # tasks first races with replies from workers that Ctrl-C already hit and can abort the
+            # driver inside Ray ("Tried to complete task that was not pending"). Only a joined
+            # cluster, which outlives this driver, needs its tasks cancelled.
+            for batch in batches:
+                if batch:
+                    _run(batch, store, suite, progress, ray, start_method or default_start_method(),
+                         cancel_on_exit=not started_here)
+        finally:
+            if started_here:
+                ray.shutdown()
+            else:
+                _remove_node_scratch(ray, store.path.name)
+            if reaper is not None:
+                reaper.kill()
+                reaper.wait()
+
+
+def _remove_node_scratch(ray, run_id: str, timeout_s: float = 60.0) -> None:
+    """A joined cluster outlives this driver: each alive node removes its scratch of the run."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     try:
-        _stage_data(ray, sorted({t.workload for t in suite.trials}), progress)
-        # A private instance is torn down by ray.shutdown(), which stops every task; force-cancelling
-        # tasks first races with replies from workers that Ctrl-C already hit and can abort the
-        # driver inside Ray ("Tried to complete task that was not pending"). Only a joined
-        # cluster, which outlives this driver, needs its tasks cancelled.
-        for batch in batches:
-            if batch:
-                _run(batch, store, suite, progress, ray, start_method or default_start_method(),
-                     cancel_on_exit=not started_here)
-    finally:
-        restore_sigint()
-        if started_here:
-            ray.shutdown()
-            # this machine's scratch of the run (task.py: worker dirs, calibration); nodes of a
-            # joined cluster keep theirs in their temp dir until it is cleaned
-            shutil.rmtree(run_scratch(store.path.name), ignore_errors=True)
-        if reaper is not None:
-            reaper.kill()
-            reaper.wait()
-
-
-_SIGINT_SEEN = threading.Event()
-
-
-def _note_sigint():
-    """Keep Ctrl-C from being lost inside Ray: the handler raises KeyboardInterrupt as Python's
-    does and also sets a flag that the driver loop checks every half second, so an interrupt that
-    arrives during one of Ray's C++ waits stops the run even if the exception is swallowed there.
-    A SIGINT that was already ignored (a background job) stays ignored. Returns the restorer."""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        return lambda: None
-    _SIGINT_SEEN.clear()
-
-    def on_sigint(signum, frame):
-        _SIGINT_SEEN.set()
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, on_sigint)
-    return lambda: signal.signal(signal.SIGINT, signal.default_int_handler)
+        remove = ray.remote(num_cpus=0, max_retries=0)(scratch.remove)
+        refs = [remove.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(run_id)
+                for n in alive_nodes()]
+        ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    except Exception:  # noqa: BLE001 - best effort while stopping: a node's next run sweeps it
+        pass
 
 
 def _stage_data(ray, workloads: list[str], progress) -> None:
@@ -154,7 +150,7 @@ def _run(units, store, suite, progress, ray, start_method: str, cancel_on_exit: 
         skipped = None if on_gpu(t, gpu) else precheck(t, "ray", gpu=False)
         if skipped:
             skipped["node"]["ray"] = {"evaluated_on": "driver"}
-            store.write_record(t.kind, skipped)
+            write_once(store, t.kind, skipped, progress)
             manifest_nodes[driver_fp["fingerprint_id"]] = driver_fp
             progress.finished(skipped, was_running=False)
         else:
@@ -201,8 +197,7 @@ def _run(units, store, suite, progress, ray, start_method: str, cancel_on_exit: 
     last_recheck = time.monotonic()
     try:
         while out:
-            if _SIGINT_SEEN.is_set():
-                raise KeyboardInterrupt
+            signals.raise_if_stopped()
             ready, _ = ray.wait(list(out), num_returns=1, timeout=0.5)
             if ready:
                 ready, _ = ray.wait(list(out), num_returns=len(out), timeout=0)
@@ -245,7 +240,7 @@ def _run(units, store, suite, progress, ray, start_method: str, cancel_on_exit: 
                 if fp:
                     manifest_nodes[fp["fingerprint_id"]] = fp
                 record["attempts"] = max(o.attempts, 1)
-                store.write_record(o.unit.kind, record)
+                write_once(store, o.unit.kind, record, progress)
                 progress.finished(record, was_running=o.started_at is not None)
             now = time.time()
             for o in list(out.values()):  # driver-side net behind the in-worker timeout

@@ -36,25 +36,22 @@ def code_hash() -> str:
 
 
 def _launcher(options: dict):
+    """This worker's Launcher for the run. Its files go in the node's scratch of the run
+    (bench/scratch.py: claimed by this worker, removed by the driver at the end, or by the next
+    claim on the node once every holder is gone), which is also its trial processes' TMPDIR."""
+    from bench import scratch
+    from bench.executors.cores import default_lock_dir
     from bench.executors.trial_process import Launcher
 
     key = (options.get("start_method"), options["run_id"])
     if key not in _LAUNCHERS:
-        run_tmp = run_scratch(options["run_id"])
-        workdir = pathlib.Path(tempfile.mkdtemp(prefix="worker-", dir=_mkdir(run_tmp)))
+        run_tmp = scratch.claim(options["run_id"])
+        workdir = pathlib.Path(tempfile.mkdtemp(prefix="worker-", dir=run_tmp))
         _LAUNCHERS[key] = Launcher(workdir, "ray", options.get("start_method"), extra_env={
-            "REGBENCH_CALIBRATION_DIR": str(run_tmp / "calibration")})
+            "REGBENCH_CALIBRATION_DIR": str(run_tmp / "calibration"),
+            "REGBENCH_CORE_LOCK_DIR": default_lock_dir(),  # the node's, shared by every run on it
+            "TMPDIR": str(scratch.tmp_dir(run_tmp))})
     return _LAUNCHERS[key]
-
-
-def run_scratch(run_id: str) -> pathlib.Path:
-    """This node's scratch of a run: the Ray workers' trial dirs and the calibration cache."""
-    return pathlib.Path(tempfile.gettempdir()) / f"regbench-{run_id}"
-
-
-def _mkdir(path: pathlib.Path) -> pathlib.Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def trial_task(kind: str, unit_dict: dict, gpu: bool, attempt_log, options: dict) -> dict:
