@@ -101,7 +101,7 @@ def configure_process(backend: str, cpu_threads: int | None, gpu: bool | None = 
     # (sched_getaffinity): the executors pin a CPU trial to `cpu_threads` cores before JAX starts.
 
 
-FLOAT32_MATMUL = ("ieee", "tf32")  # the float32 matmul/conv policy of a suite; README "GPUs"
+FLOAT32_MATMUL = ("ieee", "tf32")  # the float32 matmul/conv policy of a suite; bench/README.md "GPUs"
 
 
 def set_float32_matmul(backend: str, policy: str) -> dict:

@@ -1,7 +1,7 @@
 """One flat view of a trial record: the columns of trials.parquet and of analysis' trials table.
 
 A trial file is nested (trial, node, timing, memory, ...); tables want one row per trial. The
-columns are the contract's fields (README "Trial file fields"), unprefixed, in this order; both
+columns are the contract's fields (bench/schema/README.md "Trial file fields"), unprefixed, in this order; both
 `RunStore.export_parquet` and `analysis.load` use `flatten_trial`, so the two tables agree.
 """
 from __future__ import annotations

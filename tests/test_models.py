@@ -4,8 +4,9 @@ Every workload is built the runner's way (bench.runner.build_model) at tiny size
 built is read back (tests/model_facts.py): penalty coefficients from each kernel variable, the
 penalty the model adds to the loss, Dropout and BatchNormalization layers and what feeds them,
 augmentation layers and what they do in training and in inference, compute and variable dtypes,
-the optimizer. The expected values are written out here from the README's definitions (counts of
-kernels per architecture, literal coefficients), never recomputed with the registry's code.
+the optimizer. The expected values are written out here from the definitions in bench/README.md
+"Regularizers" (counts of kernels per architecture, literal coefficients), never recomputed with
+the registry's code.
 
 TensorFlow runs in this process; JAX and torch each run the same facts in one fresh process
 (tests/model_facts.py) and are checked by the same functions.

@@ -222,7 +222,7 @@ def test_local_instance_listens_on_loopback_only_and_refuses_unauthenticated_cli
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)
     report = f"listening sockets of the run's Ray instance:\n{table(rows)}"
-    print(report)  # with -s: the evidence README's "Security of a local run" quotes
+    print(report)  # with -s: the evidence bench/README.md's "Security of a local run" quotes
     rc, out, err = finish(proc, timeout_s=90)  # and every process of the run is gone
     assert still_running, f"the run ended while it was being probed:\n{err[-2000:]}"
     assert rc == 130, err[-2000:]

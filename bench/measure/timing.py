@@ -13,7 +13,7 @@ end of the window; Keras runs the batch ends off the main thread (async_safe), s
 dispatches step k+1 while the device runs step k, as in training without a per-step callback.
 One figure per window: its mean step time. On TensorFlow Keras reads every step's logs on the
 main thread whatever the callbacks (its backend is not thread-safe), so there the two coincide.
-Step-time overheads use StepTimer's median (README "GPUs" says why); both are recorded.
+Step-time overheads use StepTimer's median (bench/README.md "GPUs" says why); both are recorded.
 """
 from __future__ import annotations
 
