@@ -60,7 +60,23 @@ def image_input(data: Data):
     inputs = keras.Input(shape=data.input_shape, dtype=data.x_train.dtype.name, name="image")
     if data.x_train.dtype != np.uint8:
         return inputs, inputs
-    return inputs, keras.layers.Rescaling(1.0 / 255, name="image_rescale")(inputs)
+    return inputs, _image_rescale_layer()(name="image_rescale")(inputs)
+
+
+def _image_rescale_layer():
+    """uint8 -> compute dtype, scaled by 1/255. A plain layer, not keras.layers.Rescaling: that is a
+    TFDataLayer, which asks TensorFlow whether it runs in a tf.data graph wherever TensorFlow is in
+    sys.modules, and the GPU machines run Keras on JAX or torch without TensorFlow."""
+    import keras
+
+    class ImageRescale(keras.layers.Layer):
+        def call(self, x):
+            return keras.ops.cast(x, self.compute_dtype) * keras.ops.cast(1.0 / 255, self.compute_dtype)
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+    return ImageRescale
 
 
 def dense_block(x, units: int, recipe, name: str):
