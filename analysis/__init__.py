@@ -20,9 +20,10 @@ from analysis.comparison import Comparison, compare, write_compare
 from analysis.efficiency import load_prices
 from analysis.errors import AnalysisInputError
 from analysis.overheads import METRICS, format_estimate, overhead
-from analysis.report import failures, write_report
+from analysis.report import write_report
 from analysis.runs import SCHEMA_VERSION_READ, RunData, load
 from analysis.speedups import precision_speedup
+from analysis.tables import failures
 
 __all__ = ["AnalysisInputError", "Comparison", "METRICS", "RunData", "SCHEMA_VERSION_READ", "axes", "compare",
            "efficiency", "failures", "flags", "format_estimate", "gate", "load", "load_prices", "overhead", "plots",

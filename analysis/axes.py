@@ -13,6 +13,9 @@ repeats of both sides (the two sides are separate processes, often separate runs
   between the groups present;
 - backend: the Keras backend;
 - run: the run directory (`--baseline` compares runs).
+
+The data labels (`short_device`, `device_labels`) live here too: plots, efficiency, the gate and
+the comparison pages name devices with them.
 """
 from __future__ import annotations
 
@@ -21,9 +24,10 @@ import json
 import numpy as np
 import pandas as pd
 
-from analysis import plots, stats
+from analysis import stats
+from analysis.cells import CELL_KEYS, with_keys
 from analysis.errors import AnalysisInputError
-from analysis.overheads import CELL_KEYS, METRICS, with_keys
+from analysis.overheads import METRICS
 
 AXES = ("device", "software", "backend", "run")
 COMMON_PACKAGES = ("python", "keras", "numpy", "nvidia-ml-py")
@@ -48,9 +52,16 @@ def check_axis(axis: str) -> str:
     return axis
 
 
+def short_device(name) -> str:
+    """'Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.0GHz' -> 'Intel Xeon Platinum 8480+'."""
+    s = str(name).replace("(R)", "").replace("(TM)", "").replace("NVIDIA ", "")
+    s = s.split(" CPU @")[0].split(" @ ")[0]
+    return " ".join(s.split())[:40]
+
+
 def device_labels(df: pd.DataFrame) -> pd.Series:
     """Short device model, plus backend when more than one backend is present."""
-    label = df["device_name"].map(plots.short_device)
+    label = df["device_name"].map(short_device)
     if "device_kind" in df and (df.groupby(label)["device_kind"].nunique() > 1).any():  # a fake or shared name
         label = label + " (" + df["device_kind"].astype(str) + ")"
     if df["backend"].nunique() > 1:

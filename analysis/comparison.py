@@ -18,10 +18,12 @@ import pandas as pd
 from analysis import axes, efficiency as eff, plots, render, stats
 from analysis.axes import device_labels  # noqa: F401 - re-exported
 from analysis.errors import AnalysisInputError
-from analysis.overheads import BASELINE, METRIC_BY_NAME, format_estimate, overhead
-from analysis.report import METHOD_NOTE, failures, format_speedup, write_csv
+from analysis.cells import BASELINE
+from analysis.overheads import METRIC_BY_NAME, format_estimate, overhead
+from analysis.render import write_csv
 from analysis.runs import load
-from analysis.speedups import precision_speedup
+from analysis.speedups import format_speedup, precision_speedup
+from analysis.tables import METHOD_NOTE, failures
 
 CHANGE_METRICS = ("step_time", "end_to_end_throughput", "host_memory", "device_memory", "energy_per_sample",
                   "time_to_target", "best_val_accuracy")
@@ -182,7 +184,7 @@ def write_compare(run_dirs, out_dir, *, by: str = "device", prices: dict | None 
     labelled = c.overhead.assign(device=c.overhead[axis]) if not c.overhead.empty else c.overhead
     tp = c.throughput.copy()
     if len(tp):  # one bar per group and device model
-        tp["device"] = tp[axis].astype(str) + ("" if axis == "device" else " · " + tp["device_name"].map(plots.short_device))
+        tp["device"] = tp[axis].astype(str) + ("" if axis == "device" else " · " + tp["device_name"].map(axes.short_device))
     sp = c.speedup.assign(device=c.speedup[axis]) if not c.speedup.empty else c.speedup
     figs = [("compare_step_time", f"Step-time overhead of each regularizer per {axis} (%).",
              plots.hardware_heatmap(labelled, title=f"Step-time overhead by {axis} (%)", by="device")),

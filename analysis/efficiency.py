@@ -20,8 +20,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import plots
+from analysis import axes
 from analysis.errors import AnalysisInputError
+from bench import yamlfile
+from bench.env import accelerator_type
+from bench.errors import UserError
 
 COLUMNS = ["n", "samples_per_s", "energy_per_sample_j", "samples_per_joule", "samples_per_joule_gap",
            "price_per_hour", "samples_per_dollar", "samples_per_dollar_gap"]
@@ -29,9 +32,6 @@ COLUMNS = ["n", "samples_per_s", "energy_per_sample_j", "samples_per_joule", "sa
 
 def load_prices(path) -> dict[str, float]:
     """Read a price table (device name -> price per hour); AnalysisInputError naming file and field."""
-    from bench import yamlfile
-    from bench.errors import UserError
-
     path = Path(path)
     try:
         data = yamlfile.load(path)  # bounded: size, nesting, aliases, duplicate keys
@@ -53,10 +53,8 @@ def price_for(device_name, prices: dict[str, float]) -> float | None:
         return None
     if device_name in prices:
         return prices[device_name]
-    from bench.env import accelerator_type
-
     lower = {k.lower(): v for k, v in prices.items()}
-    for alias in (device_name, plots.short_device(device_name), accelerator_type(device_name)):
+    for alias in (device_name, axes.short_device(device_name), accelerator_type(device_name)):
         if alias and alias.lower() in lower:
             return lower[alias.lower()]
     return None

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.overheads import BASELINE, CELL_KEYS, with_keys
+from analysis.cells import BASELINE, CELL_KEYS, with_keys
 from bench.measure.energy import INPUT_BOUND_UTIL_PERCENT as GPU_BOUND_UTIL_PERCENT  # the trials' input_bound threshold
 
 SYNC_GAP_LIMIT = 0.10

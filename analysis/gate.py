@@ -18,8 +18,10 @@ import numpy as np
 import pandas as pd
 
 from analysis import axes, stats
+from analysis.cells import with_keys
 from analysis.errors import AnalysisInputError
 from analysis.overheads import METRIC_BY_NAME, METRICS, Metric
+from bench.errors import did_you_mean
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,8 +44,6 @@ class GateResult:
 
 def parse_fail_on(text: str) -> list[Threshold]:
     """'step_time:5,best_val_accuracy:1' -> thresholds; AnalysisInputError (one line) when malformed."""
-    from bench.errors import did_you_mean
-
     out = []
     for part in [p.strip() for p in str(text).split(",")]:
         name, sep, pct = part.partition(":")
@@ -74,10 +74,8 @@ def _worse(row, pct: float, lower_is_better: bool) -> bool:
 
 
 def _cell_text(row, keys: list[str]) -> str:
-    from analysis.plots import short_device
-
     parts = [str(row["workload"]), str(row["setting"]), str(row["precision"]), f"b{row['batch_size']}",
-             str(row["backend"]), short_device(row["device_name"])]
+             str(row["backend"]), axes.short_device(row["device_name"])]
     extra = {"epochs": "epochs", "learning_rate": "lr", "steps_per_epoch": "steps/epoch",
              "max_train_samples": "samples", "cpu_threads": "threads"}
     parts += [f"{extra[k]} {row[k]}" for k in keys if k in extra]
@@ -123,8 +121,6 @@ def check(baseline: str, trials: pd.DataFrame, thresholds: list[Threshold]) -> G
 
 def _new_failures(trials: pd.DataFrame, baseline: str, keys: list[str], varying: list[str]) -> list[str]:
     """Cells that were ok in the baseline and have only failed or diverged trials in a candidate."""
-    from analysis.overheads import with_keys
-
     df = with_keys(trials, [k for k in keys if k != "setting"])
     ok_base = df[(df["run"] == baseline) & (df["status"] == "ok")]
     base_cells = set(map(tuple, ok_base[keys].itertuples(index=False)))

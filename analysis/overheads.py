@@ -20,7 +20,9 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from analysis import stats
+from analysis import paired, stats
+from analysis.cells import BASELINE, CELL_KEYS, PAIR_KEYS, with_keys
+from analysis.flags import note_flags
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,30 +49,11 @@ METRICS = (
     Metric("generalization_gap", "generalization_gap", "delta", "accuracy (0-1)", "generalization gap", True),
 )
 METRIC_BY_NAME = {m.name: m for m in METRICS}
-BASELINE = "none"
-
-# What must match for two trials to be compared ("budget" columns are optional in trial files).
-CELL_KEYS = ["workload", "precision", "batch_size", "backend", "device_name", "epochs", "learning_rate",
-             "steps_per_epoch", "max_train_samples", "cpu_threads", "start_method", "float32_matmul"]
-PAIR_KEYS = ["run"] + CELL_KEYS + ["repeat"]
 OVERHEAD_COLUMNS = CELL_KEYS + ["setting", "metric", "method", "kind", "unit", "n_repeats", "estimate", "ci_low",
                                 "ci_high", "change_pct", "ci_low_pct", "ci_high_pct", "mark", "baseline_mean",
                                 "regularized_mean", "note"]
 ISOLATED = "isolated trials"
 PAIRED = "paired sessions"
-
-
-def with_keys(trials: pd.DataFrame, keys=CELL_KEYS + ["repeat", "run"]) -> pd.DataFrame:
-    """Copy of trials with NaN key values replaced by sentinels, so pairing treats 'absent' as a value."""
-    df = trials.copy()
-    for k in keys:
-        if k not in df.columns:
-            df[k] = -1
-        elif df[k].dtype == object:
-            df[k] = df[k].fillna("unknown")
-        else:
-            df[k] = df[k].fillna(-1)
-    return df
 
 
 def _paired(ok: pd.DataFrame, match: str, reference: str, columns: list[str], keys: list[str]) -> pd.DataFrame:
@@ -179,8 +162,6 @@ def overhead(trials: pd.DataFrame, metrics=METRICS, *, sessions: list | None = N
         _note_target_hits(table, ok)
     if sessions:
         table = _with_paired_step_time(table, df, sessions)
-    from analysis.flags import note_flags  # flags reads this module's cell keys
-
     note_flags(table, df)  # host-bound baselines and settings (analysis/flags.py)
     _note_attention_path(table, df)
     return table[OVERHEAD_COLUMNS].reset_index(drop=True)
@@ -243,8 +224,6 @@ def _note_target_hits(table: pd.DataFrame, ok: pd.DataFrame) -> None:
 
 def _with_paired_step_time(table: pd.DataFrame, trials: pd.DataFrame, sessions: list) -> pd.DataFrame:
     """Replace step-time rows by the paired sessions' estimates where a session covers the cell."""
-    from analysis import paired
-
     est = paired.estimates(sessions)
     est = est[est["setting"] != paired.AA_LABEL]
     if est.empty:

@@ -18,7 +18,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from analysis import stats
-from analysis.overheads import BASELINE, METRIC_BY_NAME
+from analysis.axes import short_device
+from analysis.cells import BASELINE
+from analysis.overheads import METRIC_BY_NAME
 
 MAX_PANELS = 6  # rows of facets drawn; the rest are in the tables
 PRECISION_ORDER = ["float32", "mixed_bfloat16", "mixed_float16"]
@@ -47,13 +49,6 @@ def _finite(values: pd.Series) -> np.ndarray:
 
 def _title(fig: Figure, text: str) -> None:
     fig.suptitle(text, fontsize=10, y=1 - 0.1 / fig.get_figheight(), va="top")
-
-
-def short_device(name) -> str:
-    """'Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.0GHz' -> 'Intel Xeon Platinum 8480+'."""
-    s = str(name).replace("(R)", "").replace("(TM)", "").replace("NVIDIA ", "")
-    s = s.split(" CPU @")[0].split(" @ ")[0]
-    return " ".join(s.split())[:40]
 
 
 def add_panel(df: pd.DataFrame) -> pd.DataFrame:

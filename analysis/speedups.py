@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from analysis import stats
-from analysis.overheads import BASELINE, CELL_KEYS, Metric, _paired, summarize, with_keys
+from analysis.cells import BASELINE, CELL_KEYS, with_keys
+from analysis.overheads import Metric, _paired, summarize
 
 REFERENCE = "float32"
 _KEYS = [k for k in CELL_KEYS if k != "precision"] + ["setting"]
@@ -85,3 +86,11 @@ def precision_speedup(trials: pd.DataFrame) -> pd.DataFrame:
     return joined[cols].reset_index(drop=True)
 
 
+def format_speedup(r) -> str:
+    """'1.65x [1.60, 1.70]' with the same marks as format_estimate."""
+    if not np.isfinite(r["speedup"]):
+        return r["mark"]
+    s = f"{r['speedup']:.2f}x"
+    if r["mark"] == stats.TOO_FEW:
+        return s + " (too few repeats)"
+    return s + f" [{r['ci_low']:.2f}, {r['ci_high']:.2f}]" + (" ~noise" if r["mark"] == stats.NOISE else "")

@@ -15,7 +15,8 @@ import pytest
 
 import analysis
 from analysis import paired, stats
-from analysis.report import baselines, format_speedup
+from analysis.speedups import format_speedup
+from analysis.tables import baselines
 from analysis.speedups import ERASES, KEEPS, LOSES_MOST, NO_GAIN, SLOWER
 from bench.measure.convergence import curve_rows, summarize
 from tests.fixtures import synthetic_runs as synthetic

@@ -169,7 +169,7 @@ def test_every_trial_carries_its_thread_cap_gpu_trials_too(tmp_path):
     """cpus_per_trial caps a trial's host threads whatever its device (a GPU trial's input pipeline
     and framework host work included), and it is part of the trial's identity, so runs made under
     different caps are never pooled (analysis pairs on cpu_threads too)."""
-    from analysis.overheads import CELL_KEYS
+    from analysis.cells import CELL_KEYS
 
     for device in ("cpu", "gpu", "auto"):
         s = parse(tmp_path, device=device, cpus_per_trial=3)
