@@ -55,11 +55,11 @@ def _launcher(options: dict):
 
 
 def trial_task(kind: str, unit_dict: dict, gpu: bool, attempt_log, options: dict) -> dict:
-    """One attempt of one unit (a trial or a paired session). Returns {"record", "fingerprint",
+    """One attempt of one unit of work (bench/units). Returns {"record", "fingerprint",
     "ray", "log"}; raises TrialProcessDied."""
     import ray
 
-    from bench.executors.trial_process import unit_from_dict
+    from bench.units import unit_from_dict
 
     unit = unit_from_dict(kind, unit_dict)
     ctx = ray.get_runtime_context()
