@@ -1,5 +1,6 @@
 """One trial process, the same for both executors: its environment, how it starts (a fork of a
-pre-imported zygote, or a plain fresh interpreter), its timeout, its kill, its record.
+pre-imported zygote, or a plain fresh interpreter), its timeout, its kill, its record. A trial
+process is the fresh process that runs one unit of work (bench/units: a trial or a paired session).
 
     launcher = Launcher(workdir, executor="process")
     proc = launcher.launch(trial, gpu_tokens=None)       # a CPU trial

@@ -20,8 +20,8 @@ Two kinds, one face. A unit is frozen plain data with these names (the `Unit` pr
 
 The executors never special-case a kind: they call the unit's methods, and turn a kind named in a
 request back into its class here, once (`unit_from_dict`). To add a kind, write a class with these
-names and list it in UNIT_KINDS. A unit's data module loads none of the code that runs it: `run`
-imports its runner when called (the runners import the units).
+names and list it in UNIT_KINDS. A unit's module loads none of the code that runs it: `precheck`
+and `run` import their runner when called (the runners import the units).
 """
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from bench.executors import write_once
 from bench.executors.ray.connect import SHIP_CODE_ENV, connect, start_reaper
 from bench.executors.ray.resources import (NODE_WAIT_ENV, alive_nodes, check_feasible, host_reservation,
                                            infeasible_reason, on_gpu, request_for, reserve_gpu_hosts, wants_gpu)
-from bench.executors.ray.task import AttemptLog, TrialProcessDied, code_hash, trial_task
+from bench.executors.ray.task import AttemptLog, TrialProcessDied, code_hash, unit_task
 from bench.executors.trial_process import default_start_method, failure_record
 
 MARKER_ENV = "REGBENCH_RAY_MARKER_DIR"  # tests: each attempt writes its pids here
@@ -161,7 +161,7 @@ def _run(units, store, suite, progress, ray, start_method: str, cancel_on_exit: 
     driver_node = ray.get_runtime_context().get_node_id()
     attempt_log = ray.remote(num_cpus=0, max_restarts=-1)(AttemptLog).options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(driver_node, soft=True)).remote()
-    task = ray.remote(trial_task)
+    task = ray.remote(unit_task)
     options = {"marker_dir": os.environ.get(MARKER_ENV), "start_method": start_method,
                "run_id": store.path.name}
     out: dict = {}  # ref -> PendingUnit

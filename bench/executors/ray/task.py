@@ -1,4 +1,5 @@
-"""The Ray task: one attempt of one trial, in a reusable Ray worker.
+"""The Ray task: one attempt of one unit of work (bench/units: a trial or a paired session), in a
+reusable Ray worker.
 
 The task starts the trial process through the shared Launcher (trial_process.py). The Launcher,
 and with it the zygote of each backend, lives as long as the Ray worker, so a worker that runs
@@ -54,7 +55,7 @@ def _launcher(options: dict):
     return _LAUNCHERS[key]
 
 
-def trial_task(kind: str, unit_dict: dict, gpu: bool, attempt_log, options: dict) -> dict:
+def unit_task(kind: str, unit_dict: dict, gpu: bool, attempt_log, options: dict) -> dict:
     """One attempt of one unit of work (bench/units). Returns {"record", "fingerprint",
     "ray", "log"}; raises TrialProcessDied."""
     import ray
