@@ -137,7 +137,7 @@ def validation_data(val_inputs: dict):
 
 def block_inputs(recipe, x: np.ndarray, y: np.ndarray, batch_size: int, kind: str, seed: int,
                  cpu_threads: int | None = None) -> dict:
-    """model.fit's data for the many short fits of a paired session (bench/paired.py).
+    """model.fit's data for the many short fits of a paired session (bench/units/session_run.py).
 
     The PyDataset of input-side recipes is the trial's own. Plain arrays on TensorFlow become the
     trial's tf.data pipeline (`_tf_dataset`), built once per block size and reused by every block:

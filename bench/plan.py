@@ -11,7 +11,7 @@ import dataclasses
 import time
 
 from bench import session_estimates
-from bench.paired import Session, plan_sessions
+from bench.units.session import Session, plan_sessions
 
 
 @dataclasses.dataclass

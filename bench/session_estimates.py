@@ -1,7 +1,7 @@
 """Step-time overheads from paired session records: the estimates table and what its A/A control
 says about the noise. The run plans its adaptive sessions on this table (bench/plan.py) and prints
 its noise lines; analysis reports it (analysis/paired.py). The ratio rule is the session's own
-(bench/paired.py `round_log_ratios`, the one function both use).
+(bench/units/session.py `round_log_ratios`, the one function both use).
 
 Per session k and round r, a setting's log ratio L_kr = log(its block's median step time / the
 round's reference), the reference being the median of the three baseline instances' blocks of
@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from bench import stats
-from bench.paired import AA_LABEL, round_log_ratios
+from bench.units.session import AA_LABEL, round_log_ratios
 
 SAME_STEP_NOTE = "same training step as the baseline (acts only between epochs): the A/A control"
 CONFIDENCE = stats.CONFIDENCE

@@ -38,7 +38,7 @@ TOP_KEYS = {
     "paired": "paired step-time sessions: {sessions, rounds, block_min_steps, block_min_s, isolation, "
               "target_ci_pct, max_sessions, budget_s, run_budget_s} or false",
 }
-PAIRED_DEFAULTS = {  # see bench/paired.py; bench/README.md "How a trial is measured"
+PAIRED_DEFAULTS = {  # see bench/units/session.py; bench/README.md "How a trial is measured"
     "sessions": 6,  # fresh processes per cell group: new model instances each (the interval is over sessions)
     "rounds": 3,  # per session; each round times one block of every model, in a random order
     "block_min_steps": 50,  # a block is at least this many steps ...

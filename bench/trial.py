@@ -1,4 +1,4 @@
-"""Trial: the unit of work and of storage.
+"""Trial: one isolated timed training run, a unit of work (bench/units) and of storage.
 
 A Trial is frozen plain data. Its id is a readable slug plus a short hash of the canonical JSON
 of every field that changes what is measured, so the same trial has the same id in every run and
@@ -54,7 +54,13 @@ class Trial:
     device: str | None = None  # "gpu" | "cpu": the device kind this copy runs on (a `devices` suite); None: the suite's
     float32_matmul: str = "ieee"  # "ieee" | "tf32": float32 matmuls/convolutions (bench.backends.set_float32_matmul)
 
-    kind = "trial"  # a unit of work the executors run (the other kind: bench.paired.Session)
+    kind = "trial"  # a unit of work the executors run (bench/units: the other kind is a paired session)
+    plural = "trials"
+
+    @classmethod
+    def whole_cpu_node(cls, suite) -> bool:
+        """On a CPU, a trial runs alone on its node only under `isolation: node`."""
+        return suite.isolation == "node"
 
     # ---- derived names -------------------------------------------------
     @property
@@ -122,6 +128,22 @@ class Trial:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Trial) and self.trial_id == other.trial_id
+
+    # ---- the unit's work (bench/units; the runner imports this module, so it is imported when called)
+    def skeleton(self, status: str, reason: str | None, node: dict) -> dict:
+        return result_skeleton(self, status, reason, node)
+
+    def precheck(self, executor: str, gpu: bool) -> dict | None:
+        """A `skipped` record when this device should not run the trial (no framework import), else None."""
+        from bench.runner import precheck
+
+        return precheck(self, executor, gpu)
+
+    def run(self, executor: str = "process", gpu: bool | None = None) -> dict:
+        """Measure the trial in this fresh process and return its record."""
+        from bench.runner import run_trial
+
+        return run_trial(self, executor, gpu)
 
 
 def result_skeleton(trial: Trial, status: str, reason: str | None, node: dict) -> dict:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from analysis import paired
-from bench.paired import AA_LABEL, THIRD_LABEL, Session, plan_sessions
+from bench.units.session import AA_LABEL, THIRD_LABEL, Session, plan_sessions
 from bench.plan import RunPlan
 from bench.store import RunStore
 from bench.suite import parse
@@ -20,7 +20,7 @@ TRUTH = {"l2": 1.05, "dropout": 1.20, "batch_norm": 1.35}
 
 def session_record(rng, index: int, truth=TRUTH, group="g1", precision="float32", rounds=3, base_s=1e-3,
                    instance_sd=0.03, round_sd=0.02, drift_sd=0.0, outlier_p=0.0) -> dict:
-    """A session record in the format bench.paired writes, with known true ratios.
+    """A session record in the format bench/units/session_run.py writes, with known true ratios.
 
     Every model instance (one per label per session) gets its own speed factor (instance_sd); each
     round a common drift factor hits all blocks of the round alike (drift_sd); each block gets its

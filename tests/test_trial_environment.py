@@ -1,7 +1,7 @@
 """Both executors give a trial process the same environment, built in one place
 (trial_process.trial_environment over backends.process_environment): the thread variables, the
 PCI bus order, the GPU as a UUID, and no OMP_NUM_THREADS inherited from a Ray worker on a GPU trial
-without a thread cap. The executors' own code runs here (local.run_local and ray.task.trial_task),
+without a thread cap. The executors' own code runs here (local.run_local and ray.task.unit_task),
 with a fake pynvml (two GPUs), a fake Ray runtime context, and a fake Popen that records the
 environment the trial process would have started with. XLA_FLAGS, when regbench sets any, holds
 only `--` tokens (XLA's parser drops every flag after the first token that does not start with -).
@@ -85,7 +85,7 @@ def _process_executor_env(s) -> dict:
 
 
 def _ray_executor_env(s, monkeypatch, gpu_ids: list[str]) -> dict:
-    """trial_task as a Ray worker runs it: Ray has set OMP_NUM_THREADS (the task's CPUs) and
+    """unit_task as a Ray worker runs it: Ray has set OMP_NUM_THREADS (the task's CPUs) and
     CUDA_VISIBLE_DEVICES (its GPUs) in the worker's environment."""
     from bench.executors.ray import task
 
@@ -97,7 +97,7 @@ def _ray_executor_env(s, monkeypatch, gpu_ids: list[str]) -> dict:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     if gpu_ids:
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", ",".join(gpu_ids))
-    out = task.trial_task("trial", s.trials[0].to_dict(), bool(gpu_ids), None,
+    out = task.unit_task("trial", s.trials[0].to_dict(), bool(gpu_ids), None,
                           {"run_id": f"env-{len(gpu_ids)}", "start_method": "interpreter"})
     assert out["record"]["status"] == "ok"
     return FakePopen.envs.pop()

@@ -50,17 +50,10 @@ def die_with_parent(expected_parent: int | None = None) -> bool:
 
 
 def run_unit(request: dict) -> dict:
-    """Run the request's unit (a trial, or a paired session) in this process and return its record."""
-    if request["kind"] == "trial":
-        from bench.runner import run_trial
-        from bench.trial import Trial
+    """Run the request's unit of work (bench/units) in this process and return its record."""
+    from bench.units import unit_from_dict
 
-        return run_trial(Trial.from_dict(request["unit"]), executor=request["executor"], gpu=request["gpu"])
-    if request["kind"] == "session":
-        from bench.paired import Session, run_session
-
-        return run_session(Session.from_dict(request["unit"]), executor=request["executor"], gpu=request["gpu"])
-    raise ValueError(f"unknown unit kind {request['kind']!r}")
+    return unit_from_dict(request["kind"], request["unit"]).run(executor=request["executor"], gpu=request["gpu"])
 
 
 def main(argv: list[str], start_method: str = "interpreter") -> int:

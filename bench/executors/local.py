@@ -20,14 +20,18 @@ from pathlib import Path
 from bench import env, scratch, signals
 from bench.errors import UserError
 from bench.executors import write_once
-from bench.executors.trial_process import Launcher, collect, failure_record, precheck, read_log_tail
+from bench.executors.trial_process import Launcher, collect, failure_record, read_log_tail
+from bench.trial import Trial
+from bench.units import unit_type
 
 
-def slots_for(suite, kind: str = "trial") -> list[list[str] | None]:
-    """One entry per slot: the GPU tokens it owns, or None for a CPU slot."""
+def slots_for(suite, kind: str = Trial.kind) -> list[list[str] | None]:
+    """One entry per slot for a batch of units of `kind` (bench/units): the GPU tokens it owns, or
+    None for a CPU slot."""
     gpus, _ = env.gpus()
+    whole_cpu_node = unit_type(kind).whole_cpu_node(suite)
     if suite.device == "mixed":
-        return _mixed_slots(suite, gpus, kind)
+        return _mixed_slots(suite, gpus, whole_cpu_node)
     if suite.device != "cpu" and gpus:
         tokens = env.visible_gpu_tokens()
         ids = tokens if tokens is not None else [str(g["index"]) for g in gpus]
@@ -36,13 +40,14 @@ def slots_for(suite, kind: str = "trial") -> list[list[str] | None]:
     if suite.device == "gpu":
         raise UserError(f"suite {suite.name} asks for device: gpu but this machine has no GPU visible to NVML; "
                         "use device: cpu or a machine with a GPU")
-    if suite.isolation == "node" or (kind == "session" and suite.paired_isolation == "node"):
+    if whole_cpu_node:
         return [None]
     return [None] * max(1, (os.cpu_count() or 1) // suite.cpus_per_trial)
 
 
-def _mixed_slots(suite, gpus, kind: str) -> list[list[str] | None]:
-    """GPU slots (one per visible GPU) and CPU slots on the cores their host threads leave."""
+def _mixed_slots(suite, gpus, whole_cpu_node: bool) -> list[list[str] | None]:
+    """GPU slots (one per visible GPU) and CPU slots on the cores their host threads leave (one when a
+    unit on a CPU takes its whole node)."""
     tokens = env.visible_gpu_tokens()
     ids = tokens if tokens is not None else [str(g["index"]) for g in gpus]
     if not ids or not gpus:
@@ -50,7 +55,7 @@ def _mixed_slots(suite, gpus, kind: str) -> list[list[str] | None]:
                         "visible to NVML; drop gpu from devices or use a machine with a GPU")
     cores = len(os.sched_getaffinity(0))
     left = cores - len(ids) * suite.gpu_host_cpus
-    cpu_slots = 1 if kind == "session" and suite.paired_isolation == "node" else left // suite.cpus_per_trial
+    cpu_slots = 1 if whole_cpu_node else left // suite.cpus_per_trial
     if cpu_slots < 1:
         raise UserError(f"suite {suite.name}: {len(ids)} GPU(s) x gpu_host_cpus {suite.gpu_host_cpus} leave "
                         f"{max(left, 0)} of {cores} cores, fewer than cpus_per_trial {suite.cpus_per_trial} for a "
@@ -60,8 +65,7 @@ def _mixed_slots(suite, gpus, kind: str) -> list[list[str] | None]:
 
 def _fits(unit, slot) -> bool:
     """A unit pinned to a device kind runs only in a slot of that kind."""
-    want = getattr(unit, "device", None)
-    return want is None or (want == "gpu") == (slot is not None)
+    return unit.device is None or (unit.device == "gpu") == (slot is not None)
 
 
 def run_local(batches, store, suite, progress, start_method: str | None = None) -> None:
@@ -100,7 +104,7 @@ def _run_batch(units, launcher, store, suite, progress) -> None:
                 if pick is None:
                     break
                 unit, slot = pending.pop(pick[0]), free[pick[1]]
-                skipped = precheck(unit, "process", gpu=slots[slot] is not None)
+                skipped = unit.precheck("process", gpu=slots[slot] is not None)
                 if skipped:
                     write_once(store, unit.kind, skipped, progress)
                     progress.finished(skipped, was_running=False)

@@ -1,5 +1,6 @@
 """One trial process, the same for both executors: its environment, how it starts (a fork of a
-pre-imported zygote, or a plain fresh interpreter), its timeout, its kill, its record.
+pre-imported zygote, or a plain fresh interpreter), its timeout, its kill, its record. A trial
+process is the fresh process that runs one unit of work (bench/units: a trial or a paired session).
 
     launcher = Launcher(workdir, executor="process")
     proc = launcher.launch(trial, gpu_tokens=None)       # a CPU trial
@@ -26,7 +27,7 @@ import sys
 import time
 
 from bench import backends, env
-from bench.trial import Trial, now_iso, result_skeleton
+from bench.trial import now_iso
 
 START_METHODS = ("zygote", "interpreter")
 START_ENV = "REGBENCH_TRIAL_START"
@@ -71,42 +72,15 @@ def failure_record(unit, reason: str, gpu: bool, executor: str) -> dict:
     """A `failed` record written by the executor (the trial process left none: timeout, crash)."""
     from bench.runner import node_record
 
-    node = node_record(executor, gpu, unit.cpu_threads)
-    if unit.kind == "session":
-        from bench.paired import session_skeleton
-
-        record = session_skeleton(unit, "failed", reason, node)
-    else:
-        record = result_skeleton(unit, "failed", reason, node)
+    record = unit.skeleton("failed", reason, node_record(executor, gpu, unit.cpu_threads))
     record.update(started_at=now_iso(), finished_at=now_iso())
     return record
 
 
-def precheck(unit, executor: str, gpu: bool) -> dict | None:
-    """A `skipped` record when this device should not run the unit (decided without a trial
-    process: it depends on the precision, backend, jit setting and device only), else None."""
-    if unit.kind == "session":
-        from bench import paired
-
-        return paired.precheck(unit, executor, gpu)
-    from bench import runner
-
-    return runner.precheck(unit, executor, gpu)
-
-
-def unit_from_dict(kind: str, d: dict):
-    """A Trial or a paired Session from its to_dict() form."""
-    if kind == "session":
-        from bench.paired import Session
-
-        return Session.from_dict(d)
-    return Trial.from_dict(d)
-
-
 @dataclasses.dataclass
 class TrialProcess:
-    """A running trial process (of a trial or a paired session: `unit`). `poll()` / `wait()` give
-    its exit code (None while running)."""
+    """A running trial process, which runs one unit of work (bench/units: a trial or a paired
+    session). `poll()` / `wait()` give its exit code (None while running)."""
 
     unit: object
     pid: int
@@ -210,7 +184,7 @@ class Launcher:
         return [(key, z.pid) for key, z in self._zygotes.items() if z.alive()]
 
     def launch(self, unit, gpu_tokens: list[str] | None, attempt: int = 1) -> TrialProcess:
-        """Start one attempt of `unit`, a trial or a session (on a GPU when gpu_tokens is a list)."""
+        """Start one attempt of `unit` (bench/units; on a GPU when gpu_tokens is a list)."""
         from bench.executors.zygote import ZygoteUnavailable
 
         stem = f"{unit.unit_id}.{attempt}"

@@ -35,8 +35,9 @@ def preload(backend: str) -> None:
     import sklearn.datasets  # noqa: F401
     import sklearn.model_selection  # noqa: F401
 
-    from bench import env, inputs, paired, runner  # noqa: F401
+    from bench import env, inputs, runner  # noqa: F401
     from bench.executors import child  # noqa: F401
+    from bench.units import session_run  # noqa: F401
     from bench.measure import compute, convergence, energy, memory, timing  # noqa: F401
     from bench.workloads import WORKLOADS  # noqa: F401
 

@@ -101,7 +101,7 @@ def check_trial(record: Any, file: str = "") -> list[Problem]:
 
 
 def check_session(record: Any, file: str = "") -> list[Problem]:
-    """Problems of one paired-session record (bench/paired.py); [] when it meets the contract."""
+    """Problems of one paired-session record (bench/units/session_run.py); [] when it meets the contract."""
     if not isinstance(record, dict) or record.get("kind") != "paired_session":
         return [Problem(file, "", "not a paired-session record (kind is not paired_session)")]
     why = version_problem(record, "session")

@@ -23,7 +23,7 @@ from bench.executors import write_once
 from bench.executors.ray.connect import SHIP_CODE_ENV, connect, start_reaper
 from bench.executors.ray.resources import (NODE_WAIT_ENV, alive_nodes, check_feasible, host_reservation,
                                            infeasible_reason, on_gpu, request_for, reserve_gpu_hosts, wants_gpu)
-from bench.executors.ray.task import AttemptLog, TrialProcessDied, code_hash, trial_task
+from bench.executors.ray.task import AttemptLog, TrialProcessDied, code_hash, unit_task
 from bench.executors.trial_process import default_start_method, failure_record
 
 MARKER_ENV = "REGBENCH_RAY_MARKER_DIR"  # tests: each attempt writes its pids here
@@ -119,8 +119,6 @@ def _run(units, store, suite, progress, ray, start_method: str, cancel_on_exit: 
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
     from bench import env
-    from bench.executors.trial_process import precheck
-
     nodes = alive_nodes()
     gpu = wants_gpu(suite, nodes)
     requests = {}
@@ -147,7 +145,7 @@ def _run(units, store, suite, progress, ray, start_method: str, cancel_on_exit: 
     # starting a process: the decision depends on the precision, backend and jit setting only.
     todo = []
     for t in units:
-        skipped = None if on_gpu(t, gpu) else precheck(t, "ray", gpu=False)
+        skipped = None if on_gpu(t, gpu) else t.precheck("ray", gpu=False)
         if skipped:
             skipped["node"]["ray"] = {"evaluated_on": "driver"}
             write_once(store, t.kind, skipped, progress)
@@ -163,7 +161,7 @@ def _run(units, store, suite, progress, ray, start_method: str, cancel_on_exit: 
     driver_node = ray.get_runtime_context().get_node_id()
     attempt_log = ray.remote(num_cpus=0, max_restarts=-1)(AttemptLog).options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(driver_node, soft=True)).remote()
-    task = ray.remote(trial_task)
+    task = ray.remote(unit_task)
     options = {"marker_dir": os.environ.get(MARKER_ENV), "start_method": start_method,
                "run_id": store.path.name}
     out: dict = {}  # ref -> PendingUnit
@@ -182,14 +180,13 @@ def _run(units, store, suite, progress, ray, start_method: str, cancel_on_exit: 
         o = PendingUnit(t, ref, key)
         out[ref] = o
         by_id[t.unit_id] = o
-    what = "paired sessions" if todo[0].kind == "session" else "trials"
     if suite.device == "mixed":
         n_gpu = sum(on_gpu(t, gpu) for t in todo)
         each = (f"{n_gpu} on GPUs, 1 GPU + {suite.gpu_host_cpus} reserved CPU each; {len(todo) - n_gpu} on CPUs, "
                 f"{suite.cpus_per_trial} CPU each")
     else:
         each = f"{'1 GPU' if gpu else f'{suite.cpus_per_trial} CPU'} each, isolation {suite.isolation}"
-    progress.note(f"ray: {len(todo)} {what} submitted to {len(nodes)} node(s) ({each})")
+    progress.note(f"ray: {len(todo)} {todo[0].plural} submitted to {len(nodes)} node(s) ({each})")
 
     warned_hash: set = set()
     drain_ref = attempt_log.drain.remote()

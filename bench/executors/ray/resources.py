@@ -41,17 +41,16 @@ def wants_gpu(suite, nodes: list[dict]) -> bool:
 
 
 def request_for(unit, suite, gpu: bool) -> dict:
-    """The Ray resources one trial or paired session asks for: {'CPU': n, 'GPU': 0|1, custom...}.
-    A paired session on a CPU takes the node's slot (one session per node at a time, nothing
-    else timed beside it) unless the suite says `paired: {isolation: slot}`."""
+    """The Ray resources one unit (bench/units) asks for: {'CPU': n, 'GPU': 0|1, custom...}. A unit
+    that runs alone on a CPU node (`whole_cpu_node`: a paired session unless the suite says
+    `paired: {isolation: slot}`) takes the node's slot there."""
     req = {"CPU": float(unit.cpu_threads or (suite.cpus_per_trial if not gpu else 1))}
     if gpu:
         req["GPU"] = 1.0
-    if suite.isolation == "node" or (unit.kind == "session" and not gpu and suite.paired_isolation == "node"):
+    if suite.isolation == "node" or (not gpu and unit.whole_cpu_node(suite)):
         req[NODE_SLOT] = 1.0
-    accelerator = unit.base.accelerator_type if unit.kind == "session" else unit.accelerator_type
-    if accelerator:
-        req[f"accelerator_type:{accelerator}"] = 0.001
+    if unit.accelerator_type:
+        req[f"accelerator_type:{unit.accelerator_type}"] = 0.001
     return req
 
 
@@ -104,7 +103,7 @@ def check_feasible(requests: dict, suite_name: str, note=None) -> list[dict]:
 
 def on_gpu(unit, batch_gpu: bool) -> bool:
     """Does this unit run on a GPU: its own device pin (a `devices` suite), else the batch's choice."""
-    return unit.device == "gpu" if getattr(unit, "device", None) else batch_gpu
+    return unit.device == "gpu" if unit.device else batch_gpu
 
 
 def host_reservation(gpu_requests: list[dict], cpu_requests: list[dict], nodes: list[dict],

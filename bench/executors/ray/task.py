@@ -1,4 +1,5 @@
-"""The Ray task: one attempt of one trial, in a reusable Ray worker.
+"""The Ray task: one attempt of one unit of work (bench/units: a trial or a paired session), in a
+reusable Ray worker.
 
 The task starts the trial process through the shared Launcher (trial_process.py). The Launcher,
 and with it the zygote of each backend, lives as long as the Ray worker, so a worker that runs
@@ -54,12 +55,12 @@ def _launcher(options: dict):
     return _LAUNCHERS[key]
 
 
-def trial_task(kind: str, unit_dict: dict, gpu: bool, attempt_log, options: dict) -> dict:
-    """One attempt of one unit (a trial or a paired session). Returns {"record", "fingerprint",
+def unit_task(kind: str, unit_dict: dict, gpu: bool, attempt_log, options: dict) -> dict:
+    """One attempt of one unit of work (bench/units). Returns {"record", "fingerprint",
     "ray", "log"}; raises TrialProcessDied."""
     import ray
 
-    from bench.executors.trial_process import unit_from_dict
+    from bench.units import unit_from_dict
 
     unit = unit_from_dict(kind, unit_dict)
     ctx = ray.get_runtime_context()
