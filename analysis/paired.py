@@ -2,7 +2,7 @@
 simulation on the run's own noise.
 
 The estimates live beside the session, where the run's adaptive sessions read them too: the ratio
-rule in bench/paired.py (per round, each setting's block against the median of the three baseline
+rule in bench/units/session.py (per round, each setting's block against the median of the three baseline
 instances' blocks), the table in bench/session_estimates.py (a session's estimate is the median
 over its rounds; a setting's overhead the mean over sessions, with a Student t interval over
 sessions; the A/A control, second baseline instance over the first, is the noise floor). They are
@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from bench import stats
-from bench.paired import round_log_ratios  # noqa: F401
+from bench.units.session import round_log_ratios  # noqa: F401
 from bench.session_estimates import (AA_LABEL, COLUMNS, CONFIDENCE, GROUP_KEYS, SAME_STEP_NOTE,  # noqa: F401
                                      UNSTABLE_AA_PCT, UNSTABLE_HALF_WIDTH_PCT, estimates, noise_floor,
                                      noise_lines, session_table, wide_groups)

@@ -42,7 +42,7 @@ class RunData:
                with a one-line reason each.
     manifests: run name -> parsed manifest.json ({} when absent or unreadable).
     run_dirs:  the run directories read, in the order given.
-    sessions:  paired-session records (sessions/*.json; bench/paired.py), as read, with "_run" added.
+    sessions:  paired-session records (sessions/*.json; bench/units/session_run.py), as read, with "_run" added.
     """
 
     trials: pd.DataFrame
