@@ -66,11 +66,15 @@ class RunLayout:
     def log(self, unit_id: str) -> pathlib.Path:
         return self.path / LOGS / f"{unit_id}.log"
 
+    @property
+    def history_dir(self) -> pathlib.Path:
+        return self.path / HISTORY
+
     def history(self, kind: str, unit_id: str, round_no: int) -> pathlib.Path:
-        return self.path / HISTORY / UNIT_DIRS[kind] / f"{unit_id}.{round_no}.json"
+        return self.history_dir / UNIT_DIRS[kind] / f"{unit_id}.{round_no}.json"
 
     def history_dirs(self) -> list[pathlib.Path]:
-        return [self.path / HISTORY / folder for folder in UNIT_DIRS.values()]
+        return [self.history_dir / folder for folder in UNIT_DIRS.values()]
 
     def table(self, name: str) -> pathlib.Path:
         return self.path / name

@@ -207,17 +207,16 @@ def test_bench_never_imports_analysis():
     assert found == []
 
 
-def test_analysis_commands_come_through_the_entry_point():
-    """report, compare and export are analysis' commands, registered under the entry-point group
-    regbench.commands (pyproject.toml); stale package metadata: `pip install -e .` again."""
-    from importlib.metadata import entry_points
-
+def test_analysis_commands_come_through_entry_points():
+    """report, compare and export are analysis' commands, and the end-of-run report its hook, declared
+    under the entry-point groups of pyproject.toml; stale package metadata: `pip install -e .` again."""
     from bench import commands
 
-    assert [ep.value for ep in entry_points(group=commands.GROUP)] == ["analysis.commands:register"], \
-        "the installed metadata predates the entry point: pip install -e . again"
-    registry = commands.discover()
-    assert {"report", "compare", "export"} <= set(registry.commands) and registry.after_run is not None
+    found = commands.found()
+    assert sorted(found) == ["compare", "export", "report"], "stale package metadata: pip install -e . again"
+    assert all(isinstance(commands.load(ep), commands.Command) for ep in found.values())
+    assert [ep.value for ep in commands.found(commands.AFTER_RUN).values()] == ["analysis.commands:report_after_run"]
+    assert all(callable(hook) for hook in commands.after_run_hooks())
 
 
 def test_a_notebook_resumes_a_run_with_run_suite(smoke_run, tmp_path):
