@@ -81,12 +81,12 @@ class RunLayout:
 
 
 def require_run(path, manifest: bool = True, error: type[Exception] = UserError) -> RunLayout:
-    """The layout of `path`, or `error` with one line when it is not a run directory: not a
+    """The layout of `path`, or `error` with one line when it is not a run directory: missing, not a
     directory, or no manifest.json (with manifest=False a folder with trials/ alone is a run too:
     validate and analysis read what is there)."""
     run = RunLayout(path)
     if not run.path.is_dir():
-        raise error(f"{path}: not a directory")
+        raise error(f"{path}: {'not a directory' if run.path.exists() else 'no such file or directory'}")
     if run.manifest.is_file() or (not manifest and run.trials.is_dir()):
         return run
     why = MANIFEST if manifest else f"{MANIFEST} and no {UNIT_DIRS['trial']}/"

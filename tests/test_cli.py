@@ -102,7 +102,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, offline_cpu):
     one_line_error(regbench("validate", bad), "bad.yaml")
     one_line_error(regbench("plan", "--suite", "smok"), "did you mean 'smoke'")
     one_line_error(regbench("run", "--resume", tmp_path), "not a regbench run")
-    one_line_error(regbench("report", tmp_path / "nope"), "not a directory")
+    one_line_error(regbench("report", tmp_path / "nope"), "nope: no such file or directory")
     one_line_error(regbench("validate", tmp_path / "missing.yaml"), "missing.yaml: file not found")
     one_line_error(regbench("run", "--suite", "smoke", "--only", "zzz", "--out", tmp_path / "o2"), "--only")
     # a GPU suite on a machine without one is refused before any trial runs, leaving no empty run dir

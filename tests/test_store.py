@@ -47,8 +47,11 @@ def test_trial_written_once_and_corrupt_or_newer_files_are_named(tmp_path):
 def test_open_rejects_what_is_not_a_run(tmp_path):
     with pytest.raises(UserError, match="not a regbench run"):
         RunStore.open(tmp_path)
-    with pytest.raises(UserError, match="not a directory"):
+    with pytest.raises(UserError, match="missing: no such file or directory"):
         RunStore.open(tmp_path / "missing")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="file: not a directory"):
+        RunStore.open(tmp_path / "file")
 
 
 def test_manifest_and_parquet_export(tmp_path):
@@ -90,5 +93,5 @@ def test_the_run_layout_has_one_owner(tmp_path):
         with pytest.raises(UserError) as e:
             layout.require_run(empty, manifest=manifest)
         assert str(e.value) == f"{empty}: not a regbench run {why}"
-    with pytest.raises(ValueError, match="missing: not a directory"):
+    with pytest.raises(ValueError, match="missing: no such file or directory"):
         layout.require_run(tmp_path / "missing", error=ValueError)
