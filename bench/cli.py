@@ -14,7 +14,7 @@ import os
 import pathlib
 import sys
 
-from bench import SCHEMA_VERSION, commands, suite as suite_mod
+from bench import SCHEMA_VERSION, commands, layout, suite as suite_mod
 from bench.errors import StorageError, UserError
 
 
@@ -216,7 +216,7 @@ def _validate_results(path: pathlib.Path) -> int:
         check = schema.check_run(path)
         problems, summary = check.problems, check.summary()
     else:
-        manifest = path.name == "manifest.json"
+        manifest = path.name == layout.MANIFEST
         problems = schema.check_manifest_file(path) if manifest else schema.check_trial_file(path)
         n = len(problems)
         summary = (f"{path}: {n} problem{'s' if n != 1 else ''}" if problems else
