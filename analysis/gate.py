@@ -7,8 +7,9 @@ points for best val accuracy and the generalization gap) AND its 95% Welch inter
 change; a cell with fewer than 2 repeats on a side has no interval and cannot fail. A cell whose
 baseline trials were ok and whose candidate trials all failed or diverged fails too.
 
-Exit codes (bench/cli.py): 1 with one line per offending cell on stdout; 0 otherwise; 2 on bad
-input (an unknown metric, a bad PCT, a path that is not a run, no cell in common).
+`against_baseline` is the command's flow (analysis/commands.py prints it). Exit codes: 1 with one
+line per offending cell on stdout; 0 otherwise; 2 on bad input (an unknown metric, a bad PCT, a
+path that is not a run, no cell in common).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from analysis.cells import with_keys
 from analysis.errors import AnalysisInputError
 from analysis.overheads import METRIC_BY_NAME, METRICS, Metric
 from bench.errors import did_you_mean
+from analysis.runs import RunData, load
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +119,15 @@ def check(baseline: str, trials: pd.DataFrame, thresholds: list[Threshold]) -> G
                f"{len(thresholds)} metric(s): {len(lines)} regression(s)"
                + (f"; {no_ci} cells have too few repeats for an interval and cannot fail" if no_ci else ""))
     return GateResult(thresholds, changed, lines, summary)
+
+
+def against_baseline(baseline, candidates, fail_on: str) -> tuple[GateResult, RunData]:
+    """The gate's flow: the --fail-on thresholds (checked before any run is read), the baseline and
+    candidate runs read, each candidate checked against the baseline. Returns the result and the
+    runs read (the baseline is the first of `data.manifests`)."""
+    thresholds = parse_fail_on(fail_on)
+    data = load([baseline, *candidates])
+    return check(next(iter(data.manifests)), data.trials, thresholds), data
 
 
 def _new_failures(trials: pd.DataFrame, baseline: str, keys: list[str], varying: list[str]) -> list[str]:

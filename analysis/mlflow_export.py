@@ -25,6 +25,9 @@ import math
 from pathlib import Path
 
 from analysis.errors import AnalysisInputError
+from bench.errors import UserError
+from bench.layout import require_run
+from bench.store import RunStore, read_json
 
 PARAM_FIELDS = {"trial": ("workload", "setting", "precision", "batch_size", "backend", "repeat", "seed", "epochs",
                           "learning_rate", "cell_id", "steps_per_epoch", "max_train_samples", "target_val_accuracy",
@@ -120,12 +123,7 @@ def _exported(client, experiment_id: str, run_id: str) -> set[str]:
 
 def export(run_dir, uri: str, experiment: str | None = None) -> ExportResult:
     """Export every trial of `run_dir` to the MLflow tracking store at `uri`; see the module doc."""
-    from bench.errors import UserError
-    from bench.store import RunStore, read_json
-
-    store = RunStore(Path(run_dir))  # read only: RunStore.open would tidy the folder
-    if not store.path.is_dir() or not store.manifest_path.is_file():
-        raise AnalysisInputError(f"{run_dir}: not a regbench run (no manifest.json)")
+    store = RunStore(require_run(run_dir, error=AnalysisInputError).path)  # read only: the manifest is read below
     try:
         manifest = store.manifest()
     except UserError as e:

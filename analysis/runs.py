@@ -1,6 +1,6 @@
 """Read run directories into tidy DataFrames: one row per trial, one row per epoch.
 
-A run directory holds manifest.json and trials/<trial_id>.json (see the trial-file contract).
+A run directory holds manifest.json and trials/<trial_id>.json (bench/layout.py; see the trial-file contract).
 trials/*.json are the source of truth (the Parquet files next to them are derived), so they are
 what is read here. A corrupt, partial or newer-schema trial file inside a good run is not fatal:
 it becomes a row of `problems` (and a warning on stderr). A path that is not a run is fatal.
@@ -18,7 +18,7 @@ from typing import Iterable
 import pandas as pd
 
 from analysis.errors import AnalysisInputError
-from bench import records
+from bench import layout, records
 from bench.schema.reading import NestedTooDeep, parse_json, read_type_problems
 
 SCHEMA_VERSION_READ = 1
@@ -57,20 +57,10 @@ class _Unusable(Exception):
     """A trial file that cannot be used; the message is the reason."""
 
 
-def _check_run_dir(path: Path) -> Path:
+def _read_manifest(run_dir: layout.RunLayout, run: str, problems: list) -> dict:
+    path = run_dir.manifest
     if not path.exists():
-        raise AnalysisInputError(f"{path}: no such file or directory")
-    if not path.is_dir():
-        raise AnalysisInputError(f"{path}: not a run directory (expected a directory with manifest.json and trials/)")
-    if not (path / "manifest.json").exists() and not (path / "trials").is_dir():
-        raise AnalysisInputError(f"{path}: not a regbench run (no manifest.json and no trials/)")
-    return path
-
-
-def _read_manifest(run_dir: Path, run: str, problems: list) -> dict:
-    path = run_dir / "manifest.json"
-    if not path.exists():
-        problems.append((run, str(path), "manifest.json missing: run metadata unknown"))
+        problems.append((run, str(path), f"{path.name} missing: run metadata unknown"))
         return {}
     try:
         manifest = parse_json(path.read_bytes())
@@ -127,9 +117,9 @@ def _read_one(path: str) -> tuple[str, bytes | None, str | None]:
         return path, None, f"cannot read: {_one_line(e)}"
 
 
-def _read_sessions(run_dir: Path, run: str, problems: list) -> list[dict]:
+def _read_sessions(run_dir: layout.RunLayout, run: str, problems: list) -> list[dict]:
     out = []
-    for path in sorted((run_dir / "sessions").glob("*.json")):
+    for path in sorted(run_dir.sessions.glob("*.json")):
         try:
             doc = parse_json(path.read_bytes())
             if not isinstance(doc, dict) or doc.get("kind") != "paired_session":
@@ -144,9 +134,10 @@ def _read_sessions(run_dir: Path, run: str, problems: list) -> list[dict]:
     return out
 
 
-def _read_run(run_dir: Path, run: str, trial_cols: dict, curve_cols: dict, problems: list, pool: ThreadPoolExecutor) -> dict:
+def _read_run(run_dir: layout.RunLayout, run: str, trial_cols: dict, curve_cols: dict, problems: list,
+              pool: ThreadPoolExecutor) -> dict:
     manifest = _read_manifest(run_dir, run, problems)
-    trials_dir = run_dir / "trials"
+    trials_dir = run_dir.trials
     try:
         names = sorted(e.name for e in os.scandir(trials_dir) if e.name.endswith(".json"))
     except OSError:
@@ -166,7 +157,7 @@ def _read_run(run_dir: Path, run: str, trial_cols: dict, curve_cols: dict, probl
             continue
         seen.add(doc["trial_id"])
         row = records.flatten_trial(doc)
-        row.update(run=run, run_dir=str(run_dir), file=path)
+        row.update(run=run, run_dir=str(run_dir.path), file=path)
         for col in TRIAL_COLUMNS:
             tc[col].append(row[col])
         trial, node = doc["trial"], doc.get("node") or {}
@@ -179,7 +170,7 @@ def _read_run(run_dir: Path, run: str, trial_cols: dict, curve_cols: dict, probl
                 cc[f].append(point[f])
     for trial_id in manifest.get("trial_ids") or []:
         if trial_id not in seen and trial_id not in bad:
-            problems.append((run, str(trials_dir / f"{trial_id}.json"), "planned but no result (run interrupted?)"))
+            problems.append((run, str(run_dir.record("trial", trial_id)), "planned but no result (run interrupted?)"))
     return manifest
 
 
@@ -213,8 +204,8 @@ def load(paths, *, warn: bool = True) -> RunData:
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    run_dirs = [_check_run_dir(Path(p)) for p in paths]
-    if not run_dirs:
+    runs = [layout.require_run(Path(p), manifest=False, error=AnalysisInputError) for p in paths]
+    if not runs:
         raise AnalysisInputError("no run directory given")
     tc = {c: [] for c in TRIAL_COLUMNS}
     cc = {c: [] for c in CURVE_COLUMNS}
@@ -222,10 +213,10 @@ def load(paths, *, warn: bool = True) -> RunData:
     manifests = {}
     sessions: list = []
     with ThreadPoolExecutor(max_workers=4) as pool:
-        for run_dir in run_dirs:
-            name = run_dir.name
+        for run_dir in runs:
+            name = run_dir.path.name
             if name in manifests:  # two runs with the same directory name: keep them apart
-                name = str(run_dir)
+                name = str(run_dir.path)
             manifests[name] = _read_run(run_dir, name, tc, cc, problems, pool)
             sessions += _read_sessions(run_dir, name, problems)
     trials = _frame(tc, TRIAL_COLUMNS)
@@ -236,7 +227,8 @@ def load(paths, *, warn: bool = True) -> RunData:
             print(f"warning: {path}: {reason}", file=sys.stderr)
         if len(problems) > 20:
             print(f"warning: {len(problems) - 20} more unusable trial files (listed in the report)", file=sys.stderr)
-    return RunData(trials=trials, curves=curves, problems=problem_frame, manifests=manifests, run_dirs=run_dirs,
+    return RunData(trials=trials, curves=curves, problems=problem_frame, manifests=manifests,
+                   run_dirs=[r.path for r in runs],
                    sessions=sessions)
 
 

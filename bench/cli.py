@@ -1,7 +1,10 @@
-"""`regbench`: run, plan, report, compare, export, env, suites, validate, selfcheck, data.
+"""`regbench`: run, plan, env, suites, validate, selfcheck, data; report, compare and export from analysis.
 
-Progress goes to stderr; `run` prints the run directory as its last stdout line. Errors are one
-line on stderr with exit code 2 (bad input) or 1 (a failure while working).
+The CLI parses and dispatches: a run's lifecycle is bench/run.py. Commands of other packages
+(analysis' report, compare, export) and the report written when a run completes come through
+entry points (bench/commands.py): bench imports nothing from analysis. Progress goes to stderr;
+`run` prints the run directory as its last stdout line. Errors are one line on stderr with exit
+code 2 (bad input) or 1 (a failure while working).
 """
 from __future__ import annotations
 
@@ -9,21 +12,19 @@ import argparse
 import json
 import os
 import pathlib
-import shutil
 import sys
 
-from bench import SCHEMA_VERSION
-from bench.errors import STORAGE_ERRNOS, StorageError, UserError
-
-DEFAULT_SUITE = "quick"
+from bench import SCHEMA_VERSION, commands, layout, suite as suite_mod
+from bench.errors import StorageError, UserError
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(plugins: dict, loaded: dict) -> argparse.ArgumentParser:
+    """Every command; of the entry-point commands (`plugins`), those in `loaded` with their arguments."""
     ap = argparse.ArgumentParser(prog="regbench", description="What regularization costs and buys, measured.")
     sub = ap.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a suite (locally, or on the Ray cluster this joins)")
-    run.add_argument("--suite", default=DEFAULT_SUITE, help="built-in suite name or YAML file (default: quick)")
+    run.add_argument("--suite", default=suite_mod.DEFAULT_SUITE, help="built-in suite name or YAML file (default: quick)")
     run.add_argument("--out", default="results", help="folder for the run directory (default: results)")
     run.add_argument("--resume", metavar="RUN_DIR", help="finish an interrupted run: only trials without a file")
     run.add_argument("--retry-failed", action="store_true",
@@ -45,31 +46,16 @@ def _parser() -> argparse.ArgumentParser:
                           "plain fresh interpreter each (also REGBENCH_TRIAL_START)")
 
     plan = sub.add_parser("plan", help="list the trials a run would do")
-    plan.add_argument("--suite", default=DEFAULT_SUITE)
+    plan.add_argument("--suite", default=suite_mod.DEFAULT_SUITE)
     plan.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default=None)
     plan.add_argument("--only", metavar="PATTERN")
     plan.add_argument("--json", action="store_true")
 
-    rep = sub.add_parser("report", help="write RUN_DIR/report/ (HTML, Markdown, CSV)")
-    rep.add_argument("run_dir")
-
-    cmp_ = sub.add_parser("compare", help="devices, software versions, backends or runs side by side; a regression gate")
-    cmp_.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="runs to compare (with --baseline: the candidates)")
-    cmp_.add_argument("--by", choices=("device", "software", "backend", "run"), default=None,
-                      help="the axis to compare across, everything else held equal (default: device)")
-    cmp_.add_argument("--baseline", metavar="RUN_DIR", help="compare each RUN_DIR with this run, cell by cell")
-    cmp_.add_argument("--fail-on", metavar="METRIC:PCT[,...]",
-                      help="with --baseline: exit 1 when a cell got worse by more than PCT (points for accuracy) "
-                           "with its 95%% CI excluding no change, e.g. step_time:5,best_val_accuracy:1")
-    cmp_.add_argument("--prices", metavar="FILE", help="YAML: device name -> price per hour, for samples per dollar")
-    cmp_.add_argument("--out", default=None,
-                      help="output folder (default: results/compare-<time>; with --fail-on: no report unless given)")
-
-    ex = sub.add_parser("export", help="a run's trials to MLflow tracking (pip install 'regbench[mlflow]')")
-    ex.add_argument("run_dir", metavar="RUN_DIR")
-    ex.add_argument("--mlflow", required=True, metavar="URI",
-                    help="tracking URI: sqlite:///path/mlflow.db, file:///path/mlruns, http://host:5000")
-    ex.add_argument("--experiment", default=None, help="experiment name (default: regbench-<suite name>)")
+    for name in plugins:
+        command = loaded.get(name)
+        p = sub.add_parser(name, help=command.help if command else f"(from {plugins[name].value})")
+        if command:
+            command.add_arguments(p)
 
     e = sub.add_parser("env", help="this node's fingerprint")
     e.add_argument("--json", action="store_true")
@@ -92,9 +78,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    plugins = commands.found()
+    asked = argv[0] if argv and not argv[0].startswith("-") else None
+    if asked and asked not in COMMANDS and asked not in plugins and not plugins:
+        print(f"regbench: error: no command {asked!r} here, and none is registered under the entry-point group "
+              f"{commands.GROUP} (report, compare and export come with analysis: pip install -e . again)",
+              file=sys.stderr)
+        return 2
+    try:  # load only the command asked for (all of them for the top-level help)
+        loaded = {name: commands.load(ep) for name, ep in plugins.items() if asked in (None, name)}
+    except commands.PluginError as e:
+        print(f"regbench: error: {e}", file=sys.stderr)
+        return 1
+    args = _parser(plugins, loaded).parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        return (COMMANDS.get(args.command) or loaded[args.command].run)(args)
     except UserError as e:
         print(f"regbench: error: {e}", file=sys.stderr)
         return 2
@@ -111,144 +110,32 @@ def main(argv=None) -> int:
 # ---- commands ---------------------------------------------------------------
 
 def cmd_run(args) -> int:
-    """A run holds its directory's lock from start to end (bench/runlock.py), and a SIGTERM
-    stops it as Ctrl-C does (bench/signals.py)."""
-    import contextlib
+    """Parse, run (bench/run.py), print the run directory; the report comes from the after-run hooks."""
+    from bench.run import run_suite  # here: it imports the executors and scipy, which other commands do without
 
-    from bench import signals
+    after_run = None if args.no_report else _after_run
+    if after_run and not commands.found(commands.AFTER_RUN):
+        print(f"report: none will be written: nothing is registered under the entry-point group "
+              f"{commands.AFTER_RUN} (pip install -e . again, then regbench report RUN_DIR)", file=sys.stderr)
+        after_run = None
+    outcome = run_suite(args.suite, out=args.out, resume=args.resume, retry_failed=args.retry_failed,
+                        executor=args.executor, address=args.address, backend=args.backend, only=args.only,
+                        target_ci_pct=args.target_ci, trial_start=args.trial_start, after_run=after_run)
+    if outcome.status == "complete":
+        print(outcome.run_dir)
+    return outcome.exit_code
 
-    with signals.stop_on_signals(), contextlib.ExitStack() as held:
-        return _run(args, held)
 
-
-def _hold(store, held) -> None:
-    """Take the run's lock for the rest of the command (a second driver is refused)."""
-    from bench import runlock
-
-    held.enter_context(runlock.acquire(store.path, lambda line: print(line, file=sys.stderr)))
-
-
-def _run(args, held) -> int:
-    from bench import executors, signals, suite as suite_mod, yamlfile
-    from bench.plan import RunPlan
-    from bench.progress import Progress
-    from bench.store import RunStore, now_iso
-
-    executor = args.executor or os.environ.get("REGBENCH_EXECUTOR", "ray")
-    if args.retry_failed and not args.resume:
-        raise UserError("--retry-failed: needs --resume RUN_DIR (the run whose failed trials to run again)")
-    if args.resume:
-        from bench import retry
-
-        store = RunStore.open(pathlib.Path(args.resume))
-        _hold(store, held)
-        store.tidy()  # writes a killed driver cut short; safe only under the lock
-        manifest = store.manifest()
-        if "suite_input" not in manifest:
-            raise UserError(f"{store.manifest_path}: suite_input missing; cannot resume this run")
-        if args.retry_failed or retry.is_open(manifest):  # a plain --resume finishes an interrupted round
-            round_no, ids = retry.begin(store)
-            print(f"retry round {round_no}: {len(ids)} failed unit(s) to run again; their old records are in "
-                  f"{store.path / retry.HISTORY}" if ids else "retry: no failed trial to run again", file=sys.stderr)
-        suite = suite_mod.parse(manifest["suite_input"], manifest["suite"]["source"],
-                                backend_override=manifest["suite"]["backend"])
-        planned = set(manifest.get("trial_ids") or [])
-        trials = [t for t in suite.trials if t.trial_id in planned] if planned else list(suite.trials)
-        plan = RunPlan.of(suite, trials, args.target_ci if args.target_ci is not None else manifest.get("target_ci_pct"))
-        done = len(store.finished_ids("trial")) + len(store.finished_ids("session"))
-        print(f"resuming {store.path}: {done} finished, {plan.unit_count - done} to run", file=sys.stderr)
-    else:
-        path = suite_mod.resolve_path(args.suite)
-        raw = yamlfile.load_mapping(path, "suite fields")
-        suite = suite_mod.parse(raw, str(path), backend_override=args.backend)
-        todo = suite_mod.filter_trials(suite.trials, args.only)
-        if not todo:
-            raise UserError(f"--only: pattern {args.only!r} matches none of the {len(suite.trials)} trials")
-        out = pathlib.Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise UserError(f"--out: {out} exists and is not a directory")
-        done = 0
-        plan = RunPlan.of(suite, todo, args.target_ci)
-        store = RunStore.create(out, suite.resolved, [t.trial_id for t in todo])
-        _hold(store, held)
-        na = (f"; {len(suite.not_applicable)} not-applicable workload x setting pairs left out, see `regbench plan`"
-              if suite.not_applicable else "")
-        store.update_manifest(suite_input=raw, executor=executor, target_ci_pct=plan.target_ci_pct,
-                              session_ids=[s.unit_id for s in plan.sessions])
-        print(f"run {store.path}: {len(todo)} trials and {len(plan.sessions)} paired sessions of suite "
-              f"{suite.name} ({executor} executor{na})", file=sys.stderr)
-
-    progress = Progress(plan.unit_count - done)
+def _after_run(run_dir: pathlib.Path) -> list:
+    """Every registered after-run hook (analysis: the report), loaded when the run completes."""
     try:
-        store.update_manifest(status="running", executor=executor)
-        executors.execute(suite, plan.batches(store, progress), store, executor, progress, args.trial_start,
-                          args.address)
-    except UserError:
-        progress.close()
-        if not args.resume and not any(store.trials_dir.iterdir()) and not any(store.unit_dir("session").glob("*")):
-            shutil.rmtree(store.path)  # refused before any trial ran: leave no empty run behind
-        else:
-            store.update_manifest(status="interrupted", finished_at=now_iso())
-        raise
-    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (a scheduler's, `ray stop`'s)
-        progress.close()
-        store.update_manifest(status="interrupted", finished_at=now_iso())
-        what = "terminated (SIGTERM)" if signals.terminated(stop) else "interrupted"
-        print(f"{what}; finished trials are kept. Resume with:\n  regbench run --resume {store.path}",
-              file=sys.stderr)
-        return signals.exit_code(stop)
-    except StorageError as e:
-        progress.close()
-        try:
-            store.update_manifest(status="interrupted", finished_at=now_iso())
-        except StorageError:
-            pass  # the manifest says "running"; --resume reads it all the same
-        raise StorageError(f"{e}; every finished trial is kept: free space, then "
-                           f"regbench run --resume {store.path}") from None
-    progress.close()
-    store.update_manifest(status="complete", finished_at=now_iso())
-    if args.resume:
-        retry.finish(store)  # every unit of an open retry round has its new record now
-    store.export_parquet()
-    c = progress.counts
-    print(f"done: {c['ok']} ok, {c['failed']} failed, {c['diverged']} diverged, {c['skipped']} skipped",
-          file=sys.stderr)
-    for line in _noise_summary(store, plan):
-        print(line, file=sys.stderr)
-    if not args.no_report:
-        _report(store.path)
-    print(store.path)
-    return 0
-
-
-def _noise_summary(store, plan) -> list[str]:
-    """What the run's own A/A control says about the noise, and where the CI target was missed."""
-    from bench import session_estimates
-
-    table = session_estimates.estimates(store.records("session"))
-    lines = [f"noise floor: {line}" for line in session_estimates.noise_lines(table, plan.target_ci_pct)]
-    if plan.unmet:
-        lines.append(f"paired: {len(plan.unmet)} cell group(s) did not reach +-{plan.target_ci_pct:g} points "
-                     "(session cap or time budget); see the report")
-    return lines
-
-
-def _report(run_dir: pathlib.Path) -> pathlib.Path:
-    from analysis import write_report
-
-    try:
-        index = write_report(pathlib.Path(run_dir))
-    except OSError as e:
-        why = STORAGE_ERRNOS.get(e.errno) or e.strerror or str(e)
-        raise StorageError(f"{getattr(e, 'filename', None) or run_dir}: cannot write the report ({why}); "
-                           "the run's records are untouched") from None
-    print(f"report: {index}", file=sys.stderr)
-    return index
+        hooks = commands.after_run_hooks()
+    except commands.PluginError as e:
+        raise StorageError(f"{e}; the run's records are untouched: regbench report {run_dir}") from None
+    return [hook(run_dir) for hook in hooks]
 
 
 def cmd_plan(args) -> int:
-    from bench import suite as suite_mod
-
     suite = suite_mod.load(args.suite, backend=args.backend)
     trials = suite_mod.filter_trials(suite.trials, args.only)
     if args.json:
@@ -259,70 +146,6 @@ def cmd_plan(args) -> int:
         print(f"{len(trials)} trials ({suite.name}, backend {suite.resolved['backend']})", file=sys.stderr)
     for na in suite.not_applicable:
         print(f"not applicable, not run: {na['workload']} x {na['setting']}: {na['reason']}", file=sys.stderr)
-    return 0
-
-
-def cmd_report(args) -> int:
-    run_dir = pathlib.Path(args.run_dir)
-    from bench.store import RunStore
-
-    RunStore.open(run_dir)  # a clear error for a folder that is not a run
-    import analysis
-
-    try:
-        index = _report(run_dir)
-    except analysis.AnalysisInputError as e:
-        raise UserError(str(e)) from None
-    print(index)
-    return 0
-
-
-def cmd_compare(args) -> int:
-    """Side by side (`--by`), or each candidate against `--baseline`; with `--fail-on`, the gate:
-    one line per offending cell on stdout and exit 1, else exit 0 (analysis/gate.py)."""
-    import datetime as dt
-
-    import analysis
-
-    if args.fail_on is not None and not args.baseline:
-        raise UserError("--fail-on: needs --baseline RUN_DIR (the run the candidates are held against)")
-    if args.baseline and args.by not in (None, "run"):
-        raise UserError(f"--by {args.by}: --baseline compares runs (--by run); drop one of them")
-    runs = ([pathlib.Path(args.baseline)] if args.baseline else []) + [pathlib.Path(p) for p in args.run_dirs]
-    out = pathlib.Path(args.out) if args.out else pathlib.Path("results") / f"compare-{dt.datetime.now():%Y%m%d-%H%M%S}"
-    try:
-        prices = analysis.load_prices(args.prices) if args.prices else None
-        if args.fail_on is None:
-            reference = runs[0].name if args.baseline else None
-            print(analysis.write_compare(runs, out, by="run" if args.baseline else (args.by or "device"),
-                                         prices=prices, reference=reference))
-            return 0
-        thresholds = analysis.gate.parse_fail_on(args.fail_on)
-        data = analysis.load(runs)
-        result = analysis.gate.check(next(iter(data.manifests)), data.trials, thresholds)
-        if args.out:
-            print(f"report: {analysis.write_compare(runs, out, by='run', prices=prices, reference=next(iter(data.manifests)))}",
-                  file=sys.stderr)
-    except analysis.AnalysisInputError as e:
-        raise UserError(str(e)) from None
-    for line in result.lines:
-        print(line)
-    print(result.summary, file=sys.stderr)
-    return 1 if result.failed else 0
-
-
-def cmd_export(args) -> int:
-    """One MLflow run per trial, with params, metrics and the trial file as an artifact."""
-    from analysis.errors import AnalysisInputError
-    from analysis.mlflow_export import export
-
-    try:
-        result = export(pathlib.Path(args.run_dir), args.mlflow, args.experiment)
-    except AnalysisInputError as e:
-        raise UserError(str(e)) from None
-    print(f"exported {len(result.exported)} trials of {args.run_dir} to {args.mlflow} (experiment "
-          f"{result.experiment}, id {result.experiment_id})" + (f"; {len(result.present)} were there already"
-                                                               if result.present else ""))
     return 0
 
 
@@ -349,15 +172,12 @@ def cmd_env(args) -> int:
 
 
 def cmd_suites(args) -> int:
-    from bench import suite as suite_mod
-
     cpus = os.cpu_count() or 1
     print(f"{'suite':<8} {'trials':>6} {'settings':>8} {'precisions':>10} {'repeats':>7}  {'expected':>15}  description")
     for name in suite_mod.builtin_names():
         s = suite_mod.load(name)
         r = s.resolved
-        workers = 1 if s.isolation == "node" or s.device == "gpu" else max(1, cpus // s.cpus_per_trial)
-        minutes = len(s.trials) * s.expected_trial_s / workers / 60
+        minutes = s.expected_duration_s(cpus) / 60
         where = "1 GPU" if s.device == "gpu" else "here"
         print(f"{name:<8} {len(s.trials):>6} {len(r['settings']):>8} {len(r['precisions']):>10} {r['repeats']:>7}  "
               f"{minutes:>6.1f} min {where:<5}  {s.description}")
@@ -365,7 +185,7 @@ def cmd_suites(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from bench import clusterfiles, suite as suite_mod, yamlfile
+    from bench import clusterfiles, yamlfile
 
     path = pathlib.Path(args.file)
     if path.is_dir() or path.suffix == ".json":
@@ -396,7 +216,7 @@ def _validate_results(path: pathlib.Path) -> int:
         check = schema.check_run(path)
         problems, summary = check.problems, check.summary()
     else:
-        manifest = path.name == "manifest.json"
+        manifest = path.name == layout.MANIFEST
         problems = schema.check_manifest_file(path) if manifest else schema.check_trial_file(path)
         n = len(problems)
         summary = (f"{path}: {n} problem{'s' if n != 1 else ''}" if problems else
@@ -447,9 +267,8 @@ def cmd_data(args) -> int:
     return 1 if failed else 0
 
 
-COMMANDS = {"run": cmd_run, "plan": cmd_plan, "report": cmd_report, "compare": cmd_compare, "export": cmd_export,
-            "env": cmd_env,
-            "suites": cmd_suites, "validate": cmd_validate, "selfcheck": cmd_selfcheck, "data": cmd_data}
+COMMANDS = {"run": cmd_run, "plan": cmd_plan, "env": cmd_env, "suites": cmd_suites, "validate": cmd_validate,
+            "selfcheck": cmd_selfcheck, "data": cmd_data}
 
 if __name__ == "__main__":
     sys.exit(main())

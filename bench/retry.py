@@ -22,11 +22,6 @@ from bench.store import RunStore, read_json
 from bench.trial import now_iso
 
 RETRIED = "failed"
-HISTORY = "history"
-
-
-def history_path(store: RunStore, kind: str, unit_id: str, round_no: int):
-    return store.path / HISTORY / store.UNIT_DIRS[kind] / f"{unit_id}.{round_no}.json"
 
 
 def _failed(store: RunStore) -> list[tuple[str, str]]:
@@ -62,8 +57,8 @@ def begin(store: RunStore) -> tuple[int, list[str]]:
                    "started_at": now_iso(), "finished_at": None}
         store.update_manifest(retries=retries + [current])
     for unit in current["units"]:
-        src = store.unit_dir(unit["kind"]) / f"{unit['id']}.json"
-        dst = history_path(store, unit["kind"], unit["id"], current["round"])
+        src = store.layout.record(unit["kind"], unit["id"])
+        dst = store.layout.history(unit["kind"], unit["id"], current["round"])
         if dst.exists() or not src.exists():
             continue  # moved already (and maybe run again since)
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -81,7 +76,7 @@ def finish(store: RunStore) -> None:
 
 
 def _fsync_dirs(store: RunStore) -> None:
-    for d in [store.unit_dir(k) for k in store.UNIT_DIRS] + [store.path / HISTORY / v for v in store.UNIT_DIRS.values()]:
+    for d in [store.unit_dir(k) for k in store.UNIT_DIRS] + store.layout.history_dirs():
         if d.is_dir():
             fd = os.open(d, os.O_RDONLY)
             try:

@@ -15,10 +15,9 @@ import json
 import os
 import pathlib
 
-from bench import holder
+from bench import holder, layout
 from bench.errors import STORAGE_ERRNOS, StorageError, UserError
 
-LOCK_NAME = ".lock"
 _NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
 
 
@@ -61,7 +60,7 @@ def _refuse(run_dir: pathlib.Path, by: dict) -> UserError:
 def acquire(run_dir, note) -> RunLock:
     """Take RUN_DIR's lock or raise UserError naming its holder. `note(line)` tells of a takeover."""
     run_dir = pathlib.Path(run_dir)
-    path = run_dir / LOCK_NAME
+    path = layout.RunLayout(run_dir).lock
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)

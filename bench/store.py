@@ -1,5 +1,7 @@
 """results/<run-id>/: manifest, one atomic JSON file per trial, derived Parquet tables.
 
+The names inside the run directory are bench/layout.py's (`RunStore.layout`); the store writes them.
+
 A finished trial file is never rewritten. Every write goes to a temporary file in the same
 folder, is fsynced, then renamed, so a run killed at any moment leaves only whole files; resume
 skips every trial that has a file.
@@ -15,6 +17,7 @@ import subprocess
 import tempfile
 
 from bench import SCHEMA_VERSION
+from bench import layout as run_layout
 from bench.errors import STORAGE_ERRNOS, StorageError, UserError
 from bench.schema import NestedTooDeep, parse_json, version_problem
 from bench.trial import now_iso
@@ -130,9 +133,10 @@ class RunStore:
     """One run directory."""
 
     def __init__(self, path: pathlib.Path):
-        self.path = pathlib.Path(path)
-        self.trials_dir = self.path / "trials"
-        self.manifest_path = self.path / "manifest.json"
+        self.layout = run_layout.RunLayout(path)
+        self.path = self.layout.path
+        self.trials_dir = self.layout.trials
+        self.manifest_path = self.layout.manifest
 
     # -- creation and opening ----------------------------------------------
     @classmethod
@@ -162,11 +166,7 @@ class RunStore:
 
     @classmethod
     def open(cls, path: pathlib.Path) -> "RunStore":
-        store = cls(path)
-        if not store.path.is_dir():
-            raise UserError(f"{path}: not a directory")
-        if not store.manifest_path.exists():
-            raise UserError(f"{path}: not a regbench run (no manifest.json)")
+        store = cls(run_layout.require_run(path).path)
         store.manifest()  # validates
         return store
 
@@ -191,14 +191,14 @@ class RunStore:
         write_json_atomic(self.manifest_path, m)
 
     # -- unit records: trials/<trial_id>.json, sessions/<session_id>.json ------------------
-    UNIT_DIRS = {"trial": "trials", "session": "sessions"}
+    UNIT_DIRS = run_layout.UNIT_DIRS
     ID_KEYS = {"trial": "trial_id", "session": "session_id"}
 
     def unit_dir(self, kind: str) -> pathlib.Path:
-        return self.path / self.UNIT_DIRS[kind]
+        return self.layout.unit_dir(kind)
 
     def trial_path(self, trial_id: str) -> pathlib.Path:
-        return self.trials_dir / f"{trial_id}.json"
+        return self.layout.record("trial", trial_id)
 
     def finished_ids(self, kind: str = "trial") -> set[str]:
         """Ids with a readable record file (a corrupt file does not count as finished)."""
@@ -216,7 +216,7 @@ class RunStore:
         already had one (the caller's result is dropped; exactly once even against a concurrent
         writer: the file appears whole under its name, or not at all). A corrupt leftover (a file
         torn by hand) is replaced by the real result."""
-        path = self.unit_dir(kind) / f"{record[self.ID_KEYS[kind]]}.json"
+        path = self.layout.record(kind, record[self.ID_KEYS[kind]])
         if write_json_atomic(path, record, replace=False):
             return True
         try:
@@ -229,7 +229,7 @@ class RunStore:
         return self.write_record("trial", record)
 
     def log_path(self, trial_id: str) -> pathlib.Path:
-        return self.path / "logs" / f"{trial_id}.log"
+        return self.layout.log(trial_id)
 
     def write_log(self, trial_id: str, text: str, header: str = "") -> pathlib.Path:
         """Append one attempt's output to logs/<trial_id>.log (atomically; the file keeps its
@@ -251,13 +251,15 @@ class RunStore:
         from bench.records import COLUMNS, curve_rows, flatten_trial
 
         records = self.records()
-        tables = {"trials.parquet": pd.DataFrame([flatten_trial(r) for r in records], columns=list(COLUMNS)),
-                  "curves.parquet": pd.DataFrame([row for r in records for row in curve_rows(r)])}
+        trials, curves = run_layout.TABLES
+        tables = {trials: pd.DataFrame([flatten_trial(r) for r in records], columns=list(COLUMNS)),
+                  curves: pd.DataFrame([row for r in records for row in curve_rows(r)])}
         for name, df in tables.items():
-            tmp = self.path / f".{name}.tmp"
+            path = self.layout.table(name)
+            tmp = path.with_name(f".{name}.tmp")
             try:
                 df.to_parquet(tmp, index=False)
-                os.replace(tmp, self.path / name)
+                os.replace(tmp, path)
             except OSError as e:
                 tmp.unlink(missing_ok=True)
-                raise StorageError(f"{self.path / name}: cannot write ({e.strerror or e})") from None
+                raise StorageError(f"{path}: cannot write ({e.strerror or e})") from None

@@ -52,6 +52,7 @@ PAIRED_DEFAULTS = {  # see bench/units/session.py; bench/README.md "How a trial 
 NAME_MAX = 64  # a suite name is part of the run directory's name: one plain folder name
 _NAME = re.compile(rf"[A-Za-z0-9_-][A-Za-z0-9_.-]{{0,{NAME_MAX - 1}}}")
 MAX_EPOCHS = 100000
+DEFAULT_SUITE = "quick"  # `regbench run` and `plan` without --suite
 WORKLOAD_KEYS = ("name", "max_train_samples", "steps_per_epoch", "target_val_accuracy", "epochs", "batch_sizes",
                  "model")
 
@@ -76,6 +77,12 @@ class Suite:
     def paired_isolation(self) -> str:
         return (self.paired or PAIRED_DEFAULTS)["isolation"]
     not_applicable: tuple = ()  # ({workload, setting, reason}, ...): pairs left out of the trials
+
+    def expected_duration_s(self, cpus: int) -> float:
+        """The trials' expected wall time on one node with `cpus` CPUs: expected_trial_s each, one
+        at a time for isolation node or a GPU suite, else as many side by side as cpus_per_trial allows."""
+        side_by_side = 1 if self.isolation == "node" or self.device == "gpu" else max(1, cpus // self.cpus_per_trial)
+        return len(self.trials) * self.expected_trial_s / side_by_side
 
 
 def _fail(where: str, msg: str):

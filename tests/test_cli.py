@@ -102,7 +102,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, offline_cpu):
     one_line_error(regbench("validate", bad), "bad.yaml")
     one_line_error(regbench("plan", "--suite", "smok"), "did you mean 'smoke'")
     one_line_error(regbench("run", "--resume", tmp_path), "not a regbench run")
-    one_line_error(regbench("report", tmp_path / "nope"), "not a directory")
+    one_line_error(regbench("report", tmp_path / "nope"), "nope: no such file or directory")
     one_line_error(regbench("validate", tmp_path / "missing.yaml"), "missing.yaml: file not found")
     one_line_error(regbench("run", "--suite", "smoke", "--only", "zzz", "--out", tmp_path / "o2"), "--only")
     # a GPU suite on a machine without one is refused before any trial runs, leaving no empty run dir
@@ -189,3 +189,49 @@ def test_devices_suite_without_a_gpu_is_refused_in_one_line(tmp_path):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("regbench: error: suite t lists devices: ['gpu', 'cpu'] but this machine has no GPU")
     assert not any((tmp_path / "out").iterdir())  # refused before any trial ran: no run left behind
+
+
+def test_bench_never_imports_analysis():
+    """Dependencies point one way: analysis reads bench, bench imports nothing from analysis (not
+    even inside a function, where an import hides the loop)."""
+    import ast
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "bench"
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            found += [f"{path.relative_to(root.parent)}:{node.lineno}" for n in names
+                      if n == "analysis" or n.startswith("analysis.")]
+    assert found == []
+
+
+def test_analysis_commands_come_through_entry_points():
+    """report, compare and export are analysis' commands, and the end-of-run report its hook, declared
+    under the entry-point groups of pyproject.toml; stale package metadata: `pip install -e .` again."""
+    from bench import commands
+
+    found = commands.found()
+    assert sorted(found) == ["compare", "export", "report"], "stale package metadata: pip install -e . again"
+    assert all(isinstance(commands.load(ep), commands.Command) for ep in found.values())
+    assert [ep.value for ep in commands.found(commands.AFTER_RUN).values()] == ["analysis.commands:report_after_run"]
+    assert all(callable(hook) for hook in commands.after_run_hooks())
+
+
+def test_a_notebook_resumes_a_run_with_run_suite(smoke_run, tmp_path):
+    """The run's lifecycle is a function (bench/run.py): the CLI and a notebook call the same one."""
+    import shutil
+
+    from bench.run import run_suite
+
+    copy = tmp_path / smoke_run.name
+    shutil.copytree(smoke_run, copy)
+    victim = sorted((copy / "trials").glob("*float32*.json"))[0]
+    victim.unlink()
+    seen = []
+    outcome = run_suite(resume=copy, executor="process", after_run=seen.append, log=seen.append)
+    assert outcome.run_dir == copy and outcome.status == "complete" and outcome.exit_code == 0
+    assert outcome.counts == {"ok": 1, "failed": 0, "diverged": 0, "skipped": 0}
+    assert victim.is_file() and seen[-1] == copy  # the after-run hook gets the run directory, last
+    assert any(str(line).startswith("resuming ") for line in seen)

@@ -61,7 +61,7 @@ def test_an_interrupted_round_is_finished_never_repeated(smoke_run, tmp_path):
     (failed_id,) = [i for i, r in _records(run).items() if r["status"] == "failed"]
     assert retry.begin(store) == (1, [failed_id])
     # the driver dies here; the retried trial then lands failed again in a later resume ...
-    store.write_trial({**json.loads(retry.history_path(store, "trial", failed_id, 1).read_text())})
+    store.write_trial({**json.loads(store.layout.history("trial", failed_id, 1).read_text())})
     # ... and the next --retry-failed finishes round 1 instead of retrying the same failure again
     assert retry.begin(store) == (1, [failed_id])
     assert (run / "trials" / f"{failed_id}.json").exists()

@@ -38,7 +38,7 @@ def _kill(proc: subprocess.Popen) -> None:
 
 def test_a_second_driver_is_refused_and_a_dead_driver_s_lock_is_taken_over(tmp_path):
     """Defect caught: two drivers working on one run at once (both run the same trials)."""
-    from bench import runlock
+    from bench import layout, runlock
 
     run = tmp_path / "run"
     run.mkdir()
@@ -53,10 +53,10 @@ def test_a_second_driver_is_refused_and_a_dead_driver_s_lock_is_taken_over(tmp_p
     notes: list[str] = []
     lock = runlock.acquire(run, notes.append)
     assert len(notes) == 1 and "taking over" in notes[0] and f"pid {holder.pid}" in notes[0], notes
-    held = json.loads((run / runlock.LOCK_NAME).read_text())
+    held = json.loads(layout.RunLayout(run).lock.read_text())
     assert held["pid"] == os.getpid() and held["host"] == socket.gethostname()
     lock.release()
-    assert not (run / runlock.LOCK_NAME).exists()
+    assert not layout.RunLayout(run).lock.exists()
     runlock.acquire(run, notes.append).release()  # a lock released cleanly is taken without a word
     assert len(notes) == 1
 

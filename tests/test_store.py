@@ -47,8 +47,11 @@ def test_trial_written_once_and_corrupt_or_newer_files_are_named(tmp_path):
 def test_open_rejects_what_is_not_a_run(tmp_path):
     with pytest.raises(UserError, match="not a regbench run"):
         RunStore.open(tmp_path)
-    with pytest.raises(UserError, match="not a directory"):
+    with pytest.raises(UserError, match="missing: no such file or directory"):
         RunStore.open(tmp_path / "missing")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="file: not a directory"):
+        RunStore.open(tmp_path / "file")
 
 
 def test_manifest_and_parquet_export(tmp_path):
@@ -66,3 +69,29 @@ def test_manifest_and_parquet_export(tmp_path):
     assert trials.loc[0, "trial_id"] == "t1" and trials.loc[0, "samples_per_s"] == 1.0
     assert list(curves["epoch"]) == [1]
     assert not any(p.name.endswith(".tmp") for p in store.path.iterdir())
+
+
+def test_the_run_layout_has_one_owner(tmp_path):
+    """Every name inside a run directory comes from bench/layout.py, and one function says what is
+    not a run: the store, validate (schema) and analysis all ask it."""
+    from bench import layout
+
+    store = RunStore.create(tmp_path, {"name": "s"}, ["t1"])
+    store.write_trial(record("t1"))
+    store.write_log("t1", "out")
+    store.export_parquet()
+    run = layout.RunLayout(store.path)
+    assert run.manifest == store.manifest_path and run.manifest.is_file()
+    assert run.record("trial", "t1").is_file() and run.log("t1").is_file()
+    assert all(run.table(name).is_file() for name in layout.TABLES)
+    assert run.unit_dir("session") == store.unit_dir("session") and run.history("trial", "t1", 2).parts[-3:] == \
+        ("history", "trials", "t1.2.json")
+    assert layout.require_run(store.path) == run
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for manifest, why in ((True, "(no manifest.json)"), (False, "(no manifest.json and no trials/)")):
+        with pytest.raises(UserError) as e:
+            layout.require_run(empty, manifest=manifest)
+        assert str(e.value) == f"{empty}: not a regbench run {why}"
+    with pytest.raises(ValueError, match="missing: no such file or directory"):
+        layout.require_run(tmp_path / "missing", error=ValueError)

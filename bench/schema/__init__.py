@@ -26,8 +26,7 @@ import pathlib
 import re
 from typing import Any
 
-from bench import SCHEMA_VERSION
-from bench.errors import UserError
+from bench import SCHEMA_VERSION, layout
 from bench.schema.reading import NestedTooDeep, json_type as _json_type, parse_json
 
 HERE = pathlib.Path(__file__).parent
@@ -276,12 +275,8 @@ def check_run(run_dir: pathlib.Path) -> RunCheck:
     """Check a run directory: manifest.json, every file in trials/, one file per planned trial.
 
     Raises UserError (one line) when `run_dir` is not a run directory at all."""
-    run_dir = pathlib.Path(run_dir)
-    manifest_path, trials_dir = run_dir / "manifest.json", run_dir / "trials"
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir}: not a directory")
-    if not manifest_path.exists() and not trials_dir.is_dir():
-        raise UserError(f"{run_dir}: not a regbench run (no manifest.json and no trials/)")
+    run = layout.require_run(run_dir, manifest=False)
+    run_dir, manifest_path, trials_dir = run.path, run.manifest, run.trials
     problems: list[Problem] = []
     planned = run_id = manifest_status = None
     manifest, problem = read_json_file(manifest_path)
@@ -333,17 +328,17 @@ def check_run(run_dir: pathlib.Path) -> RunCheck:
     if planned is not None:
         for trial_id in planned:
             if trial_id not in names:
-                problems.append(Problem(str(trials_dir / f"{trial_id}.json"), "",
+                problems.append(Problem(str(run.record("trial", trial_id)), "",
                                         f"missing: planned in {manifest_path.name}, no file{hint}"))
-    problems += _session_problems(run_dir, manifest if isinstance(manifest, dict) else {}, hint)
+    problems += _session_problems(run, manifest if isinstance(manifest, dict) else {}, hint)
     return RunCheck(run_dir, problems, statuses, len(planned) if planned is not None else None, run_id,
                     manifest_status)
 
 
-def _session_problems(run_dir: pathlib.Path, manifest: dict, hint: str) -> list[Problem]:
+def _session_problems(run: layout.RunLayout, manifest: dict, hint: str) -> list[Problem]:
     """sessions/: every file a valid session record named <session_id>.json, one per session the
     manifest planned (session_ids, adaptive additions included)."""
-    folder, problems = run_dir / "sessions", []
+    folder, problems = run.sessions, []
     planned = manifest.get("session_ids")
     planned = set(planned) if isinstance(planned, list) else None
     seen = set()
@@ -361,9 +356,9 @@ def _session_problems(run_dir: pathlib.Path, manifest: dict, hint: str) -> list[
         if doc.get("session_id") != path.stem:
             problems.append(Problem(file, "session_id", "does not match the file name"))
         elif planned is not None and path.stem not in planned:
-            problems.append(Problem(file, "", "stray session file: not planned in manifest.json session_ids"))
+            problems.append(Problem(file, "", f"stray session file: not planned in {layout.MANIFEST} session_ids"))
     for sid in sorted((planned or set()) - seen):
-        problems.append(Problem(str(folder / f"{sid}.json"), "", f"missing: planned in manifest.json, no file{hint}"))
+        problems.append(Problem(str(run.record("session", sid)), "", f"missing: planned in {layout.MANIFEST}, no file{hint}"))
     return problems
 
 
