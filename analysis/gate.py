@@ -22,8 +22,8 @@ from analysis import axes, stats
 from analysis.cells import with_keys
 from analysis.errors import AnalysisInputError
 from analysis.overheads import METRIC_BY_NAME, METRICS, Metric
-from bench.errors import did_you_mean
 from analysis.runs import RunData, load
+from bench.errors import did_you_mean
 
 
 @dataclasses.dataclass(frozen=True)
