@@ -15,7 +15,7 @@ Notebook use (the same numbers as the report and `regbench compare`)::
 Every table is a tidy pandas DataFrame (one row per observation; the columns are documented in
 each function). Writers used by the CLI: `write_report(run_dir)`, `write_compare(run_dirs, out_dir)`.
 """
-from analysis import axes, efficiency, flags, gate, plots, stats
+from analysis import axes, efficiency, findings, flags, gate, plots, stats
 from analysis.comparison import Comparison, compare, write_compare
 from analysis.efficiency import load_prices
 from analysis.errors import AnalysisInputError
@@ -26,5 +26,5 @@ from analysis.speedups import precision_speedup
 from analysis.tables import failures
 
 __all__ = ["AnalysisInputError", "Comparison", "METRICS", "RunData", "SCHEMA_VERSION_READ", "axes", "compare",
-           "efficiency", "failures", "flags", "format_estimate", "gate", "load", "load_prices", "overhead", "plots",
+           "efficiency", "failures", "findings", "flags", "format_estimate", "gate", "load", "load_prices", "overhead", "plots",
            "precision_speedup", "stats", "write_compare", "write_report"]

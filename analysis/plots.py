@@ -3,7 +3,8 @@
 Every function takes a table from this package and returns a matplotlib Figure (built without
 pyplot, so no display backend is needed and nothing global is touched). Bars show the estimate,
 whiskers the 95% confidence interval; pale bars are not distinguishable from noise, hatched bars have too
-few repeats for a CI.
+few repeats for a CI. The value axis holds every estimate and every interval end within CLIP_FACTOR
+times the largest estimate; a wider interval is drawn to the axis edge and its end written there.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from analysis.overheads import METRIC_BY_NAME
 MAX_PANELS = 6  # rows of facets drawn; the rest are in the tables
 PRECISION_ORDER = ["float32", "mixed_bfloat16", "mixed_float16"]
 _THEME = {"style": "whitegrid", "context": "notebook", "font_scale": 0.9}
+CLIP_FACTOR = 3.0  # interval ends beyond this many times the largest |estimate| are clipped at the axis edge
 
 
 def _figure(n_rows: int, n_cols: int, width: float = 4.6, height: float = 3.0, *, left: float = 1.0,
@@ -89,14 +91,43 @@ def _empty(message: str) -> Figure:
     return fig
 
 
-def _bars_with_ci(ax, y, rows: pd.DataFrame, column: str, h: float, color, label: str) -> np.ndarray:
+def axis_range(x, lo, hi, floor: float = 5.0) -> tuple[float, float]:
+    """(left, right) of a value axis: 0, every estimate x, and every interval end within CLIP_FACTOR x
+    the largest |x| (at least `floor`), with a margin. Ends beyond it are clipped (`whiskers`)."""
+    x, lo, hi = (np.asarray(v, dtype=float).ravel() for v in (x, lo, hi))
+    x = x[np.isfinite(x)]
+    cap = CLIP_FACTOR * max(float(np.abs(x).max()) if x.size else 0.0, floor)
+    ends = np.clip(np.concatenate([[0.0], x, lo[np.isfinite(lo)], hi[np.isfinite(hi)]]), -cap, cap)
+    pad = 0.06 * ((ends.max() - ends.min()) or 1.0)
+    return float(ends.min() - pad), float(ends.max() + pad)
+
+
+def whiskers(ax, x, y, lo, hi, limits: tuple[float, float], fmt: str = "{:+.0f}%") -> None:
+    """95% interval whiskers [lo, hi] around x at y; an end beyond `limits` is drawn to the axis edge
+    with an arrow and its value written beside it (ax.texts), never off the page."""
+    x, y, lo, hi = (np.asarray(v, dtype=float) for v in (x, y, lo, hi))
+    ok = np.isfinite(x) & np.isfinite(lo) & np.isfinite(hi)
+    if not ok.any():
+        return
+    left, right = limits
+    clo, chi = np.clip(lo, left, right), np.clip(hi, left, right)
+    ax.errorbar(x[ok], y[ok], xerr=[x[ok] - clo[ok], chi[ok] - x[ok]], fmt="none", ecolor="0.15", capsize=2.5,
+                linewidth=1)
+    for xi, yi, l, h in zip(x[ok], y[ok], lo[ok], hi[ok]):
+        if h > right:
+            ax.text(right, yi, f"CI to {fmt.format(h)} \u25b8", ha="right", va="bottom", fontsize=7, color="firebrick")
+        if l < left:
+            ax.text(left, yi, f"\u25c2 CI to {fmt.format(l)}", ha="left", va="bottom", fontsize=7, color="firebrick")
+    ax.set_xlim(left, right)
+
+
+def _bars_with_ci(ax, y, rows: pd.DataFrame, column: str, h: float, color, label: str,
+                  limits: tuple[float, float], fmt: str) -> np.ndarray:
     """Horizontal bars of rows[column] at y with whiskers from rows' ci_low/ci_high; returns x."""
     x = rows[column].to_numpy(dtype=float)
-    lo, hi = rows["ci_low"].to_numpy(dtype=float), rows["ci_high"].to_numpy(dtype=float)
     good = np.isfinite(x)
     ax.barh(y[good], x[good], height=h * 0.9, color=color, label=label)
-    ci = good & np.isfinite(lo) & np.isfinite(hi)
-    ax.errorbar(x[ci], y[ci], xerr=[x[ci] - lo[ci], hi[ci] - x[ci]], fmt="none", ecolor="0.15", capsize=2.5)
+    whiskers(ax, x, y, rows["ci_low"], rows["ci_high"], limits, fmt)
     return x
 
 
@@ -120,6 +151,7 @@ def overhead_bars(table: pd.DataFrame, metrics=("step_time",), title: str | None
                         left=0.3 + 0.075 * max(len(s) for s in settings), sharex=True)
     palette = dict(zip(metrics, sns.color_palette("deep", len(metrics))))
     h = 0.8 / len(metrics)
+    limits = axis_range(df["change_pct"], df["ci_low_pct"], df["ci_high_pct"])
     for i, panel in enumerate(panels):
         for j, precision in enumerate(precisions):
             ax = axes[i, j]
@@ -134,11 +166,9 @@ def overhead_bars(table: pd.DataFrame, metrics=("step_time",), title: str | None
                     if np.isfinite(xx):
                         ax.barh(yy, xx, height=h * 0.9, color=palette[m], alpha=a,
                                 hatch="//" if mm == stats.TOO_FEW else None, edgecolor="0.3", linewidth=0.4)
-                lo, hi = rows["ci_low_pct"].to_numpy(dtype=float), rows["ci_high_pct"].to_numpy(dtype=float)
-                ok = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(x)
-                if ok.any():
-                    ax.errorbar(x[ok], y[ok], xerr=[x[ok] - lo[ok], hi[ok] - x[ok]], fmt="none", ecolor="0.15",
-                                capsize=2.5, linewidth=1)
+                unit = "{:+.0f} pp" if METRIC_BY_NAME[m].kind == "delta" else "{:+.0f}%"
+                whiskers(ax, x, y, rows["ci_low_pct"], rows["ci_high_pct"], limits, unit)
+            ax.set_xlim(*limits)
             ax.axvline(0, color="0.2", linewidth=0.8)
             ax.set_yticks(np.arange(len(settings)), settings if j == 0 else [""] * len(settings))
             ax.invert_yaxis()
@@ -261,10 +291,12 @@ def speedup_bars(speedup: pd.DataFrame, title: str = "Mixed-precision speedup ov
     h = 0.8 / len(precisions)
     for i, panel in enumerate(panels):
         ax = axes[i, 0]
+        sub = df[df["panel"] == panel]
+        limits = axis_range(sub["speedup"], sub["ci_low"], sub["ci_high"], floor=1.0)
         for k, precision in enumerate(precisions):
-            rows = df[(df["panel"] == panel) & (df["precision"] == precision)].set_index("setting").reindex(settings)
+            rows = sub[sub["precision"] == precision].set_index("setting").reindex(settings)
             y = np.arange(len(settings)) - 0.4 + h * (k + 0.5)
-            x = _bars_with_ci(ax, y, rows, "speedup", h, palette[precision], precision)
+            x = _bars_with_ci(ax, y, rows, "speedup", h, palette[precision], precision, limits, "{:.2f}x")
             for yy, xx, verdict in zip(y, x, rows["verdict"].fillna("")):
                 if verdict == "erases the mixed-precision gain":
                     ax.text(xx, yy, "  gain erased", va="center", fontsize=7, color="firebrick")
@@ -289,17 +321,17 @@ def hardware_heatmap(table: pd.DataFrame, metric: str = "step_time",
     if df.empty:
         return _empty(f"{title}: no data")
     if by is not None:
-        df["device"] = df[by].astype(str)
+        df["group"] = df[by].astype(str)
     else:
-        df["device"] = df["device_name"].map(short_device)
+        df["group"] = df["device_name"].map(short_device)
         if df["backend"].nunique() > 1:
-            df["device"] = df["device"] + " · " + df["backend"]
+            df["group"] = df["group"] + " · " + df["backend"]
     df["row"] = df["workload"] + " · " + df["precision"] + " · " + df["setting"]
     df["label"] = df["change_pct"].map(lambda v: f"{v:+.0f}") + df["mark"].map(
         {stats.NOISE: "~", stats.TOO_FEW: "?"}).fillna("")
-    df["device"] = df["device"].str.replace(" · ", "\n")
-    values = df.pivot_table(index="row", columns="device", values="change_pct", aggfunc="mean")
-    labels = df.pivot_table(index="row", columns="device", values="label", aggfunc="first").reindex_like(values)
+    df["group"] = df["group"].str.replace(" · ", "\n")
+    values = df.pivot_table(index="row", columns="group", values="change_pct", aggfunc="mean")
+    labels = df.pivot_table(index="row", columns="group", values="label", aggfunc="first").reindex_like(values)
     rows_max = 60
     if len(values) > rows_max:
         values, labels = values.iloc[:rows_max], labels.iloc[:rows_max]
@@ -334,10 +366,12 @@ def throughput_bars(throughput: pd.DataFrame, title: str = "Baseline throughput 
         sub = df[df["workload"] == w]
         devices = list(dict.fromkeys(sub["device"]))
         h = 0.8 / len(precisions)
+        limits = axis_range(sub["samples_per_s"], sub["ci_low"], sub["ci_high"], floor=0.0)
+        limits = (max(0.0, limits[0]), limits[1])  # a throughput axis starts at 0
         for k, p in enumerate(precisions):
             rows = sub[sub["precision"] == p].drop_duplicates("device").set_index("device").reindex(devices)
             y = np.arange(len(devices)) - 0.4 + h * (k + 0.5)
-            _bars_with_ci(ax, y, rows, "samples_per_s", h, palette[p], p)
+            _bars_with_ci(ax, y, rows, "samples_per_s", h, palette[p], p, limits, "{:.4g}")
         ax.set_yticks(np.arange(len(devices)), devices)
         ax.invert_yaxis()
         ax.set_title(w, fontsize=9)
