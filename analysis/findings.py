@@ -19,7 +19,7 @@ import pandas as pd
 from analysis import paired, stats
 from analysis.axes import short_device
 from analysis.cells import BASELINE, CELL_KEYS, with_keys
-from analysis.flags import FLAG_TEXT, cell_flags
+from analysis.flags import cell_flags, flag_findings
 from analysis.overheads import METRIC_BY_NAME, attention_note, attention_paths, overhead
 from analysis.plots import PRECISION_ORDER
 from analysis.speedups import ERASES, REFERENCE, precision_speedup
@@ -262,22 +262,13 @@ def _failed(trials: pd.DataFrame) -> list[Finding]:
 
 def _host_bound(trials: pd.DataFrame) -> list[Finding]:
     """Cells whose figures measure the host, and settings that ran another attention kernel."""
-    out = []
     flags = cell_flags(trials)
-    for flag, text in FLAG_TEXT.items():
-        hit = flags[flags["flag"] == flag]
-        if flag == "not_gpu_bound":
-            for r in hit[hit["setting"] == BASELINE].to_dict("records"):
-                out.append(Finding(f"WARNING: the GPU baseline of {r['workload']} ({r['precision']}, {r['backend']}, "
-                                   f"batch {r['batch_size']}): {r['why']}; its overheads show host and launch cost.",
-                                   False, "host_bound", {"workload": r["workload"], "flag": flag}))
-            hit = hit[hit["setting"] != BASELINE]
-        if len(hit):
-            names = ", ".join(f"{r['setting']} on {r['workload']} ({r['precision']})"
-                              for r in hit.head(6).to_dict("records")) + (", ..." if len(hit) > 6 else "")
-            out.append(Finding(f"WARNING: {len(hit)} cell(s) {text}: {names}; their overheads are host cost, not the "
-                               "regularizer's device cost (see Flagged cells).", False, "host_bound",
-                               {"flag": flag, "cells": len(hit)}))
+    base = flags[(flags["flag"] == "not_gpu_bound") & (flags["setting"] == BASELINE)]
+    out = [Finding(f"WARNING: the GPU baseline of {r['workload']} ({r['precision']}, {r['backend']}, batch "
+                   f"{r['batch_size']}): {r['why']}; its overheads show host and launch cost.", False, "host_bound",
+                   {"workload": r["workload"], "precision": r["precision"], "flag": r["flag"]})
+           for r in base.to_dict("records")]
+    out += [Finding(text, False, "host_bound") for text in flag_findings(flags)]
     paths = attention_paths(trials)
     for key in sorted(paths, key=str):
         note = attention_note(paths, key[:-1], key[-1])

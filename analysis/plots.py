@@ -187,12 +187,28 @@ def overhead_bars(table: pd.DataFrame, metrics=("step_time",), title: str | None
 
 def accuracy_curves(curves: pd.DataFrame, title: str = "Validation accuracy vs wall time") -> Figure:
     """Mean validation accuracy per epoch against mean wall time, one line per setting."""
-    df = curves.dropna(subset=["val_accuracy", "wall_s"])
+    return learning_curves(curves, "val_accuracy", "validation accuracy", title)
+
+
+def loss_curves(curves: pd.DataFrame, title: str = "Validation loss vs wall time") -> Figure:
+    """Mean validation cross-entropy per epoch (without the L1/L2 penalty, so settings compare;
+    the total loss where a trial recorded no cross-entropy) against mean wall time."""
+    df = curves
+    if "val_xent_loss" in df and "val_loss" in df:
+        df = df.assign(val_xent_loss=pd.to_numeric(df["val_xent_loss"], errors="coerce").fillna(
+            pd.to_numeric(df["val_loss"], errors="coerce")))
+    return learning_curves(df, "val_xent_loss" if "val_xent_loss" in df else "val_loss",
+                           "validation loss (cross-entropy)", title)
+
+
+def learning_curves(curves: pd.DataFrame, column: str, label: str, title: str) -> Figure:
+    """Mean `column` per epoch against mean wall time, one line per setting, panels by workload and precision."""
+    df = curves.dropna(subset=[column, "wall_s"]) if column in curves else curves.iloc[:0]
     if df.empty:
         return _empty(f"{title}: no curves")
     keys = [k for k in ("workload", "batch_size", "device_name", "backend") if k in df]
     mean = df.groupby(keys + ["precision", "setting", "epoch"], sort=False, dropna=False)[
-        ["wall_s", "val_accuracy"]].mean().reset_index()
+        ["wall_s", column]].mean().reset_index()
     mean = add_panel(mean)
     panels, title = _truncate(list(dict.fromkeys(mean["panel"])), title)
     precisions = _precisions(mean)
@@ -205,14 +221,14 @@ def accuracy_curves(curves: pd.DataFrame, title: str = "Validation accuracy vs w
             ax = axes[i, j]
             sub = mean[(mean["panel"] == panel) & (mean["precision"] == precision)]
             if not sub.empty:
-                sns.lineplot(sub, x="wall_s", y="val_accuracy", hue="setting", palette=palette, marker="o",
+                sns.lineplot(sub, x="wall_s", y=column, hue="setting", palette=palette, marker="o",
                              markersize=4, sort=False, estimator=None, ax=ax, legend=False,
                              units="setting", linewidth=1.2)
             else:
                 ax.text(0.5, 0.5, "no curves", ha="center", va="center", transform=ax.transAxes, color="0.4")
             ax.set_title(f"{panel} · {precision}", fontsize=9)
             ax.set_xlabel("wall time since training start (s)" if i == len(panels) - 1 else "")
-            ax.set_ylabel("validation accuracy" if j == 0 else "")
+            ax.set_ylabel(label if j == 0 else "")
     handles = [Patch(color=palette[s], label=s) for s in settings]
     fig.legend(handles=handles, loc="upper right", fontsize=8, title="setting", frameon=False,
                bbox_to_anchor=(1.0, 1 - 0.5 / fig.get_figheight()))
