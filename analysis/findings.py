@@ -91,7 +91,7 @@ def _half(r) -> float:
 
 
 def _pm(v: float) -> str:
-    return f"±{v:.1f}" if v < 1 else f"±{v:.0f}"
+    return "±<0.1" if v < 0.05 else f"±{v:.1f}" if v < 1 else f"±{v:.0f}"
 
 
 def _numbers(r) -> dict:

@@ -214,8 +214,8 @@ def learning_curves(curves: pd.DataFrame, column: str, label: str, title: str) -
     precisions = _precisions(mean)
     settings = sorted(mean["setting"].unique())
     palette = dict(zip(settings, sns.color_palette("tab10" if len(settings) <= 10 else "husl", len(settings))))
-    fig, axes = _figure(len(panels), len(precisions), height=3.0, left=0.8, right=0.3 + 0.08 * max(
-        len(s) for s in settings) + 0.3, top=0.6, bottom=0.7, sharey="row")
+    fig, axes = _figure(len(panels), len(precisions), width=3.3, height=2.8, left=0.8, right=0.3 + 0.08 * max(
+        len(s) for s in settings) + 0.3, top=0.6, bottom=0.7, sharey="row")  # narrow: accuracy and loss side by side
     for i, panel in enumerate(panels):
         for j, precision in enumerate(precisions):
             ax = axes[i, j]
@@ -227,7 +227,7 @@ def learning_curves(curves: pd.DataFrame, column: str, label: str, title: str) -
             else:
                 ax.text(0.5, 0.5, "no curves", ha="center", va="center", transform=ax.transAxes, color="0.4")
             ax.set_title(f"{panel} · {precision}", fontsize=9)
-            ax.set_xlabel("wall time since training start (s)" if i == len(panels) - 1 else "")
+            ax.set_xlabel("wall time since start (s)" if i == len(panels) - 1 else "")
             ax.set_ylabel(label if j == 0 else "")
     handles = [Patch(color=palette[s], label=s) for s in settings]
     fig.legend(handles=handles, loc="upper right", fontsize=8, title="setting", frameon=False,

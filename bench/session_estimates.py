@@ -60,7 +60,7 @@ def session_table(sessions) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def estimates(sessions: list[dict]) -> pd.DataFrame:
+def estimates(sessions) -> pd.DataFrame:
     """Step-time overhead per cell group and setting (the A/A control included), from session records.
 
     estimate/ci_low/ci_high are ratios (paired step time over the baseline's); *_pct the same as
