@@ -3,7 +3,7 @@
 Notebook use (the same numbers as the report and `regbench compare`)::
 
     import analysis
-    data = analysis.load("results/<run-id>")        # RunData: trials, curves, sessions, problems, manifests
+    data = analysis.load("results/<run-id>")        # RunData: trials, curves, sessions, problems (DataFrames), manifests
     table = analysis.overhead(data.trials, sessions=data.sessions)  # one row per cell x setting x metric, 95% CIs
     speed = analysis.precision_speedup(data.trials)  # mixed precision vs float32, per setting
     both = analysis.load([run_a, run_b])
@@ -11,6 +11,7 @@ Notebook use (the same numbers as the report and `regbench compare`)::
     side.changes                                     # each group vs the reference, cell by cell, Welch 95% CIs
     gate = analysis.gate.check(both.trials["run"].iloc[0], both.trials, analysis.gate.parse_fail_on("step_time:5"))
     fig = analysis.plots.overhead_bars(table)        # a matplotlib Figure
+    found = analysis.findings.findings(data.trials, data.sessions)  # Findings: sentence, decided?, numbers
 
 Every table is a tidy pandas DataFrame (one row per observation; the columns are documented in
 each function). Writers used by the CLI: `write_report(run_dir)`, `write_compare(run_dirs, out_dir)`.

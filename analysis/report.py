@@ -1,7 +1,8 @@
 """`regbench report RUN_DIR`: RUN_DIR/report/ with index.html (plots embedded), summary.md, CSVs, PNGs.
 
-`write_report` computes the run's tables (analysis/tables.py), findings, noise lines and figures
-once into a `ReportData`; `markdown` and `html_report` render that one object.
+`write_report` computes the run's tables (analysis/tables.py), findings (analysis/findings.py),
+noise lines and figures once into a `ReportData`; `markdown` and `html_report` render that one
+object: what the run found and could not decide first, then each table with its figures and CSV.
 """
 from __future__ import annotations
 
