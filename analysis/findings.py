@@ -191,13 +191,15 @@ def _accuracy(where: str, rows: pd.DataFrame) -> list[Finding]:
                                "accuracy", {"metric": "best_val_accuracy", "setting": setting,
                                             "rows": [_numbers(r) for _, r in sig.iterrows()]},
                                float(sig["change_pct"].abs().max())))
-    wide = rows[rows["mark"] == stats.NOISE]
-    if len(wide):
-        names = list(dict.fromkeys(wide["setting"]))
-        out.append(Finding(f"{where}: could not tell whether {_join(names)} change{'s' if len(names) == 1 else ''} "
-                           f"best validation accuracy (intervals include no change, up to "
-                           f"{_pm(wide.apply(_half, axis=1).max())} pp).", False, "undecided",
-                           {"metric": "best_val_accuracy", "settings": names}))
+    for mark, why in ((stats.NOISE, "intervals include no change, up to {} pp"),
+                      (stats.TOO_FEW, "one repeat, no interval")):
+        wide = rows[rows["mark"] == mark]
+        if len(wide):
+            names = list(dict.fromkeys(wide["setting"]))
+            half = _pm(wide.apply(_half, axis=1).max()) if mark == stats.NOISE else ""
+            out.append(Finding(f"{where}: could not tell whether {_join(names)} change{'s' if len(names) == 1 else ''}"
+                               f" best validation accuracy ({why.format(half)}).", False, "undecided",
+                               {"metric": "best_val_accuracy", "settings": names, "mark": mark}))
     return out
 
 
