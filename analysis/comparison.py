@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import axes, efficiency as eff, plots, render, stats
+from analysis import axes, efficiency as eff, paired, plots, render, stats
 from analysis.axes import device_labels  # noqa: F401 - re-exported
 from analysis.errors import AnalysisInputError
 from analysis.cells import BASELINE
@@ -46,8 +46,8 @@ class Comparison:
 
 
 def throughput(trials: pd.DataFrame, axis: str = "device") -> pd.DataFrame:
-    """Baseline throughput (samples/s, mean over repeats with a 95% t interval) per group and
-    precision, and the ratio to the first group listed (vs_reference, x). `trials` carries the
+    """Baseline throughput (samples/s, geometric mean over repeats with a 95% t interval formed on
+    the log scale, so never negative) per group and precision, and the ratio to the first group listed (vs_reference, x). `trials` carries the
     axis column (axes.with_axis)."""
     keys = ["workload", "batch_size", "precision", axis] + [k for k in ("device_name", "backend", "float32_matmul")
                                                              if k != axis and k in trials]
@@ -57,7 +57,7 @@ def throughput(trials: pd.DataFrame, axis: str = "device") -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     groups = ok.groupby(keys, sort=False, dropna=False).indices
     values = ok["samples_per_s"].to_numpy(dtype=float)
-    res = stats.mean_ci([values[i] for i in groups.values()])
+    res = stats.log_mean_ci([values[i] for i in groups.values()])
     out = pd.DataFrame(list(groups.keys()), columns=keys)
     out["samples_per_s"], out["ci_low"], out["ci_high"], out["n_repeats"] = res.T
     out["n_repeats"] = out["n_repeats"].astype(int)
@@ -101,12 +101,12 @@ def _per_group(trials: pd.DataFrame, sessions: list, axis: str, fn) -> pd.DataFr
     return out[[axis] + [c for c in out.columns if c != axis]]
 
 
-def compare(trials: pd.DataFrame, sessions: list | None = None, *, by: str = "device", manifests: dict | None = None,
+def compare(trials: pd.DataFrame, sessions=None, *, by: str = "device", manifests: dict | None = None,
             prices: dict | None = None, reference: str | None = None) -> Comparison:
     """Side-by-side tables of trials from one or more runs (analysis.load(...): .trials, .sessions,
     .manifests; manifests are needed for by="software")."""
     axis = axes.check_axis(by)
-    sessions = sessions or []
+    sessions = paired.session_records(sessions)
     df = axes.with_axis(trials, axis, manifests)
     table = _per_group(df, sessions, axis, lambda t, s: overhead(t, sessions=s))
     step = table[table["metric"] == "step_time"] if not table.empty else table
@@ -161,6 +161,24 @@ def efficiency_display(table: pd.DataFrame, axis: str) -> pd.DataFrame:
     return out
 
 
+def figures(c: Comparison) -> list[tuple[str, str, object]]:
+    """(file stem, caption, Figure) of a comparison's page; the heatmaps' columns are the groups of
+    the axis compared, and named for it."""
+    axis = c.axis
+    tp = c.throughput.copy()
+    if len(tp):  # one bar per group and device model
+        tp["device"] = tp[axis].astype(str) + ("" if axis == "device" else " · " + tp["device_name"].map(axes.short_device))
+    sp = c.speedup.assign(device=c.speedup[axis]) if not c.speedup.empty else c.speedup
+    return [("compare_step_time", f"Step-time overhead of each regularizer per {axis} (%).",
+             plots.hardware_heatmap(c.overhead, title=f"Step-time overhead by {axis} (%)", by=axis)),
+            ("compare_memory", f"Peak host memory overhead per {axis} (%).",
+             plots.hardware_heatmap(c.overhead, "host_memory", f"Host-memory overhead by {axis} (%)", by=axis)),
+            ("compare_throughput", f"Baseline throughput per {axis} and precision (samples/s).",
+             plots.throughput_bars(tp, title=f"Baseline throughput by {axis} and precision")),
+            ("compare_precision_speedup", f"Mixed-precision speedup over float32 per {axis} and regularizer.",
+             plots.speedup_bars(sp))]
+
+
 def write_compare(run_dirs, out_dir, *, by: str = "device", prices: dict | None = None,
                   reference: str | None = None) -> Path:
     """Load every run, write out_dir/{index.html, summary.md, CSVs, PNGs}; return the index.html path."""
@@ -181,21 +199,8 @@ def write_compare(run_dirs, out_dir, *, by: str = "device", prices: dict | None 
                      ("trials", data.trials)):
         write_csv(df, out / f"{name}.csv")
 
-    labelled = c.overhead.assign(device=c.overhead[axis]) if not c.overhead.empty else c.overhead
-    tp = c.throughput.copy()
-    if len(tp):  # one bar per group and device model
-        tp["device"] = tp[axis].astype(str) + ("" if axis == "device" else " · " + tp["device_name"].map(axes.short_device))
-    sp = c.speedup.assign(device=c.speedup[axis]) if not c.speedup.empty else c.speedup
-    figs = [("compare_step_time", f"Step-time overhead of each regularizer per {axis} (%).",
-             plots.hardware_heatmap(labelled, title=f"Step-time overhead by {axis} (%)", by="device")),
-            ("compare_memory", f"Peak host memory overhead per {axis} (%).",
-             plots.hardware_heatmap(labelled, "host_memory", f"Host-memory overhead by {axis} (%)", by="device")),
-            ("compare_throughput", f"Baseline throughput per {axis} and precision (samples/s).",
-             plots.throughput_bars(tp, title=f"Baseline throughput by {axis} and precision")),
-            ("compare_precision_speedup", f"Mixed-precision speedup over float32 per {axis} and regularizer.",
-             plots.speedup_bars(sp))]
     pngs = []
-    for stem, caption, fig in figs:
+    for stem, caption, fig in figures(c):
         png = plots.to_png(fig)
         (out / f"{stem}.png").write_bytes(png)
         pngs.append((stem, caption, png))

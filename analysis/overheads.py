@@ -125,7 +125,7 @@ def summarize(pairs: pd.DataFrame, group_keys: list[str], metrics) -> pd.DataFra
     return pd.concat(frames, ignore_index=True)
 
 
-def overhead(trials: pd.DataFrame, metrics=METRICS, *, sessions: list | None = None) -> pd.DataFrame:
+def overhead(trials: pd.DataFrame, metrics=METRICS, *, sessions=None) -> pd.DataFrame:
     """Overhead table: one row per cell (CELL_KEYS), regularizer setting and metric.
 
     estimate/ci_low/ci_high: ratio (regularized / baseline) or difference; change_pct: the same as a
@@ -160,6 +160,7 @@ def overhead(trials: pd.DataFrame, metrics=METRICS, *, sessions: list | None = N
     table.loc[missing, "note"] = "metric not recorded (null) in these trials"
     if "target_reached" in ok:
         _note_target_hits(table, ok)
+    sessions = paired.session_records(sessions)
     if sessions:
         table = _with_paired_step_time(table, df, sessions)
     note_flags(table, df)  # host-bound baselines and settings (analysis/flags.py)

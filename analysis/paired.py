@@ -20,7 +20,7 @@ from bench import stats
 from bench.units.session import round_log_ratios  # noqa: F401
 from bench.session_estimates import (AA_LABEL, COLUMNS, CONFIDENCE, GROUP_KEYS, SAME_STEP_NOTE,  # noqa: F401
                                      UNSTABLE_AA_PCT, UNSTABLE_HALF_WIDTH_PCT, estimates, noise_floor,
-                                     noise_lines, session_table, wide_groups)
+                                     noise_lines, session_records, session_table, wide_groups)
 
 
 def simulated_coverage(sessions: list[dict], n_sessions: int | None = None, rounds: int | None = None,

@@ -3,7 +3,8 @@
 Every function takes a table from this package and returns a matplotlib Figure (built without
 pyplot, so no display backend is needed and nothing global is touched). Bars show the estimate,
 whiskers the 95% confidence interval; pale bars are not distinguishable from noise, hatched bars have too
-few repeats for a CI.
+few repeats for a CI. The value axis holds every estimate and every interval end within CLIP_FACTOR
+times the largest estimate; a wider interval is drawn to the axis edge and its end written there.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from analysis.overheads import METRIC_BY_NAME
 MAX_PANELS = 6  # rows of facets drawn; the rest are in the tables
 PRECISION_ORDER = ["float32", "mixed_bfloat16", "mixed_float16"]
 _THEME = {"style": "whitegrid", "context": "notebook", "font_scale": 0.9}
+CLIP_FACTOR = 3.0  # interval ends beyond this many times the largest |estimate| are clipped at the axis edge
 
 
 def _figure(n_rows: int, n_cols: int, width: float = 4.6, height: float = 3.0, *, left: float = 1.0,
@@ -89,14 +91,43 @@ def _empty(message: str) -> Figure:
     return fig
 
 
-def _bars_with_ci(ax, y, rows: pd.DataFrame, column: str, h: float, color, label: str) -> np.ndarray:
+def axis_range(x, lo, hi, floor: float = 5.0) -> tuple[float, float]:
+    """(left, right) of a value axis: 0, every estimate x, and every interval end within CLIP_FACTOR x
+    the largest |x| (at least `floor`), with a margin. Ends beyond it are clipped (`whiskers`)."""
+    x, lo, hi = (np.asarray(v, dtype=float).ravel() for v in (x, lo, hi))
+    x = x[np.isfinite(x)]
+    cap = CLIP_FACTOR * max(float(np.abs(x).max()) if x.size else 0.0, floor)
+    ends = np.clip(np.concatenate([[0.0], x, lo[np.isfinite(lo)], hi[np.isfinite(hi)]]), -cap, cap)
+    pad = 0.06 * ((ends.max() - ends.min()) or 1.0)
+    return float(ends.min() - pad), float(ends.max() + pad)
+
+
+def whiskers(ax, x, y, lo, hi, limits: tuple[float, float], fmt: str = "{:+.0f}%") -> None:
+    """95% interval whiskers [lo, hi] around x at y; an end beyond `limits` is drawn to the axis edge
+    with an arrow and its value written beside it (ax.texts), never off the page."""
+    x, y, lo, hi = (np.asarray(v, dtype=float) for v in (x, y, lo, hi))
+    ok = np.isfinite(x) & np.isfinite(lo) & np.isfinite(hi)
+    if not ok.any():
+        return
+    left, right = limits
+    clo, chi = np.clip(lo, left, right), np.clip(hi, left, right)
+    ax.errorbar(x[ok], y[ok], xerr=[x[ok] - clo[ok], chi[ok] - x[ok]], fmt="none", ecolor="0.15", capsize=2.5,
+                linewidth=1)
+    for xi, yi, l, h in zip(x[ok], y[ok], lo[ok], hi[ok]):
+        if h > right:
+            ax.text(right, yi, f"CI to {fmt.format(h)} \u25b8", ha="right", va="bottom", fontsize=7, color="firebrick")
+        if l < left:
+            ax.text(left, yi, f"\u25c2 CI to {fmt.format(l)}", ha="left", va="bottom", fontsize=7, color="firebrick")
+    ax.set_xlim(left, right)
+
+
+def _bars_with_ci(ax, y, rows: pd.DataFrame, column: str, h: float, color, label: str,
+                  limits: tuple[float, float], fmt: str) -> np.ndarray:
     """Horizontal bars of rows[column] at y with whiskers from rows' ci_low/ci_high; returns x."""
     x = rows[column].to_numpy(dtype=float)
-    lo, hi = rows["ci_low"].to_numpy(dtype=float), rows["ci_high"].to_numpy(dtype=float)
     good = np.isfinite(x)
     ax.barh(y[good], x[good], height=h * 0.9, color=color, label=label)
-    ci = good & np.isfinite(lo) & np.isfinite(hi)
-    ax.errorbar(x[ci], y[ci], xerr=[x[ci] - lo[ci], hi[ci] - x[ci]], fmt="none", ecolor="0.15", capsize=2.5)
+    whiskers(ax, x, y, rows["ci_low"], rows["ci_high"], limits, fmt)
     return x
 
 
@@ -120,6 +151,7 @@ def overhead_bars(table: pd.DataFrame, metrics=("step_time",), title: str | None
                         left=0.3 + 0.075 * max(len(s) for s in settings), sharex=True)
     palette = dict(zip(metrics, sns.color_palette("deep", len(metrics))))
     h = 0.8 / len(metrics)
+    limits = axis_range(df["change_pct"], df["ci_low_pct"], df["ci_high_pct"])
     for i, panel in enumerate(panels):
         for j, precision in enumerate(precisions):
             ax = axes[i, j]
@@ -134,11 +166,9 @@ def overhead_bars(table: pd.DataFrame, metrics=("step_time",), title: str | None
                     if np.isfinite(xx):
                         ax.barh(yy, xx, height=h * 0.9, color=palette[m], alpha=a,
                                 hatch="//" if mm == stats.TOO_FEW else None, edgecolor="0.3", linewidth=0.4)
-                lo, hi = rows["ci_low_pct"].to_numpy(dtype=float), rows["ci_high_pct"].to_numpy(dtype=float)
-                ok = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(x)
-                if ok.any():
-                    ax.errorbar(x[ok], y[ok], xerr=[x[ok] - lo[ok], hi[ok] - x[ok]], fmt="none", ecolor="0.15",
-                                capsize=2.5, linewidth=1)
+                unit = "{:+.0f} pp" if METRIC_BY_NAME[m].kind == "delta" else "{:+.0f}%"
+                whiskers(ax, x, y, rows["ci_low_pct"], rows["ci_high_pct"], limits, unit)
+            ax.set_xlim(*limits)
             ax.axvline(0, color="0.2", linewidth=0.8)
             ax.set_yticks(np.arange(len(settings)), settings if j == 0 else [""] * len(settings))
             ax.invert_yaxis()
@@ -157,32 +187,48 @@ def overhead_bars(table: pd.DataFrame, metrics=("step_time",), title: str | None
 
 def accuracy_curves(curves: pd.DataFrame, title: str = "Validation accuracy vs wall time") -> Figure:
     """Mean validation accuracy per epoch against mean wall time, one line per setting."""
-    df = curves.dropna(subset=["val_accuracy", "wall_s"])
+    return learning_curves(curves, "val_accuracy", "validation accuracy", title)
+
+
+def loss_curves(curves: pd.DataFrame, title: str = "Validation loss vs wall time") -> Figure:
+    """Mean validation cross-entropy per epoch (without the L1/L2 penalty, so settings compare;
+    the total loss where a trial recorded no cross-entropy) against mean wall time."""
+    df = curves
+    if "val_xent_loss" in df and "val_loss" in df:
+        df = df.assign(val_xent_loss=pd.to_numeric(df["val_xent_loss"], errors="coerce").fillna(
+            pd.to_numeric(df["val_loss"], errors="coerce")))
+    return learning_curves(df, "val_xent_loss" if "val_xent_loss" in df else "val_loss",
+                           "validation loss (cross-entropy)", title)
+
+
+def learning_curves(curves: pd.DataFrame, column: str, label: str, title: str) -> Figure:
+    """Mean `column` per epoch against mean wall time, one line per setting, panels by workload and precision."""
+    df = curves.dropna(subset=[column, "wall_s"]) if column in curves else curves.iloc[:0]
     if df.empty:
         return _empty(f"{title}: no curves")
     keys = [k for k in ("workload", "batch_size", "device_name", "backend") if k in df]
     mean = df.groupby(keys + ["precision", "setting", "epoch"], sort=False, dropna=False)[
-        ["wall_s", "val_accuracy"]].mean().reset_index()
+        ["wall_s", column]].mean().reset_index()
     mean = add_panel(mean)
     panels, title = _truncate(list(dict.fromkeys(mean["panel"])), title)
     precisions = _precisions(mean)
     settings = sorted(mean["setting"].unique())
     palette = dict(zip(settings, sns.color_palette("tab10" if len(settings) <= 10 else "husl", len(settings))))
-    fig, axes = _figure(len(panels), len(precisions), height=3.0, left=0.8, right=0.3 + 0.08 * max(
-        len(s) for s in settings) + 0.3, top=0.6, bottom=0.7, sharey="row")
+    fig, axes = _figure(len(panels), len(precisions), width=3.3, height=2.8, left=0.8, right=0.3 + 0.08 * max(
+        len(s) for s in settings) + 0.3, top=0.6, bottom=0.7, sharey="row")  # narrow: accuracy and loss side by side
     for i, panel in enumerate(panels):
         for j, precision in enumerate(precisions):
             ax = axes[i, j]
             sub = mean[(mean["panel"] == panel) & (mean["precision"] == precision)]
             if not sub.empty:
-                sns.lineplot(sub, x="wall_s", y="val_accuracy", hue="setting", palette=palette, marker="o",
+                sns.lineplot(sub, x="wall_s", y=column, hue="setting", palette=palette, marker="o",
                              markersize=4, sort=False, estimator=None, ax=ax, legend=False,
                              units="setting", linewidth=1.2)
             else:
                 ax.text(0.5, 0.5, "no curves", ha="center", va="center", transform=ax.transAxes, color="0.4")
             ax.set_title(f"{panel} · {precision}", fontsize=9)
-            ax.set_xlabel("wall time since training start (s)" if i == len(panels) - 1 else "")
-            ax.set_ylabel("validation accuracy" if j == 0 else "")
+            ax.set_xlabel("wall time since start (s)" if i == len(panels) - 1 else "")
+            ax.set_ylabel(label if j == 0 else "")
     handles = [Patch(color=palette[s], label=s) for s in settings]
     fig.legend(handles=handles, loc="upper right", fontsize=8, title="setting", frameon=False,
                bbox_to_anchor=(1.0, 1 - 0.5 / fig.get_figheight()))
@@ -261,10 +307,12 @@ def speedup_bars(speedup: pd.DataFrame, title: str = "Mixed-precision speedup ov
     h = 0.8 / len(precisions)
     for i, panel in enumerate(panels):
         ax = axes[i, 0]
+        sub = df[df["panel"] == panel]
+        limits = axis_range(sub["speedup"], sub["ci_low"], sub["ci_high"], floor=1.0)
         for k, precision in enumerate(precisions):
-            rows = df[(df["panel"] == panel) & (df["precision"] == precision)].set_index("setting").reindex(settings)
+            rows = sub[sub["precision"] == precision].set_index("setting").reindex(settings)
             y = np.arange(len(settings)) - 0.4 + h * (k + 0.5)
-            x = _bars_with_ci(ax, y, rows, "speedup", h, palette[precision], precision)
+            x = _bars_with_ci(ax, y, rows, "speedup", h, palette[precision], precision, limits, "{:.2f}x")
             for yy, xx, verdict in zip(y, x, rows["verdict"].fillna("")):
                 if verdict == "erases the mixed-precision gain":
                     ax.text(xx, yy, "  gain erased", va="center", fontsize=7, color="firebrick")
@@ -289,17 +337,17 @@ def hardware_heatmap(table: pd.DataFrame, metric: str = "step_time",
     if df.empty:
         return _empty(f"{title}: no data")
     if by is not None:
-        df["device"] = df[by].astype(str)
+        df["group"] = df[by].astype(str)
     else:
-        df["device"] = df["device_name"].map(short_device)
+        df["group"] = df["device_name"].map(short_device)
         if df["backend"].nunique() > 1:
-            df["device"] = df["device"] + " · " + df["backend"]
+            df["group"] = df["group"] + " · " + df["backend"]
     df["row"] = df["workload"] + " · " + df["precision"] + " · " + df["setting"]
     df["label"] = df["change_pct"].map(lambda v: f"{v:+.0f}") + df["mark"].map(
         {stats.NOISE: "~", stats.TOO_FEW: "?"}).fillna("")
-    df["device"] = df["device"].str.replace(" · ", "\n")
-    values = df.pivot_table(index="row", columns="device", values="change_pct", aggfunc="mean")
-    labels = df.pivot_table(index="row", columns="device", values="label", aggfunc="first").reindex_like(values)
+    df["group"] = df["group"].str.replace(" · ", "\n")
+    values = df.pivot_table(index="row", columns="group", values="change_pct", aggfunc="mean")
+    labels = df.pivot_table(index="row", columns="group", values="label", aggfunc="first").reindex_like(values)
     rows_max = 60
     if len(values) > rows_max:
         values, labels = values.iloc[:rows_max], labels.iloc[:rows_max]
@@ -334,10 +382,12 @@ def throughput_bars(throughput: pd.DataFrame, title: str = "Baseline throughput 
         sub = df[df["workload"] == w]
         devices = list(dict.fromkeys(sub["device"]))
         h = 0.8 / len(precisions)
+        limits = axis_range(sub["samples_per_s"], sub["ci_low"], sub["ci_high"], floor=0.0)
+        limits = (max(0.0, limits[0]), limits[1])  # a throughput axis starts at 0
         for k, p in enumerate(precisions):
             rows = sub[sub["precision"] == p].drop_duplicates("device").set_index("device").reindex(devices)
             y = np.arange(len(devices)) - 0.4 + h * (k + 0.5)
-            _bars_with_ci(ax, y, rows, "samples_per_s", h, palette[p], p)
+            _bars_with_ci(ax, y, rows, "samples_per_s", h, palette[p], p, limits, "{:.4g}")
         ax.set_yticks(np.arange(len(devices)), devices)
         ax.invert_yaxis()
         ax.set_title(w, fontsize=9)

@@ -19,6 +19,7 @@ tr:nth-child(even) td{background:#fafafa}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 .noise{color:#888} .few{color:#b36b00} .missing{color:#b00} .sig{font-weight:600}
 figure{margin:1em 0} figure img{max-width:100%;border:1px solid #eee}
+.row{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start} .row figure{flex:1 1 540px;margin:0}
 figcaption{font-size:.85em;color:#555}
 .warn{background:#fff4e5;border-left:4px solid #f0a020;padding:.5em 1em}
 .small{font-size:.85em;color:#555}
@@ -105,6 +106,11 @@ def h(level: int, text: str) -> str:
 
 def p(text: str, cls: str = "") -> str:
     return f'<p class="{cls}">{html.escape(text)}</p>' if cls else f"<p>{html.escape(text)}</p>"
+
+
+def p_html(inner: str, cls: str = "") -> str:
+    """A paragraph of markup the caller has escaped (links)."""
+    return f'<p class="{cls}">{inner}</p>' if cls else f"<p>{inner}</p>"
 
 
 def write_csv(df: pd.DataFrame, path: Path) -> None:

@@ -1,7 +1,8 @@
 """`regbench report RUN_DIR`: RUN_DIR/report/ with index.html (plots embedded), summary.md, CSVs, PNGs.
 
-`write_report` computes the run's tables (analysis/tables.py), findings, noise lines and figures
-once into a `ReportData`; `markdown` and `html_report` render that one object.
+`write_report` computes the run's tables (analysis/tables.py), findings (analysis/findings.py),
+noise lines and figures once into a `ReportData`; `markdown` and `html_report` render that one
+object: what the run found and could not decide first, then each table with its figures and CSV.
 """
 from __future__ import annotations
 
@@ -11,15 +12,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import paired, plots, render, stats
-from analysis.cells import BASELINE, CELL_KEYS
-from analysis.flags import cell_flags, flag_findings, gpu_baselines_not_gpu_bound
-from analysis.overheads import attention_note, attention_paths, format_estimate, overhead
+from analysis import paired, plots, render
+from analysis.cells import BASELINE
+from analysis.findings import Finding, findings
+from analysis.flags import cell_flags
+from analysis.overheads import overhead
 from analysis.render import write_csv
 from analysis.runs import RunData, load
-from analysis.speedups import ERASES, precision_speedup
-from analysis.tables import (FLAGS_NOTE, METHOD_NOTE, baselines, failures, flagged_cells, overhead_wide, run_metadata,
-                             speedup_display)
+from analysis.speedups import precision_speedup
+from analysis.tables import (FLAGS_NOTE, METHOD_NOTE, baselines, failures, flagged_cells, method_links, overhead_wide,
+                             run_metadata, speedup_display)
+
+CSVS = (("overhead.csv", "overheads with intervals"), ("precision_speedup.csv", "mixed-precision speedups"),
+        ("failures.csv", "trials not ok"), ("flags.csv", "host-bound flags"), ("trials.csv", "every trial"),
+        ("curves.csv", "learning curves"))
+SECTIONS = {  # figure stem -> the section that shows it
+    "overhead_step_time": "overhead", "overhead_memory": "overhead", "cost_benefit": "overhead",
+    "accuracy_vs_time": "curves", "loss_vs_time": "curves", "precision_speedup": "precision"}
 
 
 @dataclasses.dataclass
@@ -28,7 +37,7 @@ class ReportData:
 
     title: str
     meta: pd.DataFrame  # run_metadata(): field, value
-    findings: list[str]  # findings(): sentences for the top of the page
+    findings: list[Finding]  # analysis.findings: what the run found (decided) and could not decide
     noise: list[str]  # stability(): the noise this run measured
     unstable: bool  # stability(): a noise line warns that the result may be unstable
     overhead: pd.DataFrame  # overhead_wide()
@@ -37,47 +46,18 @@ class ReportData:
     failures: pd.DataFrame  # failures()
     figures: list  # (file stem, caption, PNG bytes)
     flagged: pd.DataFrame  # flagged_cells()
+    method: list  # method_links(): (text, href) of the README sections the method note points to
 
+    @property
+    def found(self) -> list[Finding]:
+        return [f for f in self.findings if f.decided]
 
-def findings(table: pd.DataFrame, speedup: pd.DataFrame, fails: pd.DataFrame, limit: int = 8,
-             trials: pd.DataFrame | None = None) -> list[str]:
-    """Short sentences for the top of the report (GPU baselines that are not GPU-bound first)."""
-    out = []
-    if trials is not None:
-        for r in gpu_baselines_not_gpu_bound(trials).to_dict("records"):
-            out.append(f"WARNING: the GPU baseline of {r['workload']} ({r['precision']}, {r['backend']}, batch "
-                       f"{r['batch_size']}): {r['why']}; its overheads show host and launch cost.")
-        paths = attention_paths(trials)
-        for key in sorted(paths, key=str):
-            note = attention_note(paths, key[:-1], key[-1])
-            if note:
-                cell = dict(zip(CELL_KEYS, key[:-1]))
-                out.append(f"{key[-1]} on {cell['workload']} ({cell['precision']}, {cell['backend']}) ran another "
-                           f"attention path than its baseline ({note}): its overheads include the kernel switch.")
-        out += flag_findings(cell_flags(trials))
-    st = table[(table["metric"] == "step_time") & (table["mark"] == stats.SIGNIFICANT)]
-    for r in st.sort_values("change_pct", ascending=False).head(limit).to_dict("records"):
-        out.append(f"{r['setting']} on {r['workload']} ({r['precision']}): step time {format_estimate(r)}.")
-    acc = table[(table["metric"] == "best_val_accuracy") & (table["mark"] == stats.SIGNIFICANT)]
-    for r in acc.sort_values("change_pct", ascending=False).head(3).to_dict("records"):
-        out.append(f"{r['setting']} on {r['workload']} ({r['precision']}): best val accuracy {format_estimate(r)}.")
-    if not speedup.empty:
-        for r in speedup[speedup["verdict"] == ERASES].head(limit).to_dict("records"):
-            out.append(f"{r['setting']} erases the {r['precision']} gain on {r['workload']} "
-                       f"(baseline {r['baseline_speedup']:.2f}x, with {r['setting']} {r['speedup']:.2f}x).")
-    noise = int((table["mark"] == stats.NOISE).sum())
-    few = table.loc[table["mark"] == stats.TOO_FEW, ["workload", "precision", "setting"]].drop_duplicates()
-    nob = table.loc[table["mark"] == stats.NO_BASELINE, ["workload", "precision", "setting"]].drop_duplicates()
-    if noise:
-        out.append(f"{noise} estimates are not distinguishable from noise (CI includes no change).")
-    if len(few):
-        out.append(f"{len(few)} cells have too few repeats for a CI (< {stats.MIN_REPEATS_FOR_CI}).")
-    if len(nob):
-        out.append(f"{len(nob)} cells have no usable baseline.")
-    if len(fails):
-        counts = fails["status"].value_counts()
-        out.append("Not ok: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + " (listed below).")
-    return out
+    @property
+    def undecided(self) -> list[Finding]:
+        return [f for f in self.findings if not f.decided]
+
+    def section_figures(self, section: str) -> list:
+        return [f for f in self.figures if SECTIONS.get(f[0]) == section]
 
 
 def figures(table: pd.DataFrame, speedup: pd.DataFrame, curves: pd.DataFrame) -> list[tuple[str, str, object]]:
@@ -88,6 +68,8 @@ def figures(table: pd.DataFrame, speedup: pd.DataFrame, curves: pd.DataFrame) ->
             plots.overhead_bars(table, ["host_memory", "device_memory"], title="Memory overhead vs baseline")),
            ("accuracy_vs_time", "Validation accuracy against wall time since training start.",
             plots.accuracy_curves(curves)),
+           ("loss_vs_time", "Validation loss (cross-entropy, without the L1/L2 penalty) against wall time.",
+            plots.loss_curves(curves)),
            ("cost_benefit", "Cost (step-time overhead) against benefit (best val accuracy gain).",
             plots.cost_benefit(table)),
            ("precision_speedup", "Speedup of each mixed precision over float32 per regularizer.",
@@ -119,9 +101,9 @@ def write_report(run_dir) -> Path:
     noise, unstable = stability(data)
     report = ReportData(
         title=f"regbench report: {manifest.get('run_id') or run_dir.name}", meta=run_metadata(data, manifest),
-        findings=findings(table, speedup, fails, trials=data.trials), noise=noise, unstable=unstable,
+        findings=findings(data.trials, data.sessions, table=table, speedup=speedup), noise=noise, unstable=unstable,
         overhead=overhead_wide(table), speedup=speedup_display(speedup), baselines=baselines(data.trials),
-        failures=fails, figures=[], flagged=flagged)
+        failures=fails, figures=[], flagged=flagged, method=method_links(out))
     for stem, caption, fig in figures(table, speedup, data.curves):
         png = plots.to_png(fig)
         (out / f"{stem}.png").write_bytes(png)
@@ -158,46 +140,77 @@ def stability(data: RunData) -> tuple[list[str], bool]:
 
 
 def markdown(r: ReportData, max_rows: int = 200) -> str:
-    """summary.md: the report's tables as Markdown, figures as links to their PNGs."""
-    parts = [f"# {r.title}\n", render.md_table(r.meta, None), "\n## Findings\n"]
-    parts += [f"- {f}\n" for f in r.findings] or ["- nothing to report\n"]
+    """summary.md: the findings, then the report's tables as Markdown, figures and CSVs as links."""
+    def figs(section: str) -> list[str]:
+        return [f"\n![{stem}]({stem}.png)\n\n_{caption}_\n" for stem, caption, _ in r.section_figures(section)]
+
+    parts = [f"# {r.title}\n", "\n## What this run found\n"]
+    parts += [f"- {f.text}\n" for f in r.found] or ["- nothing the run could decide\n"]
+    parts += ["\n## What could not be decided\n"] + ([f"- {f.text}\n" for f in r.undecided] or ["- nothing\n"])
+    parts += ["\n## Run\n", render.md_table(r.meta, None)]
     parts += ["\n## Noise floor and stability\n"] + [f"- {line}\n" for line in r.noise or ["not measured"]]
-    parts += ["\n## Overhead vs baseline\n", METHOD_NOTE + "\n\n", render.md_table(r.overhead, max_rows)]
+    links = "; ".join(f"[{text}]({href})" for text, href in r.method)
+    parts += ["\n## Overhead vs baseline\n", f"{METHOD_NOTE} In full: {links}.\n\n",
+              render.md_table(r.overhead, max_rows), "\n[overhead.csv](overhead.csv)\n"] + figs("overhead")
     if len(r.flagged):
-        parts += ["\n## Flagged cells\n", FLAGS_NOTE + "\n\n", render.md_table(r.flagged, max_rows)]
-    parts += ["\n## Mixed precision: speedup over float32\n", render.md_table(r.speedup, max_rows)]
-    parts += ["\n## Baselines\n", render.md_table(r.baselines, max_rows)]
+        parts += ["\n## Flagged cells\n", FLAGS_NOTE + "\n\n", render.md_table(r.flagged, max_rows),
+                  "\n[flags.csv](flags.csv)\n"]
+    parts += ["\n## Learning curves\n", "[curves.csv](curves.csv)\n"] + figs("curves")
+    parts += ["\n## Mixed precision: speedup over float32\n", render.md_table(r.speedup, max_rows),
+              "\n[precision_speedup.csv](precision_speedup.csv)\n"] + figs("precision")
+    parts += ["\n## Baselines\n", render.md_table(r.baselines, max_rows), "\n[trials.csv](trials.csv)\n"]
     fails = r.failures
     linked = fails.assign(log=fails["log"].map(lambda v: f"[{v}]({v})" if v else "")) if len(fails) else fails
-    parts += ["\n## Failed, diverged, skipped and unreadable trials\n", render.md_table(linked, max_rows)]
-    parts += ["\n## Figures\n"] + [f"- [{stem}.png]({stem}.png): {caption}\n" for stem, caption, _ in r.figures]
+    parts += ["\n## Failed, diverged, skipped and unreadable trials\n", render.md_table(linked, max_rows),
+              "\n[failures.csv](failures.csv)\n"]
+    parts += ["\n## Tables as CSV\n"] + [f"- [{name}]({name}): {what}\n" for name, what in CSVS]
     return "".join(parts)
 
 
+def _items(lines) -> str:
+    return "<ul>" + "".join(f"<li>{render.html.escape(line)}</li>" for line in lines) + "</ul>"
+
+
+def _link(name: str, text: str | None = None) -> str:
+    return f'<a href="{render.html.escape(name, quote=True)}">{render.html.escape(text or name)}</a>'
+
+
 def html_report(r: ReportData) -> str:
-    """index.html: the report's tables, figures embedded, one self-contained page."""
+    """index.html: findings first, then the tables with their figures and CSVs; one self-contained page."""
+    def figs(section: str) -> list[str]:
+        return [render.html_image(png, alt=stem, caption=caption) for stem, caption, png in r.section_figures(section)]
+
     body = [render.h(1, r.title)]
     if r.unstable:
         body.append('<p class="warn">The machine was too noisy for some answers of this run: the result may be '
                     'unstable (see <a href="#noise">Noise floor and stability</a>).</p>')
-    body += [render.html_table(r.meta, None), render.h(2, "Findings")]
-    body.append("<ul>" + "".join(f"<li>{render.html.escape(f)}</li>" for f in r.findings) + "</ul>" if r.findings
-                else render.p("Nothing to report."))
+    body += [render.h(2, "What this run found"),
+             _items(f.text for f in r.found) if r.found else render.p("Nothing the run could decide.")]
+    body += [render.h(2, "What could not be decided"),
+             _items(f.text for f in r.undecided) if r.undecided else render.p("Nothing: every estimate decided.")]
+    body += [render.h(2, "Run"), render.html_table(r.meta, None)]
     body.append('<h2 id="noise">Noise floor and stability</h2>')
-    body.append("<ul>" + "".join(f"<li>{render.html.escape(f)}</li>" for f in r.noise) + "</ul>" if r.noise
-                else render.p("Not measured (no paired sessions and fewer than two repeats)."))
+    body.append(_items(r.noise) if r.noise else render.p("Not measured (no paired sessions and fewer than two repeats)."))
     if len(r.failures):
         body.append(f'<p class="warn">{len(r.failures)} trials are not ok or unreadable: see '
                     '<a href="#failures">the list</a>.</p>')
-    body += [render.h(2, "Overhead vs baseline"), render.p(METHOD_NOTE, "small"), render.html_table(r.overhead)]
+    method = "; ".join(_link(href, text) for text, href in r.method)
+    body += [render.h(2, "Overhead vs baseline"),
+             f'<p class="small">{render.html.escape(METHOD_NOTE)} In full: {method}.</p>',
+             render.html_table(r.overhead), render.p_html(f"Table: {_link('overhead.csv')}", "small")]
+    body += figs("overhead")
     if len(r.flagged):
-        body += [render.h(2, "Flagged cells"), render.p(FLAGS_NOTE, "small"), render.html_table(r.flagged)]
-    for stem, caption, png in r.figures:
-        body.append(render.html_image(png, alt=stem, caption=caption))
-    body += [render.h(2, "Mixed precision: speedup over float32"), render.html_table(r.speedup)]
-    body += [render.h(2, "Baselines"), render.html_table(r.baselines)]
+        body += [render.h(2, "Flagged cells"), render.p(FLAGS_NOTE, "small"), render.html_table(r.flagged),
+                 render.p_html(f"Table: {_link('flags.csv')}", "small")]
+    body += [render.h(2, "Learning curves"), render.p_html(f"Per epoch: {_link('curves.csv')}", "small"),
+             '<div class="row">' + "".join(figs("curves")) + "</div>"]
+    body += [render.h(2, "Mixed precision: speedup over float32"), render.html_table(r.speedup),
+             render.p_html(f"Table: {_link('precision_speedup.csv')}", "small")] + figs("precision")
+    body += [render.h(2, "Baselines"), render.html_table(r.baselines),
+             render.p_html(f"Every trial: {_link('trials.csv')}", "small")]
     body += ['<h2 id="failures">Failed, diverged, skipped and unreadable trials</h2>',
-             render.html_table(r.failures, 2000, links={"log": str}) if len(r.failures) else render.p("None.")]
-    body.append(render.p("Tables as CSV next to this page: overhead.csv, precision_speedup.csv, failures.csv, "
-                         "flags.csv, trials.csv, curves.csv.", "small"))
+             render.html_table(r.failures, 2000, links={"log": str}) if len(r.failures) else render.p("None."),
+             render.p_html(f"Table: {_link('failures.csv')}", "small")]
+    body += [render.h(2, "Tables as CSV"),
+             "<ul>" + "".join(f"<li>{_link(name)}: {render.html.escape(what)}</li>" for name, what in CSVS) + "</ul>"]
     return render.html_page(r.title, body)

@@ -28,6 +28,8 @@ TRIAL_COLUMNS = ("run", "run_dir", "file") + records.COLUMNS  # the flattener tr
 CURVE_COLUMNS = ("run", "trial_id", "setting", "workload", "precision", "batch_size", "backend", "device_name",
                  "repeat") + records.CURVE_FIELDS
 PROBLEM_COLUMNS = ("run", "file", "reason")
+SESSION_COLUMNS = ("run", "session_id", "status", "reason", "group_id", "workload", "precision", "batch_size",
+                   "backend", "device_name", "repeat", "rounds", "baseline_step_time_s", "wall_s", "record")
 STATUSES = records.STATUSES
 
 
@@ -42,7 +44,9 @@ class RunData:
                with a one-line reason each.
     manifests: run name -> parsed manifest.json ({} when absent or unreadable).
     run_dirs:  the run directories read, in the order given.
-    sessions:  paired-session records (sessions/*.json; bench/units/session_run.py), as read, with "_run" added.
+    sessions:  one row per paired-session record (sessions/*.json; bench/units/session_run.py): its
+               keys (SESSION_COLUMNS) and, in `record`, the record as read with "_run" added (what
+               analysis.overhead, compare and paired.estimates read; a list of records works too).
     """
 
     trials: pd.DataFrame
@@ -50,7 +54,17 @@ class RunData:
     problems: pd.DataFrame
     manifests: dict
     run_dirs: list
-    sessions: list = dataclasses.field(default_factory=list)  # paired-session records, each with "_run"
+    sessions: pd.DataFrame = dataclasses.field(default_factory=lambda: session_frame([]))
+
+
+def session_frame(records: list[dict]) -> pd.DataFrame:
+    """RunData.sessions: one row per paired-session record, the record itself in `record`."""
+    rows = [(r.get("_run"), r.get("session_id"), r.get("status"), r.get("reason"), s.get("group_id"),
+             s.get("workload"), s.get("precision"), s.get("batch_size"), s.get("backend"),
+             (r.get("node") or {}).get("device_name"), s.get("repeat"), s.get("rounds"),
+             (r.get("timing") or {}).get("baseline_step_time_s"), r.get("wall_s"), r)
+            for r in records for s in [r.get("session") or {}]]
+    return pd.DataFrame(rows, columns=list(SESSION_COLUMNS))
 
 
 class _Unusable(Exception):
@@ -228,7 +242,6 @@ def load(paths, *, warn: bool = True) -> RunData:
         if len(problems) > 20:
             print(f"warning: {len(problems) - 20} more unusable trial files (listed in the report)", file=sys.stderr)
     return RunData(trials=trials, curves=curves, problems=problem_frame, manifests=manifests,
-                   run_dirs=[r.path for r in runs],
-                   sessions=sessions)
+                   run_dirs=[r.path for r in runs], sessions=session_frame(sessions))
 
 

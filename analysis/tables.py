@@ -18,20 +18,27 @@ from analysis.runs import RunData
 from analysis.speedups import format_speedup
 
 METHOD_NOTE = (
-    "Step time (steady state) comes from paired sessions where the run has them: the baseline and every "
-    "regularized model of a cell alternate in short blocks inside one fresh process, each block's median step "
-    "time is compared with the baseline block of the same round, a session's estimate is the median over its "
-    "rounds, and the interval is a Student t interval over sessions. Every other column comes from isolated "
-    "trials (one fresh process each): each regularized trial is paired with the baseline of the same run, cell "
-    "and repeat; ratios are summarized by their geometric mean over repeats, differences (accuracy, gap; in "
-    "percentage points) by their mean, with a 95% Student t interval over repeats. Steady-state throughput "
-    "excludes the first epoch, the first batch of each epoch and validation; end-to-end throughput is samples "
-    "over training wall time after the first step, validation excluded (per-epoch costs count). Step time is the "
-    "median of steps each synced on the host (the host's work plus the device's); free-running step time is one "
-    "more epoch timed with one sync per window (host and device overlap, as in training without per-step "
-    "callbacks), from isolated trials. A repeat that "
-    "never reached the target counts its whole training time in time to target. '~noise': the interval "
-    "includes no change; 'too few repeats': one value, no interval.")
+    "Overhead is a regularizer's figure over its baseline's in the same cell. Step time comes from paired sessions "
+    "where the run has them (baseline and regularized models alternate in one fresh process; a 95% Student t "
+    "interval over sessions), every other column from isolated trials paired by repeat (geometric mean of the "
+    "ratios, mean of the accuracy differences in percentage points, a 95% t interval over repeats). '~noise': the "
+    "interval includes no change; 'too few repeats': one value, no interval.")
+METHOD_LINKS = (("how each figure is measured", "bench/README.md", "how-a-trial-is-measured"),
+                ("how the overheads and intervals are formed", "analysis/README.md", "the-report"))
+"""Where METHOD_NOTE is said in full: (text, file in the repository, anchor)."""
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def method_links(from_dir: Path) -> list[tuple[str, str]]:
+    """(text, href) of METHOD_LINKS, relative to `from_dir` (the page's folder)."""
+    out = []
+    for text, doc, anchor in METHOD_LINKS:
+        try:
+            href = os.path.relpath(_ROOT / doc, from_dir)
+        except ValueError:  # another drive (Windows)
+            href = (_ROOT / doc).as_uri()
+        out.append((text, f"{Path(href).as_posix()}#{anchor}"))
+    return out
 
 
 FLAGS_NOTE = (

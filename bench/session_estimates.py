@@ -29,10 +29,19 @@ COLUMNS = GROUP_KEYS + ["group_id", "setting", "cell_id", "n_sessions", "rounds"
                         "baseline_step_time_s", "within_sd", "between_sd", "note"]
 
 
-def session_table(sessions: list[dict]) -> pd.DataFrame:
-    """One row per ok session record and setting: the session's median log ratio and its rounds."""
+def session_records(sessions) -> list[dict]:
+    """The session records of `sessions`: a list of records, or a table of them in a `record` column
+    (analysis' RunData.sessions); None is none."""
+    if isinstance(sessions, pd.DataFrame):
+        return list(sessions["record"]) if "record" in sessions else []
+    return list(sessions or [])
+
+
+def session_table(sessions) -> pd.DataFrame:
+    """One row per ok session record and setting (`sessions`: see session_records): the session's
+    median log ratio and its rounds."""
     rows = []
-    for rec in sessions:
+    for rec in session_records(sessions):
         if rec.get("status") != "ok":
             continue
         s, node = rec["session"], rec.get("node") or {}
@@ -51,7 +60,7 @@ def session_table(sessions: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def estimates(sessions: list[dict]) -> pd.DataFrame:
+def estimates(sessions) -> pd.DataFrame:
     """Step-time overhead per cell group and setting (the A/A control included), from session records.
 
     estimate/ci_low/ci_high are ratios (paired step time over the baseline's); *_pct the same as

@@ -53,6 +53,16 @@ def mean_ci(samples: list, *, confidence: float = CONFIDENCE, min_n: int = MIN_R
     return out
 
 
+def log_mean_ci(samples: list, *, confidence: float = CONFIDENCE, min_n: int = MIN_REPEATS_FOR_CI) -> np.ndarray:
+    """Geometric mean and interval of each sample of a positive quantity (throughput, memory, time):
+    `mean_ci` of the logs, exponentiated, so the interval is never negative and a ratio's interval is
+    symmetric in log. Values <= 0 or NaN are dropped. Same shape as mean_ci: mean, ci_low, ci_high, n."""
+    logs = [np.log(a[a > 0]) for a in (np.asarray(s, dtype=float) for s in samples)]
+    out = mean_ci(logs, confidence=confidence, min_n=min_n)
+    out[:, :3] = np.exp(out[:, :3])
+    return out
+
+
 def mark(n: float, low: float, high: float, null_value: float, min_n: int = MIN_REPEATS_FOR_CI) -> str:
     """Classify an estimate: significant, noise (CI includes null_value), too few repeats, no data."""
     if not n or np.isnan(n):

@@ -191,10 +191,10 @@ def test_report_files_and_tables(known_run):
     out = index.parent
     for name in ("index.html", "summary.md", "overhead.csv", "precision_speedup.csv", "failures.csv", "trials.csv",
                  "curves.csv", "overhead_step_time.png", "overhead_memory.png", "accuracy_vs_time.png",
-                 "cost_benefit.png", "precision_speedup.png"):
+                 "loss_vs_time.png", "cost_benefit.png", "precision_speedup.png"):
         assert (out / name).stat().st_size > 0, name
     html = index.read_text()
-    assert html.count('src="data:image/png;base64,') == 5 and "<script" not in html
+    assert html.count('src="data:image/png;base64,') == 6 and "<script" not in html
     over = pd.read_csv(out / "overhead.csv")
     assert {"estimate", "ci_low", "ci_high", "mark", "n_repeats", "change_pct"} <= set(over.columns)
     md = (out / "summary.md").read_text()

@@ -46,7 +46,8 @@ def test_smoke_run_loads_and_reports(smoke_run, smoke_report):
     assert (st["mark"] == "too few repeats").all()  # the smoke suite has one repeat
 
     out = smoke_report.parent
-    for png in ("overhead_step_time", "overhead_memory", "accuracy_vs_time", "cost_benefit", "precision_speedup"):
+    for png in ("overhead_step_time", "overhead_memory", "accuracy_vs_time", "loss_vs_time", "cost_benefit",
+                "precision_speedup"):
         assert (out / f"{png}.png").stat().st_size > 5000, png
     md = (out / "summary.md").read_text()
     assert "## Overhead vs baseline" in md and "| l2 |" in md
@@ -79,7 +80,7 @@ window.addEventListener('load', function () {
 def test_report_in_headless_chromium(smoke_report, tmp_path):
     html = smoke_report.read_text()
     n_images = html.count("<img ")
-    assert n_images == 5
+    assert n_images == 6
 
     # 1. every <img> decoded: a copy of the page with a checker script, DOM dumped after load
     probe = tmp_path / "probe.html"

@@ -70,13 +70,10 @@ def measured_share(run_dir: pathlib.Path) -> dict:
             "measured_share": round(measured_s / slot_s, 3) if slot_s else None}
 
 
-def baseline_step_ms(sessions: list) -> dict:
-    """precision -> median over the ok sessions of the baseline model's step time (ms)."""
-    by: dict = {}
-    for rec in sessions:
-        if rec.get("status") == "ok":
-            by.setdefault(rec["session"]["precision"], []).append(rec["timing"]["baseline_step_time_s"])
-    return {k: round(1e3 * float(np.median(v)), 3) for k, v in sorted(by.items())}
+def baseline_step_ms(sessions) -> dict:
+    """precision -> median over the ok sessions (RunData.sessions) of the baseline model's step time (ms)."""
+    ok = sessions[sessions["status"] == "ok"]
+    return {k: round(1e3 * float(v.median()), 3) for k, v in ok.groupby("precision")["baseline_step_time_s"]}
 
 
 def standard_error_pts(table) -> "np.ndarray":
