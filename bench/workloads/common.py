@@ -141,7 +141,14 @@ def drop_path(branch, recipe, index: int, count: int, name: str):
 
 
 def model_augmentation(x, kind: str, recipe):
-    """In-model augmentation layers (active in training only).
+    """x through the in-model augmentation layers of `augmentation_layers` (none: x as is)."""
+    for layer in augmentation_layers(kind, recipe):
+        x = layer(x)
+    return x
+
+
+def augmentation_layers(kind: str, recipe) -> list:
+    """The in-model augmentation layers (active in training only) the recipe asks for, in order.
 
     where=model: GaussianNoise (tabular) or RandomShiftFlip (images), written with keras.ops and
     compiled with the training step on every backend. where=model_keras: Keras' RandomFlip +
@@ -150,14 +157,24 @@ def model_augmentation(x, kind: str, recipe):
     import keras
 
     if recipe.augmentation not in ("model", "model_keras"):
-        return x
+        return []
     if kind == "tabular":
-        return keras.layers.GaussianNoise(recipe.augment_strength, name="aug_noise")(x)
+        return [keras.layers.GaussianNoise(recipe.augment_strength, name="aug_noise")]
     s = recipe.augment_strength
     if recipe.augmentation == "model":
-        return random_shift_flip_layer()(s, name="aug_shift_flip")(x)
-    x = keras.layers.RandomFlip("horizontal", name="aug_flip")(x)
-    return keras.layers.RandomTranslation(s, s, fill_mode="reflect", name="aug_translate")(x)
+        return [random_shift_flip_layer()(s, name="aug_shift_flip")]
+    return [keras.layers.RandomFlip("horizontal", name="aug_flip"),
+            keras.layers.RandomTranslation(s, s, fill_mode="reflect", name="aug_translate")]
+
+
+def attention_output_max_norm(attention, recipe) -> None:
+    """MaxNorm on a built MultiHeadAttention's output projection over its input axes: that kernel is
+    (heads, head_dim, width), so axes 0 and 1 (kernel_constraint= gives every kernel axis 0)."""
+    if not recipe.max_norm:
+        return
+    for v in attention.weights:
+        if v.path.endswith("attention_output/kernel"):
+            v.constraint = recipe.kernel_constraint(axis=[0, 1])
 
 
 _LAYERS: dict = {}
