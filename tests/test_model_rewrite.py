@@ -192,3 +192,17 @@ def test_regularize_refuses_what_placeable_refuses():
 
     with pytest.raises(NotPlaceable, match="subclassed"):
         regularize(user_model("subclassed"), recipe_for([L2]))
+
+
+def test_trial_schema_takes_the_placements():
+    """Defect caught: a record carrying model.regularizer_placements judged invalid, or a malformed
+    placement (no layer name) accepted."""
+    from tests.test_schema import ok_record, problems
+
+    record = ok_record()
+    record["model"] = {"workload_kind_inferred": True, "regularizer_placements": [
+        {"regularizer": "dropout", "layer": "h1", "what": "dropout_after", "inserted": "h1_dropout", "after": "h1"},
+        {"regularizer": "l2", "layer": "out", "what": "kernel_regularizer"}]}
+    assert problems(record) == []
+    del record["model"]["regularizer_placements"][1]["layer"]
+    assert len(problems(record)) == 1 and "layer" in problems(record)[0]
