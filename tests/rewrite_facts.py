@@ -45,6 +45,15 @@ def user_model(name: str):
         x = layers.Flatten(name="flat")(x)
         x = layers.Dense(10, name="logits")(x)
         return keras.Model(inputs, layers.Activation("softmax", name="probs")(x), name="user_cnn")
+    if name == "zoo":  # every kernel layer kind the rewrite knows, and a residual add
+        inputs = keras.Input(shape=(16, 8))
+        x = layers.Conv1D(8, 3, padding="same", activation="relu", name="conv")(inputs)
+        x = layers.SeparableConv1D(8, 3, padding="same", activation="relu", name="sep")(x)
+        x = layers.DepthwiseConv1D(3, padding="same", name="depthwise")(x)
+        x = layers.Add(name="add")([x, layers.MultiHeadAttention(2, 4, name="attention")(x, x)])
+        x = layers.EinsumDense("abc,cd->abd", output_shape=(None, 8), name="einsum")(x)
+        x = layers.GlobalAveragePooling1D(name="pool")(x)
+        return keras.Model(inputs, layers.Dense(3, activation="softmax", name="out")(x))
     if name == "logistic":
         inputs = keras.Input(shape=(64,))
         return keras.Model(inputs, layers.Dense(10, activation="softmax", name="out")(inputs))

@@ -206,3 +206,42 @@ def test_trial_schema_takes_the_placements():
     assert problems(record) == []
     del record["model"]["regularizer_placements"][1]["layer"]
     assert len(problems(record)) == 1 and "layer" in problems(record)[0]
+
+
+def test_recipe_aware_helpers_are_public_and_documented():
+    """Defect caught: a helper a recipe-aware user build needs (dense_block and its kin) missing
+    from the public names, undocumented, or absent from the page users read."""
+    from bench.workloads import common
+
+    page = (ROOT / "bench" / "workloads" / "README.md").read_text()
+    section = page[page.index("## Helpers for a recipe-aware build"):]
+    for name in common.__all__:
+        assert (getattr(common, name).__doc__ or "").strip(), name
+        assert f"`{name}" in section, name
+    assert "regularize(" in section and "placeable(" in section
+
+
+def test_every_kernel_of_every_known_layer_kind_is_regularized():
+    """Defects caught: a Conv1D, separable, depthwise, attention or EinsumDense kernel left without
+    its penalty or max-norm (or a max-norm over the wrong axes), attention dropout not set, a
+    hidden block without its BatchNorm and Dropout."""
+    import keras
+
+    from bench.model_rewrite import regularize
+    from bench.regularizers import recipe_for
+
+    regs = [("l2", {"l2": 1e-4}), ("max_norm", {"max_value": 2.0}), DROPOUT, BATCH_NORM]
+    new, placements = regularize(user_model("zoo"), recipe_for(regs), regularizers=regs)
+    axes = {v.path: (v.regularizer is not None, v.constraint and v.constraint.axis) for v in new.weights
+            if v.path.endswith("kernel")}
+    assert axes == {"conv/kernel": (True, [0, 1]), "sep/depthwise_kernel": (True, [0]),
+                    "sep/pointwise_kernel": (True, [0, 1]), "depthwise/kernel": (True, [0]),
+                    **{f"attention/{k}/kernel": (True, 0) for k in ("query", "key", "value")},
+                    "attention/attention_output/kernel": (True, [0, 1]), "einsum/kernel": (True, [0]),
+                    "out/kernel": (True, 0)}
+    assert new.get_layer("attention").dropout == 0.25
+    for block in ("conv", "sep", "depthwise"):
+        assert {(p["what"], p.get("inserted")) for p in placements if p["layer"] == block} >= {
+            ("batch_norm_before_activation", f"{block}_bn"), ("dropout_after", f"{block}_dropout")}
+        assert isinstance(new.get_layer(f"{block}_dropout"), keras.layers.Dropout)
+    assert not [p for p in placements if p["layer"] in ("einsum", "out") and "inserted" in p]
