@@ -37,6 +37,14 @@ class ReportData:
     failures: pd.DataFrame  # failures()
     figures: list  # (file stem, caption, PNG bytes)
     flagged: pd.DataFrame  # flagged_cells()
+    placements: pd.DataFrame = None  # placements(): where regbench's rewrite put each setting's regularizers
+
+
+def placements(trials: pd.DataFrame) -> pd.DataFrame:
+    """workload, setting, placements: where regbench's model rewrite put each setting (user workloads)."""
+    cols = ["workload", "setting", "regularizer_placements"]
+    t = trials[trials["regularizer_placements"].notna()] if "regularizer_placements" in trials else trials.iloc[:0]
+    return t.reindex(columns=cols).drop_duplicates().rename(columns={"regularizer_placements": "placements"})
 
 
 def findings(table: pd.DataFrame, speedup: pd.DataFrame, fails: pd.DataFrame, limit: int = 8,
@@ -121,7 +129,7 @@ def write_report(run_dir) -> Path:
         title=f"regbench report: {manifest.get('run_id') or run_dir.name}", meta=run_metadata(data, manifest),
         findings=findings(table, speedup, fails, trials=data.trials), noise=noise, unstable=unstable,
         overhead=overhead_wide(table), speedup=speedup_display(speedup), baselines=baselines(data.trials),
-        failures=fails, figures=[], flagged=flagged)
+        failures=fails, figures=[], flagged=flagged, placements=placements(data.trials))
     for stem, caption, fig in figures(table, speedup, data.curves):
         png = plots.to_png(fig)
         (out / f"{stem}.png").write_bytes(png)
@@ -165,6 +173,8 @@ def markdown(r: ReportData, max_rows: int = 200) -> str:
     parts += ["\n## Overhead vs baseline\n", METHOD_NOTE + "\n\n", render.md_table(r.overhead, max_rows)]
     if len(r.flagged):
         parts += ["\n## Flagged cells\n", FLAGS_NOTE + "\n\n", render.md_table(r.flagged, max_rows)]
+    if r.placements is not None and len(r.placements):
+        parts += ["\n## Where regbench placed the regularizers\n", render.md_table(r.placements, max_rows)]
     parts += ["\n## Mixed precision: speedup over float32\n", render.md_table(r.speedup, max_rows)]
     parts += ["\n## Baselines\n", render.md_table(r.baselines, max_rows)]
     fails = r.failures
@@ -194,6 +204,8 @@ def html_report(r: ReportData) -> str:
         body += [render.h(2, "Flagged cells"), render.p(FLAGS_NOTE, "small"), render.html_table(r.flagged)]
     for stem, caption, png in r.figures:
         body.append(render.html_image(png, alt=stem, caption=caption))
+    if r.placements is not None and len(r.placements):
+        body += [render.h(2, "Where regbench placed the regularizers"), render.html_table(r.placements)]
     body += [render.h(2, "Mixed precision: speedup over float32"), render.html_table(r.speedup)]
     body += [render.h(2, "Baselines"), render.html_table(r.baselines)]
     body += ['<h2 id="failures">Failed, diverged, skipped and unreadable trials</h2>',

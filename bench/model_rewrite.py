@@ -87,6 +87,19 @@ def regularize(model, recipe: Recipe, regularizers=None, kind: str | None = None
     return _Rewrite(model, recipe, _names(recipe, regularizers), kind or _input_kind(model)).run()
 
 
+def describe(placements) -> str | None:
+    """One line for reports: 'l2: kernel_regularizer on h1, out; dropout: h1_dropout after h1'."""
+    groups: dict = {}
+    for p in placements or []:
+        parts = groups.setdefault(p["regularizer"], {})
+        if p.get("inserted"):
+            parts.setdefault("", []).append(f"{p['inserted']} after {p.get('after', p['layer'])}")
+        else:
+            parts.setdefault(f"{p['what']} on ", []).append(p["layer"])
+    return "; ".join(f"{reg}: " + ", ".join(k + ", ".join(v) for k, v in parts.items())
+                     for reg, parts in groups.items()) or None
+
+
 # --- what the model is made of ------------------------------------------------------------------
 
 def _classes():

@@ -245,3 +245,30 @@ def test_every_kernel_of_every_known_layer_kind_is_regularized():
             ("batch_norm_before_activation", f"{block}_bn"), ("dropout_after", f"{block}_dropout")}
         assert isinstance(new.get_layer(f"{block}_dropout"), keras.layers.Dropout)
     assert not [p for p in placements if p["layer"] in ("einsum", "out") and "inserted" in p]
+
+
+PLACED = [{"regularizer": "l2", "layer": "h1", "what": "kernel_regularizer"},
+          {"regularizer": "l2", "layer": "out", "what": "kernel_regularizer"},
+          {"regularizer": "dropout", "layer": "h1", "what": "dropout_after", "inserted": "h1_dropout", "after": "h1"}]
+PLACED_TEXT = "l2: kernel_regularizer on h1, out; dropout: h1_dropout after h1"
+
+
+def test_records_and_report_say_where_each_regularizer_was_placed(tmp_path):
+    """Defect caught: placements recorded by the trial but missing from trials.csv and the report."""
+    from analysis.report import write_report
+    from bench import records
+    from tests.fixtures.synthetic_runs import write_run
+
+    run = write_run(tmp_path / "run", settings={"none": (1.0, 1.0, 0.0), "dropout": (1.2, 1.0, 0.01)},
+                    precisions={"float32": 1.0}, repeats=2)
+    for path in (run / "trials").glob("*.json"):
+        doc = json.loads(path.read_text())
+        if doc["trial"]["setting"] == "dropout":
+            doc["model"] = {"regularizer_placements": PLACED, "workload_kind_inferred": False}
+            path.write_text(json.dumps(doc))
+            assert records.flatten_trial(doc)["regularizer_placements"] == PLACED_TEXT
+    write_report(run)
+    summary = (run / "report" / "summary.md").read_text()
+    section = summary[summary.index("## Where regbench placed the regularizers"):]
+    assert f"| digits_mlp | dropout | {PLACED_TEXT} |" in section.split("\n## ")[0]
+    assert PLACED_TEXT in (run / "report" / "index.html").read_text()
