@@ -65,7 +65,8 @@ def placeable(model, regularizers) -> str | None:
     `regularizers`: names (their default parameters) or (name, params) pairs, as in a setting."""
     from bench.regularizers import normalize
 
-    pairs = [normalize(r, None, "regularizers") if isinstance(r, str) else tuple(r) for r in regularizers]
+    pairs = [normalize(r, None, "regularizers") if isinstance(r, str) else normalize(r[0], r[1], "regularizers")
+             for r in regularizers]
     for name, params in pairs:
         reason = _why_not(model, recipe_for([(name, params)]))
         if reason:
@@ -196,12 +197,14 @@ def _why_not(model, recipe: Recipe, kind: str | None = None) -> str | None:
         return "no hidden Dense or Conv block (only output layers) to follow with it"
     if "spatial_dropout_rate" in fields and not any(isinstance(layer, kinds["conv"]) for layer in hidden):
         return "no hidden Conv block to drop feature maps after"
-    if "attention_dropout_rate" in fields and not (fields & {"dropout_rate"}) and \
-            not any(isinstance(layer, kinds["kernel"][2]) for layer in graph.layers):
+    if "attention_dropout_rate" in fields and "dropout_rate" not in fields and \
+            not any(type(layer).__name__ == "MultiHeadAttention" for layer in graph.layers):
         return "no MultiHeadAttention layer"
     if "stochastic_depth_rate" in fields:
         return ("the rewrite does not find residual branches in a model; build them with "
                 "bench.workloads.common.drop_path")
+    if "augmentation" in fields and len(model.inputs) != 1:
+        return f"augments the one input of a model; this model has {len(model.inputs)}"
     if "augmentation" in fields and (kind or _input_kind(model)) == "tokens":
         return "noise, flips and shifts have no meaning for token ids"
     return None

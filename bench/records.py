@@ -31,7 +31,8 @@ SECTIONS = (
     ("process", ("start_method",)),
 )
 TOP_FIELDS = ("schema_version", "trial_id", "status", "reason", "started_at", "finished_at", "wall_s")
-COLUMNS = TOP_FIELDS + ("regularizers", "null_reasons", "regularizer_placements") + tuple(f for _, fields in SECTIONS for f in fields)
+COLUMNS = (TOP_FIELDS + ("regularizers", "null_reasons", "regularizer_placements")
+           + tuple(f for _, fields in SECTIONS for f in fields))
 CURVE_FIELDS = ("epoch", "wall_s", "train_wall_s", "loss", "accuracy", "val_loss", "val_accuracy", "xent_loss",
                 "val_xent_loss")
 STATUSES = ("ok", "failed", "diverged", "skipped")
