@@ -47,6 +47,14 @@ class ReportData:
     figures: list  # (file stem, caption, PNG bytes)
     flagged: pd.DataFrame  # flagged_cells()
     method: list  # method_links(): (text, href) of the README sections the method note points to
+    placements: pd.DataFrame = None  # placements(): where regbench's rewrite put each setting's regularizers
+
+
+def placements(trials: pd.DataFrame) -> pd.DataFrame:
+    """workload, setting, placements: where regbench's model rewrite put each setting (user workloads)."""
+    cols = ["workload", "setting", "regularizer_placements"]
+    t = trials[trials["regularizer_placements"].notna()] if "regularizer_placements" in trials else trials.iloc[:0]
+    return t.reindex(columns=cols).drop_duplicates().rename(columns={"regularizer_placements": "placements"})
 
     @property
     def found(self) -> list[Finding]:
@@ -103,7 +111,7 @@ def write_report(run_dir) -> Path:
         title=f"regbench report: {manifest.get('run_id') or run_dir.name}", meta=run_metadata(data, manifest),
         findings=findings(data.trials, data.sessions, table=table, speedup=speedup), noise=noise, unstable=unstable,
         overhead=overhead_wide(table), speedup=speedup_display(speedup), baselines=baselines(data.trials),
-        failures=fails, figures=[], flagged=flagged, method=method_links(out))
+        failures=fails, figures=[], flagged=flagged, method=method_links(out), placements=placements(data.trials))
     for stem, caption, fig in figures(table, speedup, data.curves):
         png = plots.to_png(fig)
         (out / f"{stem}.png").write_bytes(png)
@@ -155,6 +163,8 @@ def markdown(r: ReportData, max_rows: int = 200) -> str:
     if len(r.flagged):
         parts += ["\n## Flagged cells\n", FLAGS_NOTE + "\n\n", render.md_table(r.flagged, max_rows),
                   "\n[flags.csv](flags.csv)\n"]
+    if r.placements is not None and len(r.placements):
+        parts += ["\n## Where regbench placed the regularizers\n", render.md_table(r.placements, max_rows)]
     parts += ["\n## Learning curves\n", "[curves.csv](curves.csv)\n"] + figs("curves")
     parts += ["\n## Mixed precision: speedup over float32\n", render.md_table(r.speedup, max_rows),
               "\n[precision_speedup.csv](precision_speedup.csv)\n"] + figs("precision")
@@ -202,6 +212,8 @@ def html_report(r: ReportData) -> str:
     if len(r.flagged):
         body += [render.h(2, "Flagged cells"), render.p(FLAGS_NOTE, "small"), render.html_table(r.flagged),
                  render.p_html(f"Table: {_link('flags.csv')}", "small")]
+    if r.placements is not None and len(r.placements):
+        body += [render.h(2, "Where regbench placed the regularizers"), render.html_table(r.placements)]
     body += [render.h(2, "Learning curves"), render.p_html(f"Per epoch: {_link('curves.csv')}", "small"),
              '<div class="row">' + "".join(figs("curves")) + "</div>"]
     body += [render.h(2, "Mixed precision: speedup over float32"), render.html_table(r.speedup),

@@ -189,7 +189,8 @@ def _read_run(run_dir: layout.RunLayout, run: str, trial_cols: dict, curve_cols:
 
 
 _TEXT_COLUMNS = ("run", "run_dir", "file", "trial_id", "status", "reason", "started_at", "finished_at",
-                 "regularizers", "null_reasons", "workload", "setting", "precision", "backend", "cell_id",
+                 "regularizers", "null_reasons", "regularizer_placements", "workload", "setting", "precision",
+                 "backend", "cell_id",
                  "hostname", "device_kind", "device_name", "executor", "fingerprint_id", "accelerator_type",
                  "gpu_uuid", "start_method", "attention_path", "attention_kernel", "input_feed")
 _FLAG_COLUMNS = ("jit_compile", "input_bound", "applicable", "target_reached", "host_sync_per_step",

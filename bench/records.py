@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+from bench.model_rewrite import describe
+
 SECTIONS = (
     ("trial", ("workload", "setting", "precision", "batch_size", "backend", "repeat", "seed", "epochs", "cell_id",
                "learning_rate", "steps_per_epoch", "max_train_samples", "target_val_accuracy", "float32_matmul")),
@@ -29,7 +31,8 @@ SECTIONS = (
     ("process", ("start_method",)),
 )
 TOP_FIELDS = ("schema_version", "trial_id", "status", "reason", "started_at", "finished_at", "wall_s")
-COLUMNS = TOP_FIELDS + ("regularizers", "null_reasons") + tuple(f for _, fields in SECTIONS for f in fields)
+COLUMNS = (TOP_FIELDS + ("regularizers", "null_reasons", "regularizer_placements")
+           + tuple(f for _, fields in SECTIONS for f in fields))
 CURVE_FIELDS = ("epoch", "wall_s", "train_wall_s", "loss", "accuracy", "val_loss", "val_accuracy", "xent_loss",
                 "val_xent_loss")
 STATUSES = ("ok", "failed", "diverged", "skipped")
@@ -57,6 +60,8 @@ def flatten_trial(doc: dict) -> dict:
         if isinstance(nr, dict):
             reasons += [f"{k}: {v}" for k, v in nr.items()]
     row["null_reasons"] = "; ".join(reasons) or None
+    model = doc.get("model") if isinstance(doc.get("model"), dict) else {}
+    row["regularizer_placements"] = describe(model.get("regularizer_placements"))
     if row["setting"] is None:
         row["setting"] = _label(regs)
     if row["target_val_accuracy"] is None:

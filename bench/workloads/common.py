@@ -1,11 +1,20 @@
 """Building blocks shared by workloads: data container, regularized blocks, augmentation, and the
 batch-by-batch transforms of the input side (pipeline augmentation, mixup, cutmix; bench/inputs.py
-applies them)."""
+applies them).
+
+The names in `__all__` are public: a user's `build(recipe, data)` that wants full control of where
+each regularizer goes uses them as the built-in workloads do (bench/workloads/README.md, "Helpers
+for a recipe-aware build"). Each reads only the recipe fields it names and adds nothing the recipe
+does not ask for, so the baseline (an empty recipe) is the plain model.
+"""
 from __future__ import annotations
 
 import dataclasses
 
 import numpy as np
+
+__all__ = ["Data", "subsample", "image_input", "dense_block", "conv_bn", "classifier_head", "spatial_dropout",
+           "drop_path", "model_augmentation", "augmentation_layers", "attention_output_max_norm"]
 
 
 @dataclasses.dataclass
@@ -80,7 +89,12 @@ def _image_rescale_layer():
 
 
 def dense_block(x, units: int, recipe, name: str):
-    """Dense -> [BatchNorm] -> ReLU -> [Dropout], penalties on the kernel."""
+    """A hidden Dense block on tensor x: Dense(units) -> [BatchNormalization] -> ReLU -> [Dropout].
+
+    recipe.kernel_regularizer() (l1/l2) and recipe.kernel_constraint() (max_norm) go on the
+    kernel; with recipe.batch_norm the Dense has no bias and BatchNormalization comes before the
+    ReLU; recipe.dropout_rate adds Dropout after it. Layers are named f"{name}_dense", "_bn",
+    "_relu", "_dropout". Returns the block's output tensor."""
     import keras
 
     x = keras.layers.Dense(units, use_bias=not recipe.batch_norm, kernel_regularizer=recipe.kernel_regularizer(),
@@ -95,8 +109,12 @@ def dense_block(x, units: int, recipe, name: str):
 
 def conv_bn(x, filters: int, recipe, name: str, strides: int = 1, kernel: int = 3, relu: bool = True,
             padding: str = "same"):
-    """Conv2D -> [BatchNorm] -> [ReLU], penalties and max-norm on the kernel (bias only without
-    BatchNorm; no dropout: callers place it)."""
+    """A Conv2D block on tensor x: Conv2D -> [BatchNormalization] -> [ReLU] (relu=False: no
+    activation, as before a residual add).
+
+    Penalty and max-norm (over the kernel's spatial and input axes) on the kernel; bias only
+    without BatchNorm. No dropout: callers place it (spatial_dropout after the block, Dropout after
+    pooling). Layers are named f"{name}_conv", "_bn", "_relu". Returns the output tensor."""
     import keras
 
     x = keras.layers.Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=not recipe.batch_norm,
@@ -110,7 +128,9 @@ def conv_bn(x, filters: int, recipe, name: str, strides: int = 1, kernel: int = 
 
 
 def classifier_head(x, num_classes: int, recipe):
-    """Logits Dense + softmax kept in float32 (numerically safe under mixed precision)."""
+    """The output layer on tensor x: Dense(num_classes) logits with the recipe's penalty and
+    max-norm (never dropout or BatchNorm), then softmax kept in float32 (numerically safe under
+    mixed precision). Layers "logits" and "probs"; returns the class probabilities."""
     import keras
 
     x = keras.layers.Dense(num_classes, kernel_regularizer=recipe.kernel_regularizer(),
@@ -119,7 +139,8 @@ def classifier_head(x, num_classes: int, recipe):
 
 
 def spatial_dropout(x, recipe, name: str):
-    """SpatialDropout2D (drops whole feature maps) when the recipe asks for it."""
+    """x through SpatialDropout2D (drops whole feature maps) at recipe.spatial_dropout_rate, named
+    f"{name}_spatial_dropout"; x itself when the rate is 0."""
     if not recipe.spatial_dropout_rate:
         return x
     import keras
@@ -141,7 +162,14 @@ def drop_path(branch, recipe, index: int, count: int, name: str):
 
 
 def model_augmentation(x, kind: str, recipe):
-    """In-model augmentation layers (active in training only).
+    """x through the in-model augmentation layers of `augmentation_layers` (none: x as is)."""
+    for layer in augmentation_layers(kind, recipe):
+        x = layer(x)
+    return x
+
+
+def augmentation_layers(kind: str, recipe) -> list:
+    """The in-model augmentation layers (active in training only) the recipe asks for, in order.
 
     where=model: GaussianNoise (tabular) or RandomShiftFlip (images), written with keras.ops and
     compiled with the training step on every backend. where=model_keras: Keras' RandomFlip +
@@ -150,14 +178,24 @@ def model_augmentation(x, kind: str, recipe):
     import keras
 
     if recipe.augmentation not in ("model", "model_keras"):
-        return x
+        return []
     if kind == "tabular":
-        return keras.layers.GaussianNoise(recipe.augment_strength, name="aug_noise")(x)
+        return [keras.layers.GaussianNoise(recipe.augment_strength, name="aug_noise")]
     s = recipe.augment_strength
     if recipe.augmentation == "model":
-        return random_shift_flip_layer()(s, name="aug_shift_flip")(x)
-    x = keras.layers.RandomFlip("horizontal", name="aug_flip")(x)
-    return keras.layers.RandomTranslation(s, s, fill_mode="reflect", name="aug_translate")(x)
+        return [random_shift_flip_layer()(s, name="aug_shift_flip")]
+    return [keras.layers.RandomFlip("horizontal", name="aug_flip"),
+            keras.layers.RandomTranslation(s, s, fill_mode="reflect", name="aug_translate")]
+
+
+def attention_output_max_norm(attention, recipe) -> None:
+    """MaxNorm on a built MultiHeadAttention's output projection over its input axes: that kernel is
+    (heads, head_dim, width), so axes 0 and 1 (kernel_constraint= gives every kernel axis 0)."""
+    if not recipe.max_norm:
+        return
+    for v in attention.weights:
+        if v.path.endswith("attention_output/kernel"):
+            v.constraint = recipe.kernel_constraint(axis=[0, 1])
 
 
 _LAYERS: dict = {}

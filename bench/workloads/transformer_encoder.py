@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from bench.params import Param
-from bench.workloads.common import Data, classifier_head, drop_path, model_options, subsample
+from bench.workloads.common import Data, attention_output_max_norm, classifier_head, drop_path, model_options, subsample
 
 NAME = "transformer_encoder"
 DESCRIPTION = "pre-LN transformer encoder classifier on synthetic token sequences (majority token group)"
@@ -101,10 +101,7 @@ def _block(x, recipe, index: int, count: int, heads: int, width: int):
                                           kernel_regularizer=recipe.kernel_regularizer(),
                                           kernel_constraint=recipe.kernel_constraint())
     h = attention(h, h)
-    if recipe.max_norm:  # the output projection's kernel is (heads, head_dim, width): its inputs are axes 0, 1
-        for v in attention.weights:
-            if v.path.endswith("attention_output/kernel"):
-                v.constraint = recipe.kernel_constraint(axis=[0, 1])
+    attention_output_max_norm(attention, recipe)
     if rate:
         h = layers.Dropout(rate, name=f"{name}_attention_dropout")(h)
     h = drop_path(h, recipe, index, count, f"{name}_attention")
