@@ -26,7 +26,19 @@ repeats: 1
 epochs: 1
 steps_per_epoch: 3
 paired: false
+backend: jax
 """
+
+
+@pytest.fixture(autouse=True)
+def _registry_restored():
+    """Parsing a suite registers its user regularizers in this process: undo it after each test."""
+    from bench.regularizers import REGISTRY
+
+    before = dict(REGISTRY)
+    yield
+    REGISTRY.clear()
+    REGISTRY.update(before)
 
 
 def write_suite(folder: pathlib.Path, workload: str = "{path: model.py}", regularizers: str = "[none, l2]",
@@ -118,7 +130,7 @@ def test_bad_user_code_is_one_line_exit_2_nothing_written(case, tmp_path):
     proc = regbench("run", "--suite", suite, "--executor", "process", "--out", out, "--no-report", timeout=300)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: {suite}: {field}"), proc.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"regbench: error: {suite}: {field}"), proc.stderr
     assert message in lines[0], lines[0]
     assert not out.exists() or not any(out.iterdir())
 
