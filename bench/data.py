@@ -46,7 +46,7 @@ def prepare_node(workload_names, user_files: dict | None = None) -> dict:
     (bench/usercode.py bundle: {sha256: {name: bytes}}), written and checked by hash."""
     from bench import usercode
 
-    staged = prepare(workload_names)
+    staged = prepare(workload_names) if workload_names else {}
     for key, state in usercode.stage(user_files or {}).items():
         staged[f"user code {key}"] = {"state": state}
     return staged

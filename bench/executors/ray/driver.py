@@ -102,7 +102,7 @@ def _stage_data(ray, trials, progress) -> None:
 
     workloads = data.builtin_workloads(trials)
     user_files = usercode.bundle(usercode.refs_of(trials))
-    if not data.for_workloads(workloads) and not user_files:
+    if not (workloads and data.for_workloads(workloads)) and not user_files:
         return
     nodes = alive_nodes()
     files_ref = ray.put(user_files)
