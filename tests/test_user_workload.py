@@ -204,3 +204,82 @@ def test_rewriter_example_on_the_process_executor(tmp_path):
     assert curve["loss"] > curve["xent_loss"]
     assert any(p["regularizer"] == "dropout" for p in records["dropout"]["workload"]["placements"])
     assert (run_dir / "report").is_dir()
+
+
+RAY_MODEL = '''"""A user's model outside the repository, reading its data from a file it declares."""
+import pathlib
+
+import numpy as np
+
+RECIPE_AWARE = True
+DATA_FILES = {"digits.npz": "%s"}
+
+
+def load(seed):
+    d = np.load(pathlib.Path(__file__).parent / "digits.npz")
+    return d["x"][:1400], d["y"][:1400], d["x"][1400:], d["y"][1400:]
+
+
+def build(recipe, data):
+    import keras
+
+    from bench.workloads.common import classifier_head, dense_block
+
+    inputs = keras.Input(shape=data.input_shape)
+    return keras.Model(inputs, classifier_head(dense_block(inputs, 32, recipe, name="h0"), data.num_classes, recipe))
+'''
+
+
+@pytest.mark.slow
+def test_user_workload_outside_the_repo_on_a_multi_node_ray_cluster(tmp_path, monkeypatch):
+    """The module and its data file travel to every node through the run and are checked by hash there."""
+    import hashlib
+
+    import numpy as np
+    from ray.cluster_utils import Cluster
+    from sklearn.datasets import load_digits
+    from test_ray_cluster import load_run, run_cli
+
+    user = tmp_path / "mine"
+    user.mkdir()
+    x, y = load_digits(return_X_y=True)
+    np.savez(user / "digits.npz", x=(x / 16.0).astype("float32"), y=y.astype("int32"))
+    (user / "model.py").write_text(RAY_MODEL % hashlib.sha256((user / "digits.npz").read_bytes()).hexdigest())
+    suite = write_suite(user, workload="{path: model.py}", model=None,
+                        extra="device: cpu\nisolation: cpu\ntimeout_s: 300\n")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    data_dir = tmp_path / "node-data"
+    monkeypatch.setenv("REGBENCH_DATA_DIR", str(data_dir))  # the nodes' data root, where the files are staged
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        rc, out, err = run_cli(suite, tmp_path / "out", cluster.address)
+    finally:
+        cluster.shutdown()
+    assert rc == 0, err[-3000:]
+    assert sum("user code" in line and "data on" in line for line in err.splitlines()) == 3, err  # head + 2 nodes
+    records, _ = load_run(tmp_path / "out")
+    assert sorted(r["trial"]["setting"] for r in records.values()) == ["l2", "none"]
+    for r in records.values():
+        assert r["status"] == "ok", r.get("reason")
+        # imported from the copy staged on its node, not from the user's folder
+        assert r["workload"]["loaded_from"].startswith(str(data_dir / "regbench-user")), r["workload"]
+        assert r["node"]["executor"] == "ray"
+
+
+@pytest.mark.slow
+def test_rewriter_example_on_ray(tmp_path):
+    """The README example on a private local Ray instance."""
+    pytest.importorskip("bench.model_rewrite")
+    shutil.copy(FIXTURES / "user_model.py", tmp_path)
+    suite = tmp_path / "user_model.yaml"
+    suite.write_text((FIXTURES / "user_model.yaml").read_text().replace("[none, l2, dropout]", "[none, l2]"))
+    proc = regbench("run", "--suite", suite, "--executor", "ray", "--out", tmp_path / "out", "--no-report",
+                    timeout=600, env={"RAY_ADDRESS": "local"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = pathlib.Path(proc.stdout.strip().splitlines()[-1])
+    records = [json.loads(p.read_text()) for p in (run_dir / "trials").glob("*.json")]
+    assert sorted(r["status"] for r in records) == ["ok", "ok"]
+    assert all(r["workload"]["source"] == str(tmp_path / "user_model.py") for r in records)
