@@ -34,3 +34,19 @@ def prepare(workload_names=None, fetch: bool = True) -> dict:
     be had (no network, no mirror, a read-only root without the files, a corrupted download).
     """
     return {ds.name: stage(ds, fetch) for ds in for_workloads(workload_names)}
+
+
+def builtin_workloads(trials) -> list[str]:
+    """The built-in workloads `trials` run, sorted (a user's workload is staged by `prepare_node`)."""
+    return sorted({t.workload for t in trials if not (t.user_code or {}).get("workload")})
+
+
+def prepare_node(workload_names, user_files: dict | None = None) -> dict:
+    """`prepare` on one node of a cluster, plus the user's code and data files the driver sent
+    (bench/usercode.py bundle: {sha256: {name: bytes}}), written and checked by hash."""
+    from bench import usercode
+
+    staged = prepare(workload_names) if workload_names else {}
+    for key, state in usercode.stage(user_files or {}).items():
+        staged[f"user code {key}"] = {"state": state}
+    return staged

@@ -286,6 +286,7 @@ REGISTRY: dict[str, Regularizer] = {
 }
 
 BASELINE = "none"
+BUILT_IN = frozenset(REGISTRY)  # a user's regularizer (bench/usercode.py) is added to REGISTRY, never one of these
 
 
 def known_names() -> list[str]:
@@ -303,10 +304,30 @@ def normalize(name: str, params: dict | None, where: str) -> tuple[str, dict]:
     return name, dict(sorted(resolve(spec.params, params, where).items()))
 
 
+def from_module(module, where: str) -> Regularizer:
+    """The registry entry a user's module declares ("regbench.regularizer v1"): NAME, apply(recipe,
+    params), optional PARAMS {name: Param}, DESCRIPTION and applies_to(workload). Not registered."""
+    name, apply = getattr(module, "NAME", None), getattr(module, "apply", None)
+    params = getattr(module, "PARAMS", None) or {}
+    if not isinstance(name, str) or not name.isidentifier():
+        raise UserError(f"{where}: NAME {name!r} is not a plain name (letters, digits, '_')")
+    if name in BUILT_IN or name == BASELINE:
+        raise UserError(f"{where}: NAME {name!r} is a built-in regularizer; give the module another NAME")
+    if not callable(apply):
+        raise UserError(f"{where}: {name} has no apply(recipe, params)")
+    if not isinstance(params, dict) or not all(isinstance(k, str) and isinstance(v, Param) for k, v in params.items()):
+        raise UserError(f"{where}: PARAMS must map parameter names to bench.params.Param")
+    resolve(params, {}, f"{where}: PARAMS")  # the defaults are in their own ranges
+    applies = getattr(module, "applies_to", None) or _everywhere
+    doc = getattr(module, "DESCRIPTION", None) or (module.__doc__ or name).strip().split("\n")[0]
+    return Regularizer(name, doc, dict(params), apply, applies)
+
+
 def not_applicable(regularizers, workload) -> str | None:
-    """Why a combination [(name, params), ...] does not apply to `workload` (a module), or None."""
+    """Why a combination [(name, params), ...] does not apply to `workload` (a module), or None
+    (a user's model: also where the rewrite cannot place it, its UNPLACEABLE)."""
     for name, _ in regularizers:
-        reason = REGISTRY[name].applies_to(workload)
+        reason = REGISTRY[name].applies_to(workload) or getattr(workload, "UNPLACEABLE", {}).get(name)
         if reason:
             return f"{name}: {reason}" if len(regularizers) > 1 else reason
     return None
@@ -320,14 +341,16 @@ def recipe_for(regularizers) -> Recipe:
     return recipe
 
 
-def setting_label(regularizers) -> str:
-    """'none', 'l2', 'dropout(rate=0.5)+batch_norm': parameters shown only where not default."""
+def setting_label(regularizers, defaults: dict | None = None) -> str:
+    """'none', 'l2', 'dropout(rate=0.5)+batch_norm': parameters shown only where not default.
+    `defaults` {name: {param: default}}: of regularizers this process has not registered (a user's)."""
     if not regularizers:
         return BASELINE
     parts = []
     for name, params in regularizers:
         spec = REGISTRY.get(name)
-        changed = {k: v for k, v in params.items() if spec is None or spec.params[k].default != v}
+        known = {k: p.default for k, p in spec.params.items()} if spec else (defaults or {}).get(name)
+        changed = {k: v for k, v in params.items() if known is None or known.get(k) != v}
         parts.append(name + ("(" + ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                                                for k, v in sorted(changed.items())) + ")" if changed else ""))
     return "+".join(parts)

@@ -149,9 +149,9 @@ def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
     from bench.measure.energy import NvmlSampler
     from bench.measure.memory import MemoryTracker
     from bench.measure.timing import StepTimer, free_running
-    from bench.workloads import WORKLOADS
+    from bench.workloads import for_trial
 
-    workload = WORKLOADS[trial.workload]
+    workload = for_trial(trial)  # a user's module: re-imported here, its hash checked
     recipe = recipe_for(trial.regularizers)
     process = {"dtype_policy_at_start": keras.config.dtype_policy().name, "keras_backend": keras.config.backend()}
 
@@ -245,4 +245,6 @@ def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
     record["compute"] = compute
     record["convergence"] = convergence
     record["process"] = {**process, "first_step_unix": timer.first_step_unix}
+    if hasattr(workload, "record"):  # a user's workload: its source, what was inferred, where regularizers went
+        record["workload"] = workload.record()
     return record

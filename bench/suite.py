@@ -53,8 +53,9 @@ NAME_MAX = 64  # a suite name is part of the run directory's name: one plain fol
 _NAME = re.compile(rf"[A-Za-z0-9_-][A-Za-z0-9_.-]{{0,{NAME_MAX - 1}}}")
 MAX_EPOCHS = 100000
 DEFAULT_SUITE = "quick"  # `regbench run` and `plan` without --suite
-WORKLOAD_KEYS = ("name", "max_train_samples", "steps_per_epoch", "target_val_accuracy", "epochs", "batch_sizes",
-                 "model")
+WORKLOAD_KEYS = ("name", "path", "module", "max_train_samples", "steps_per_epoch", "target_val_accuracy", "epochs",
+                 "batch_sizes", "model")  # path | module: a user's workload (bench/workloads/README.md)
+USER_REGULARIZER_KEYS = ("path", "module", "params")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,24 +270,37 @@ def parse(data: dict, source: str, backend_override: str | None = None) -> Suite
                   for i, p in enumerate(_list(f"{f}: precisions", data["precisions"]))]
     batch_sizes = [_int(f"{f}: batch_sizes[{i}]", b, 1, 1 << 20)
                    for i, b in enumerate(_list(f"{f}: batch_sizes", data["batch_sizes"]))]
-    settings = [_setting(f"{f}: regularizers[{i}]", item)
-                for i, item in enumerate(_list(f"{f}: regularizers", data["regularizers"]))]
+    user_regs = {}  # name -> ref of a user's regularizer ({path: ...} or {module: ...} entries)
+    items = [_user_regularizer(f"{f}: regularizers[{i}]", item, pathlib.Path(f).parent, user_regs)
+             for i, item in enumerate(_list(f"{f}: regularizers", data["regularizers"]))]
+    settings = [_setting(f"{f}: regularizers[{i}]", item) for i, item in enumerate(items)]
     accel = data.get("accelerator_types", [None])
     accel = [None] if accel in (None, []) else _list(f"{f}: accelerator_types", accel)
     for i, a in enumerate(accel):
         if a is not None and not isinstance(a, str):
             _fail(f"{f}: accelerator_types[{i}]", f"{a!r} is not a string (an accelerator type, e.g. H100)")
 
-    workloads = []
+    workloads, modules = [], dict(WORKLOADS)  # modules: name -> workload module, or a user's (UserWorkload)
+    reg_names = sorted({n for s in settings for n, _ in s})
     for i, w in enumerate(_list(f"{f}: workloads", data["workloads"])):
         where = f"{f}: workloads[{i}]"
         spec = {"name": w} if isinstance(w, str) else w
-        if not isinstance(spec, dict) or "name" not in spec:
-            _fail(where, f"expected a workload name or a mapping with 'name', got {w!r}")
+        user = isinstance(spec, dict) and ("path" in spec or "module" in spec)
+        if not isinstance(spec, dict) or not (user or "name" in spec) or ("path" in spec and "module" in spec):
+            _fail(where, f"expected a workload name or a mapping with one of 'name', 'path', 'module', got {w!r}")
         for key in spec:
             if key not in WORKLOAD_KEYS:
                 _fail(where, f"unknown key {key!r}{did_you_mean(key, WORKLOAD_KEYS)}")
-        _choice(f"{where}.name", spec["name"], list(WORKLOADS))
+        if user:
+            from bench.workloads import external
+
+            uw = external.resolve(spec, pathlib.Path(f).parent, where, backend, reg_names)
+            if uw.NAME in modules:
+                _fail(where, f"workload {uw.NAME!r} is named twice; give one a NAME (or `name:`) of its own")
+            modules[uw.NAME] = uw
+            spec = {**spec, "name": uw.NAME, "model": uw.model}
+        else:
+            _choice(f"{where}.name", spec["name"], list(WORKLOADS))
         for key, high in (("max_train_samples", 1 << 31), ("steps_per_epoch", 1 << 24), ("epochs", MAX_EPOCHS)):
             if spec.get(key) is not None:
                 _int(f"{where}.{key}", spec[key], 1, high)
@@ -297,9 +311,11 @@ def parse(data: dict, source: str, backend_override: str | None = None) -> Suite
         wb = spec.get("batch_sizes")
         if wb is not None:
             wb = [_int(f"{where}.batch_sizes[{j}]", b, 1, 1 << 20) for j, b in enumerate(_list(f"{where}.batch_sizes", wb))]
-        module = WORKLOADS[spec["name"]]
+        module = modules[spec["name"]]
         model = spec.get("model")
-        if getattr(module, "MODEL", None):
+        if user:
+            pass  # checked by external.resolve
+        elif getattr(module, "MODEL", None):
             from bench.workloads.common import model_options
 
             model = model_options(module.MODEL, model, f"{where}.model", getattr(module, "check_model", None))
@@ -314,11 +330,11 @@ def parse(data: dict, source: str, backend_override: str | None = None) -> Suite
 
     not_applicable = []
     for i, reg in enumerate(settings):
-        reasons = [regularizers.not_applicable(reg, WORKLOADS[w["name"]]) for w in workloads]
+        reasons = [regularizers.not_applicable(reg, modules[w["name"]]) for w in workloads]
         if all(reasons):
             where, what = f"{f}: regularizers[{i}]", names[i]
             for j, (name, _) in enumerate(reg):  # name the entry that applies nowhere, if one does
-                if all(regularizers.REGISTRY[name].applies_to(WORKLOADS[w["name"]]) for w in workloads):
+                if all(regularizers.not_applicable([(name, {})], modules[w["name"]]) for w in workloads):
                     where += (f"[{j}]" if isinstance(data["regularizers"][i], list) else "") + f".{name}"
                     what = name
                     break
@@ -343,7 +359,7 @@ def parse(data: dict, source: str, backend_override: str | None = None) -> Suite
                             max_train_samples=w.get("max_train_samples"), steps_per_epoch=w.get("steps_per_epoch"),
                             cpu_threads=threads, timeout_s=float(timeout), device=kind,
                             allow_slow_precision=allow_slow, accelerator_type=acc, model=w["model"],
-                            float32_matmul=f32))
+                            float32_matmul=f32, user_code=_user_code(modules[w["name"]], reg, user_regs)))
     # Repeats interleave (all cells of repeat 0, then repeat 1, ...) and the cells of each repeat run
     # in a random order, seeded (suite seed, repeat): drift and neighbours hit every setting alike;
     # or, with order: pairs, each baseline beside its settings so a run cut short holds whole pairs.
@@ -366,6 +382,33 @@ def parse(data: dict, source: str, backend_override: str | None = None) -> Suite
                  isolation=isolation, cpus_per_trial=cpus, device=device, expected_trial_s=float(expected),
                  max_retries=retries, resolved=resolved, paired=paired,
                  not_applicable=tuple(not_applicable), devices=tuple(kinds), gpu_host_cpus=host_cpus)
+
+
+def _user_regularizer(where: str, item, base_dir: pathlib.Path, user_regs: dict):
+    """A `{path: my_reg.py}` or `{module: ...}` entry (optionally with params): the user's regularizer
+    registered (bench.regularizers.from_module) and the entry as a setting of it; others as they are."""
+    if not (isinstance(item, dict) and ("path" in item or "module" in item)):
+        return item
+    from bench import usercode
+
+    for key in item:
+        if key not in USER_REGULARIZER_KEYS:
+            _fail(where, f"unknown key {key!r}{did_you_mean(key, USER_REGULARIZER_KEYS)}")
+    ref, module = usercode.resolve(item, base_dir, where)
+    field = f"{where}.{'path' if 'path' in item else 'module'}"
+    entry = regularizers.from_module(module, f"{field}: {usercode.source_name(ref)}")
+    if entry.name in user_regs and user_regs[entry.name]["sha256"] != ref["sha256"]:
+        _fail(field, f"regularizer {entry.name!r} is named by two different files")
+    regularizers.REGISTRY[entry.name] = entry
+    user_regs[entry.name] = {**ref, "defaults": {k: p.default for k, p in entry.params.items()}}
+    return {"name": entry.name, "params": item.get("params") or {}}
+
+
+def _user_code(workload, setting, user_regs: dict) -> dict | None:
+    """The trial's `user_code`: the refs of the user's workload and regularizers it runs, or None."""
+    w = getattr(workload, "ref", None)
+    regs = {n: user_regs[n] for n, _ in setting if n in user_regs}
+    return {"workload": w, "regularizers": regs} if w or regs else None
 
 
 def _devices(f: str, data: dict, isolation: str) -> tuple[list, int]:

@@ -53,6 +53,9 @@ class Trial:
     model: dict | None = None  # the workload's model options ({layers, width, ...}); None: it has none
     device: str | None = None  # "gpu" | "cpu": the device kind this copy runs on (a `devices` suite); None: the suite's
     float32_matmul: str = "ieee"  # "ieee" | "tf32": float32 matmuls/convolutions (bench.backends.set_float32_matmul)
+    # code from outside the package (bench/usercode.py): {"workload": ref, "regularizers": {name: ref}};
+    # the identity keeps only the hashes (sha256 of source and data), not where the files are
+    user_code: dict | None = None
 
     kind = "trial"  # a unit of work the executors run (bench/units: the other kind is a paired session)
     plural = "trials"
@@ -66,12 +69,17 @@ class Trial:
     @property
     def setting(self) -> str:
         """Readable label of the regularizer set: 'none', 'l2', 'dropout(rate=0.5)+batch_norm'."""
-        return setting_label(self.regularizers)
+        regs = (self.user_code or {}).get("regularizers") or {}
+        return setting_label(self.regularizers, {n: r.get("defaults", {}) for n, r in regs.items()})
 
     def _identity(self, with_repeat: bool) -> dict:
         d = self.to_dict()
         for k in ("timeout_s",):  # does not change what is measured
             d.pop(k)
+        if "user_code" in d:  # what the code is, not where it lies
+            w, regs = d["user_code"].get("workload"), d["user_code"].get("regularizers") or {}
+            d["user_code"] = {"workload": w and [w["sha256"], w["data_sha256"]],
+                              "regularizers": {n: r["sha256"] for n, r in regs.items()}}
         if not with_repeat:  # repeats differ in repeat index and seed only
             d.pop("repeat")
             d.pop("seed")
@@ -99,7 +107,7 @@ class Trial:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["regularizers"] = [{"name": n, "params": dict(p)} for n, p in self.regularizers]
-        for key in ("model", "device"):  # absent rather than null: ids of trials without them stay as they were
+        for key in ("model", "device", "user_code"):  # absent rather than null: ids of trials without them stay as they were
             if d[key] is None:
                 del d[key]
         if d["float32_matmul"] == "ieee":  # absent when default: ids from before the field stay as they were

@@ -73,7 +73,8 @@ def run_local(batches, store, suite, progress, start_method: str | None = None) 
     to completion, one batch after the other."""
     from bench import data
 
-    staged = data.prepare(sorted({t.workload for t in suite.trials}))
+    names = data.builtin_workloads(suite.trials)  # a user's files were checked at plan time
+    staged = data.prepare(names) if names else {}
     if staged:
         progress.note("data: " + ", ".join(f"{name} {info['state']}" for name, info in staged.items()))
     with signals.stop_on_signals(), scratch.held(store.path.name) as run_tmp:

@@ -59,10 +59,10 @@ def _time_blocks(session: Session, node: dict, gpu: bool) -> dict:
     from bench.attention import attention_record
     from bench.inputs import block_inputs
     from bench.measure.timing import StepTimer
-    from bench.workloads import WORKLOADS
+    from bench.workloads import for_trial
 
     base = session.base
-    workload = WORKLOADS[base.workload]
+    workload = for_trial(base)
     policy_at_start = keras.config.dtype_policy().name
 
     # 1. one dataset, every model built the runner's way (plus two more baseline instances: the A/A twin, the 3rd)

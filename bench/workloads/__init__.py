@@ -11,7 +11,9 @@ and optionally DATASET (a bench.dataset_formats.DATASETS name: files staged per 
 run) and MODEL ({option: bench.params.Param}, the suite's `model:` options, passed to load() and
 kept in Data.model) with check_model(options) -> (field, problem) | None.
 
-The runner never special-cases a workload. To add one, write the module and list it here.
+The runner never special-cases a workload. To add one, write the module and list it here, or
+name it in a suite from outside the package (`{path: my_model.py}`; bench/workloads/README.md,
+"regbench.workload v1"): `for_trial` gives the trial process either kind.
 """
 from __future__ import annotations
 
@@ -31,3 +33,21 @@ def named(names=None) -> list:
         if name not in WORKLOADS:
             raise UserError(f"WORKLOAD: unknown workload {name!r}{did_you_mean(name, WORKLOADS)}")
     return [WORKLOADS[name] for name in names]
+
+
+def for_trial(trial):
+    """The workload module a trial runs: a built-in, or the user's (bench/workloads/external.py),
+    re-imported and checked against the hash it was planned with; the user's regularizers the trial
+    uses are registered first (bench/usercode.py). UserCodeChanged when a source is not the planned one."""
+    user = trial.user_code or {}
+    if user.get("regularizers"):
+        from bench import regularizers, usercode
+
+        for name, ref in user["regularizers"].items():
+            module, _ = usercode.activate(ref)
+            regularizers.REGISTRY[name] = regularizers.from_module(module, usercode.source_name(ref))
+    if user.get("workload"):
+        from bench.workloads.external import for_ref
+
+        return for_ref(user["workload"])
+    return WORKLOADS[trial.workload]

@@ -59,7 +59,7 @@ def run_ray(batches, store, suite, progress, start_method: str | None = None, ad
         signals.reassert()  # ray.init() put its own SIGTERM handler in place of ours
         reaper = start_reaper() if started_here else None
         try:
-            _stage_data(ray, sorted({t.workload for t in suite.trials}), progress)
+            _stage_data(ray, suite.trials, progress)
             # A private instance is torn down by ray.shutdown(), which stops every task; force-cancelling
             # tasks first races with replies from workers that Ctrl-C already hit and can abort the
             # driver inside Ray ("Tried to complete task that was not pending"). Only a joined
@@ -91,19 +91,24 @@ def _remove_node_scratch(ray, run_id: str, timeout_s: float = 60.0) -> None:
         pass
 
 
-def _stage_data(ray, workloads: list[str], progress) -> None:
+def _stage_data(ray, trials, progress) -> None:
     """bench.data.prepare on every alive node, before any trial: a node without the data fails the
-    run here, with one line naming the node and the dataset, not trial by trial."""
+    run here, with one line naming the node and the dataset, not trial by trial. The files of a
+    user's workload or regularizer (bench/usercode.py) go to every node the same way, through the
+    object store, and are checked there by hash."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from bench import data
+    from bench import data, usercode
 
-    if not data.for_workloads(workloads):
+    workloads = data.builtin_workloads(trials)
+    user_files = usercode.bundle(usercode.refs_of(trials))
+    if not (workloads and data.for_workloads(workloads)) and not user_files:
         return
     nodes = alive_nodes()
-    stage = ray.remote(num_cpus=0, max_retries=0)(data.prepare)
-    refs = [stage.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(workloads)
-            for n in nodes]
+    files_ref = ray.put(user_files)
+    stage = ray.remote(num_cpus=0, max_retries=0)(data.prepare_node)
+    refs = [stage.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+            .remote(workloads, files_ref) for n in nodes]
     for node, ref in zip(nodes, refs):
         try:
             staged = ray.get(ref)
