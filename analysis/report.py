@@ -49,13 +49,6 @@ class ReportData:
     method: list  # method_links(): (text, href) of the README sections the method note points to
     placements: pd.DataFrame = None  # placements(): where regbench's rewrite put each setting's regularizers
 
-
-def placements(trials: pd.DataFrame) -> pd.DataFrame:
-    """workload, setting, placements: where regbench's model rewrite put each setting (user workloads)."""
-    cols = ["workload", "setting", "regularizer_placements"]
-    t = trials[trials["regularizer_placements"].notna()] if "regularizer_placements" in trials else trials.iloc[:0]
-    return t.reindex(columns=cols).drop_duplicates().rename(columns={"regularizer_placements": "placements"})
-
     @property
     def found(self) -> list[Finding]:
         return [f for f in self.findings if f.decided]
@@ -66,6 +59,13 @@ def placements(trials: pd.DataFrame) -> pd.DataFrame:
 
     def section_figures(self, section: str) -> list:
         return [f for f in self.figures if SECTIONS.get(f[0]) == section]
+
+
+def placements(trials: pd.DataFrame) -> pd.DataFrame:
+    """workload, setting, placements: where regbench's model rewrite put each setting (user workloads)."""
+    cols = ["workload", "setting", "regularizer_placements"]
+    t = trials[trials["regularizer_placements"].notna()] if "regularizer_placements" in trials else trials.iloc[:0]
+    return t.reindex(columns=cols).drop_duplicates().rename(columns={"regularizer_placements": "placements"})
 
 
 def figures(table: pd.DataFrame, speedup: pd.DataFrame, curves: pd.DataFrame) -> list[tuple[str, str, object]]:

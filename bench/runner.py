@@ -247,4 +247,6 @@ def _measure(trial: Trial, node: dict, gpu: bool) -> dict:
     record["process"] = {**process, "first_step_unix": timer.first_step_unix}
     if hasattr(workload, "record"):  # a user's workload: its source, what was inferred, where regularizers went
         record["workload"] = workload.record()
+        record["model"] = {"regularizer_placements": record["workload"]["placements"] or [],
+                           "workload_kind_inferred": bool(record["workload"]["inferred"])}
     return record

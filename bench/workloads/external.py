@@ -59,7 +59,7 @@ class UserWorkload:
         if not self.RECIPE_AWARE:
             from bench.model_rewrite import regularize
 
-            model, self.placements = regularize(model, recipe)
+            model, self.placements = regularize(model, recipe, kind=self.KIND if self.KIND in ("tabular", "image") else None)
         return model
 
     def record(self) -> dict:
