@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from bench.model_rewrite import describe
+from bench.workloads.rewrite import describe
 
 SECTIONS = (
     ("trial", ("workload", "setting", "precision", "batch_size", "backend", "repeat", "seed", "epochs", "cell_id",

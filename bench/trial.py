@@ -137,21 +137,9 @@ class Trial:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Trial) and self.trial_id == other.trial_id
 
-    # ---- the unit's work (bench/units; the runner imports this module, so it is imported when called)
+    # ---- the unit's face (bench/units; what runs it is bench/units/runners.py)
     def skeleton(self, status: str, reason: str | None, node: dict) -> dict:
         return result_skeleton(self, status, reason, node)
-
-    def precheck(self, executor: str, gpu: bool) -> dict | None:
-        """A `skipped` record when this device should not run the trial (no framework import), else None."""
-        from bench.runner import precheck
-
-        return precheck(self, executor, gpu)
-
-    def run(self, executor: str = "process", gpu: bool | None = None) -> dict:
-        """Measure the trial in this fresh process and return its record."""
-        from bench.runner import run_trial
-
-        return run_trial(self, executor, gpu)
 
 
 def result_skeleton(trial: Trial, status: str, reason: str | None, node: dict) -> dict:

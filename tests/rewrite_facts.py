@@ -1,4 +1,4 @@
-"""What bench.model_rewrite made of recipe-unaware user models, read back from Keras as plain JSON:
+"""What bench.workloads.rewrite made of recipe-unaware user models, read back from Keras as plain JSON:
 the facts tests/test_model_rewrite.py checks on every backend.
 
     python -m tests.rewrite_facts CASES_JSON     (KERAS_BACKEND set by the caller)
@@ -102,7 +102,7 @@ def facts(model_name: str, regularizers: list) -> dict:
     cross-entropy."""
     import keras
 
-    from bench.model_rewrite import placeable, regularize
+    from bench.workloads.rewrite import placeable, regularize
     from bench.regularizers import normalize, recipe_for
 
     keras.utils.set_random_seed(0)

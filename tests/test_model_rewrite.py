@@ -1,4 +1,4 @@
-"""regbench regularizes a model that knows nothing of regularizers (bench/model_rewrite.py).
+"""regbench regularizes a model that knows nothing of regularizers (bench/workloads/rewrite.py).
 
 Recipe-unaware user models (tests/rewrite_facts.py) are rewritten and read back: penalties and
 max-norm on every kernel, Dropout / SpatialDropout after each hidden block and nowhere else,
@@ -157,7 +157,7 @@ TRAINING_SIDE = [("weight_decay", {}), ("label_smoothing", {}), ("mixup", {}), (
 @pytest.mark.parametrize("name,params", TRAINING_SIDE, ids=[n for n, _ in TRAINING_SIDE])
 def test_training_side_settings_leave_the_model_alone(name, params):
     """Defect caught: a rewrite (fresh weights, new layers) for a setting that acts in training only."""
-    from bench.model_rewrite import placeable, regularize
+    from bench.workloads.rewrite import placeable, regularize
     from bench.regularizers import normalize, recipe_for
 
     for model_name in ("functional_mlp", "subclassed"):
@@ -187,7 +187,7 @@ def test_what_the_rewrite_cannot_place_is_one_line_why(model_name, regs, words):
 
 def test_regularize_refuses_what_placeable_refuses():
     """Defect caught: regularize() returning an unregularized model for a setting it cannot place."""
-    from bench.model_rewrite import NotPlaceable, regularize
+    from bench.workloads.rewrite import NotPlaceable, regularize
     from bench.regularizers import recipe_for
 
     with pytest.raises(NotPlaceable, match="subclassed"):
@@ -227,7 +227,7 @@ def test_every_kernel_of_every_known_layer_kind_is_regularized():
     hidden block without its BatchNorm and Dropout."""
     import keras
 
-    from bench.model_rewrite import regularize
+    from bench.workloads.rewrite import regularize
     from bench.regularizers import recipe_for
 
     regs = [("l2", {"l2": 1e-4}), ("max_norm", {"max_value": 2.0}), DROPOUT, BATCH_NORM]

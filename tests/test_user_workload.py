@@ -1,6 +1,6 @@
 """A workload and a regularizer from outside the package (bench/workloads/README.md, "regbench.workload v1").
 
-Tests named test_rewriter_* need bench/model_rewrite.py (a recipe-unaware model regularized by
+Tests named test_rewriter_* need bench/workloads/rewrite.py (a recipe-unaware model regularized by
 regbench); they skip until it is there.
 """
 from __future__ import annotations
@@ -191,7 +191,7 @@ def test_user_workload_outside_the_repo_on_the_process_executor(tmp_path):
 @pytest.mark.slow
 def test_rewriter_example_on_the_process_executor(tmp_path):
     """The README example, as written: l2 reaches the loss, dropout layers where the record says."""
-    pytest.importorskip("bench.model_rewrite")
+    pytest.importorskip("bench.workloads.rewrite")
     shutil.copy(FIXTURES / "user_model.py", tmp_path)
     suite = tmp_path / "user_model.yaml"
     suite.write_text((FIXTURES / "user_model.yaml").read_text())
@@ -272,7 +272,7 @@ def test_user_workload_outside_the_repo_on_a_multi_node_ray_cluster(tmp_path, mo
 @pytest.mark.slow
 def test_rewriter_example_on_ray(tmp_path):
     """The README example on a private local Ray instance."""
-    pytest.importorskip("bench.model_rewrite")
+    pytest.importorskip("bench.workloads.rewrite")
     shutil.copy(FIXTURES / "user_model.py", tmp_path)
     suite = tmp_path / "user_model.yaml"
     suite.write_text((FIXTURES / "user_model.yaml").read_text().replace("[none, l2, dropout]", "[none, l2]"))

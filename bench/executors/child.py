@@ -19,6 +19,22 @@ FRAMEWORKS = ("keras", "tensorflow", "jax", "torch")
 MEMORY_LIMIT_ENV = "REGBENCH_TRIAL_MEMORY_LIMIT_BYTES"
 
 
+def preload(backend: str) -> None:
+    """Import everything a trial needs, run nothing (a zygote does this once; an interpreter trial
+    under a memory limit does it before the limit, so the limit counts from the same point)."""
+    import keras  # noqa: F401 - imports the framework of KERAS_BACKEND
+    import numpy  # noqa: F401
+    import sklearn.datasets  # noqa: F401
+    import sklearn.model_selection  # noqa: F401
+
+    from bench import env, inputs, runner  # noqa: F401
+    from bench.measure import compute, convergence, energy, memory, timing  # noqa: F401
+    from bench.units import runners, session_run  # noqa: F401
+    from bench.workloads import WORKLOADS  # noqa: F401
+
+    env.fingerprint()  # once per zygote; children inherit the cached fingerprint
+
+
 def limit_memory() -> int | None:
     """Cap this trial process's address space (RLIMIT_AS) at what it has mapped now (the framework
     imported, nothing run) plus $REGBENCH_TRIAL_MEMORY_LIMIT_BYTES, so a trial that outgrows it fails with an OOM record
@@ -51,9 +67,9 @@ def die_with_parent(expected_parent: int | None = None) -> bool:
 
 def run_unit(request: dict) -> dict:
     """Run the request's unit of work (bench/units) in this process and return its record."""
-    from bench.units import unit_from_dict
+    from bench.units import runners, unit_from_dict
 
-    return unit_from_dict(request["kind"], request["unit"]).run(executor=request["executor"], gpu=request["gpu"])
+    return runners.run(unit_from_dict(request["kind"], request["unit"]), request["executor"], request["gpu"])
 
 
 def main(argv: list[str], start_method: str = "interpreter") -> int:
@@ -73,8 +89,6 @@ def main(argv: list[str], start_method: str = "interpreter") -> int:
 
         cores = claim(request["pin_cores"], request.get("core_lock_dir"))
     if start_method == "interpreter" and os.environ.get(MEMORY_LIMIT_ENV):
-        from bench.executors.zygote import preload
-
         preload(os.environ.get("KERAS_BACKEND", "tensorflow"))  # the limit counts from here, as in a zygote child
     memory_limit = limit_memory()
     record = run_unit(request)

@@ -22,7 +22,7 @@ from bench.errors import UserError
 from bench.executors import write_once
 from bench.executors.trial_process import Launcher, collect, failure_record, read_log_tail
 from bench.trial import Trial
-from bench.units import unit_type
+from bench.units import runners, unit_type
 
 
 def slots_for(suite, kind: str = Trial.kind) -> list[list[str] | None]:
@@ -105,7 +105,7 @@ def _run_batch(units, launcher, store, suite, progress) -> None:
                 if pick is None:
                     break
                 unit, slot = pending.pop(pick[0]), free[pick[1]]
-                skipped = unit.precheck("process", gpu=slots[slot] is not None)
+                skipped = runners.precheck(unit, "process", gpu=slots[slot] is not None)
                 if skipped:
                     write_once(store, unit.kind, skipped, progress)
                     progress.finished(skipped, was_running=False)

@@ -28,22 +28,6 @@ import time
 import warnings
 
 
-def preload(backend: str) -> None:
-    """Import everything a trial needs, run nothing."""
-    import keras  # noqa: F401 - imports the framework of KERAS_BACKEND
-    import numpy  # noqa: F401
-    import sklearn.datasets  # noqa: F401
-    import sklearn.model_selection  # noqa: F401
-
-    from bench import env, inputs, runner  # noqa: F401
-    from bench.executors import child  # noqa: F401
-    from bench.units import session_run  # noqa: F401
-    from bench.measure import compute, convergence, energy, memory, timing  # noqa: F401
-    from bench.workloads import WORKLOADS  # noqa: F401
-
-    env.fingerprint()  # once per zygote; children inherit the cached fingerprint
-
-
 def untouched_reason(backend: str) -> str | None:
     """None when the framework has not initialised a device or a runtime, else why not."""
     import keras
@@ -105,12 +89,12 @@ def _fork(request: dict) -> int:
 
 
 def serve(backend: str) -> int:
-    from bench.executors.child import die_with_parent
+    from bench.executors import child
 
-    die_with_parent()
+    child.die_with_parent()
     t = time.perf_counter()
     try:
-        preload(backend)
+        child.preload(backend)
         reason = untouched_reason(backend)
     except Exception as e:  # noqa: BLE001 - reported to the client, which falls back
         reason = f"preload failed: {type(e).__name__}: {e}"[:300]

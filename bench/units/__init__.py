@@ -10,18 +10,18 @@ Two kinds, one face. A unit is frozen plain data with these names (the `Unit` pr
     whole_cpu_node(suite)      (classmethod) whether one of this kind, on a CPU, runs alone on its node
     to_dict() / from_dict(d)   plain data, the request a trial process reads
     skeleton(status, reason, node) -> record with the always-present fields
-    precheck(executor, gpu)    a `skipped` record when this device should not run it (decided
-                               without a trial process), else None
-    run(executor, gpu)         run it in this fresh process and return its record
+
+and its runner in bench/units/runners.py: `runners.precheck(unit, executor, gpu)` (a `skipped`
+record when this device should not run it, decided without a trial process, else None) and
+`runners.run(unit, executor, gpu)` (run it in this fresh process and return its record).
 
 - trial (bench/trial.py `Trial`, run by bench/runner.py): one timed training run, isolated;
 - session (bench/units/session.py `Session`, run by bench/units/session_run.py): the baseline and
   every regularized model of one cell timed in alternating blocks inside one process.
 
-The executors never special-case a kind: they call the unit's methods, and turn a kind named in a
-request back into its class here, once (`unit_from_dict`). To add a kind, write a class with these
-names and list it in UNIT_KINDS. A unit's module loads none of the code that runs it: `precheck`
-and `run` import their runner when called (the runners import the units).
+The executors never special-case a kind: they look a unit's runner up by its kind (runners.py),
+and turn a kind named in a request back into its class here, once (`unit_from_dict`). To add a
+kind, write a class with these names, list it in UNIT_KINDS and its runner in runners.RUNNERS.
 """
 from __future__ import annotations
 
@@ -55,8 +55,6 @@ class Unit(Protocol):
     @classmethod
     def from_dict(cls, d: dict) -> "Unit": ...
     def skeleton(self, status: str, reason: str | None, node: dict) -> dict: ...
-    def precheck(self, executor: str, gpu: bool) -> dict | None: ...
-    def run(self, executor: str, gpu: bool | None) -> dict: ...
 
 
 UNIT_KINDS: dict[str, type] = {cls.kind: cls for cls in (Trial, Session)}

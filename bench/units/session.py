@@ -139,22 +139,6 @@ class Session:
             "node": node,
         }
 
-    def precheck(self, executor: str, gpu: bool) -> dict | None:
-        """A `skipped` record when this device should not run the session's precision (its
-        baseline trial's decision), else None."""
-        skipped = self.base.precheck(executor, gpu)
-        if skipped is None:
-            return None
-        record = self.skeleton("skipped", skipped["reason"], skipped["node"])
-        record.update(started_at=now_iso(), finished_at=now_iso(), wall_s=0.0)
-        return record
-
-    def run(self, executor: str = "process", gpu: bool | None = None) -> dict:
-        """Time the session in this fresh process and return its record."""
-        from bench.units.session_run import run_session  # it imports this module
-
-        return run_session(self, executor, gpu)
-
 
 def round_log_ratios(record: dict) -> dict[str, np.ndarray]:
     """label -> per-round log ratios of a session record's blocks (`blocks.step_time_s`): each

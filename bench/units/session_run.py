@@ -23,11 +23,22 @@ import traceback
 
 import numpy as np
 
-from bench import backends
+from bench import backends, runner
 from bench.regularizers import Recipe, recipe_for, setting_label
 from bench.runner import build_model, classify_failure, load_data, start_process
 from bench.trial import now_iso
 from bench.units.session import AA_LABEL, THIRD_LABEL, Session, round_log_ratios
+
+
+def precheck(session: Session, executor: str, gpu: bool) -> dict | None:
+    """A `skipped` record when this device should not run the session's precision (its baseline
+    trial's decision), else None."""
+    skipped = runner.precheck(session.base, executor, gpu)
+    if skipped is None:
+        return None
+    record = session.skeleton("skipped", skipped["reason"], skipped["node"])
+    record.update(started_at=now_iso(), finished_at=now_iso(), wall_s=0.0)
+    return record
 
 
 def run_session(session: Session, executor: str = "process", gpu: bool | None = None) -> dict:

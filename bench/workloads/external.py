@@ -54,10 +54,10 @@ class UserWorkload:
         return data
 
     def build(self, recipe, data):
-        """The user's model; a recipe-unaware one gets the regularizers from bench/model_rewrite.py."""
+        """The user's model; a recipe-unaware one gets the regularizers from bench/workloads/rewrite.py."""
         model = self.module.build(recipe, data)
         if not self.RECIPE_AWARE:
-            from bench.model_rewrite import regularize
+            from bench.workloads.rewrite import regularize
 
             model, self.placements = regularize(model, recipe, kind=self.KIND if self.KIND in ("tabular", "image") else None)
         return model
@@ -229,7 +229,7 @@ def _check(request: dict) -> dict:
                          f"it must be (None, {data.num_classes})"}
     unplaceable = {}
     if request["regularizers"]:
-        from bench.model_rewrite import placeable
+        from bench.workloads.rewrite import placeable
 
         for name in request["regularizers"]:
             reason = placeable(model, [name])

@@ -25,6 +25,7 @@ from bench.executors.ray.resources import (NODE_WAIT_ENV, alive_nodes, check_fea
                                            infeasible_reason, on_gpu, request_for, reserve_gpu_hosts, wants_gpu)
 from bench.executors.ray.task import AttemptLog, TrialProcessDied, code_hash, unit_task
 from bench.executors.trial_process import default_start_method, failure_record
+from bench.units import runners
 
 MARKER_ENV = "REGBENCH_RAY_MARKER_DIR"  # tests: each attempt writes its pids here
 DRIVER_TIMEOUT_GRACE_S = 60.0
@@ -150,7 +151,7 @@ def _run(units, store, suite, progress, ray, start_method: str, cancel_on_exit: 
     # starting a process: the decision depends on the precision, backend and jit setting only.
     todo = []
     for t in units:
-        skipped = None if on_gpu(t, gpu) else t.precheck("ray", gpu=False)
+        skipped = None if on_gpu(t, gpu) else runners.precheck(t, "ray", gpu=False)
         if skipped:
             skipped["node"]["ray"] = {"evaluated_on": "driver"}
             write_once(store, t.kind, skipped, progress)
