@@ -48,6 +48,7 @@ class Session:
     rounds: int = 12
     block_min_steps: int = 50
     block_min_s: float = 0.15
+    budget_s: float | None = None  # the timed part (data, build, warm-up, rounds) ends near this: see session_run.fit_rounds
 
     kind = "session"
     plural = "paired sessions"
@@ -107,15 +108,19 @@ class Session:
 
     def to_dict(self) -> dict:
         listed = lambda ss: [[{"name": n, "params": dict(p)} for n, p in s] for s in ss]  # noqa: E731
-        return {"base": self.base.to_dict(), "settings": listed(self.settings), "same_step": listed(self.same_step),
-                "rounds": self.rounds, "block_min_steps": self.block_min_steps, "block_min_s": self.block_min_s}
+        d = {"base": self.base.to_dict(), "settings": listed(self.settings), "same_step": listed(self.same_step),
+             "rounds": self.rounds, "block_min_steps": self.block_min_steps, "block_min_s": self.block_min_s}
+        if self.budget_s is not None:  # absent: no budget (and the id sessions had before budgets)
+            d["budget_s"] = self.budget_s
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Session":
         parse = lambda ss: tuple(tuple((r["name"], dict(sorted(r.get("params", {}).items()))) for r in s)  # noqa: E731
                                  for s in ss)
         return cls(base=Trial.from_dict(d["base"]), settings=parse(d["settings"]), same_step=parse(d.get("same_step", [])),
-                   rounds=d["rounds"], block_min_steps=d["block_min_steps"], block_min_s=d["block_min_s"])
+                   rounds=d["rounds"], block_min_steps=d["block_min_steps"], block_min_s=d["block_min_s"],
+                   budget_s=d.get("budget_s"))
 
     def __hash__(self) -> int:
         return hash(self.unit_id)
@@ -196,5 +201,6 @@ def plan_sessions(trials, spec: dict) -> list[Session]:
         for i in range(spec["sessions"]):
             base = dataclasses.replace(first, regularizers=(), repeat=i, seed=suite_seed + 1000 + i)
             sessions.append(Session(base=base, settings=timed, same_step=same, rounds=spec["rounds"],
-                                    block_min_steps=spec["block_min_steps"], block_min_s=spec["block_min_s"]))
+                                    block_min_steps=spec["block_min_steps"], block_min_s=spec["block_min_s"],
+                                    budget_s=spec.get("session_budget_s")))
     return sessions
