@@ -86,13 +86,45 @@ def test_plan_and_validate_name_the_pairs_that_do_not_apply(tmp_path):
     suite = write_suite(tmp_path / "na.yaml", workloads=["digits_mlp", "synthetic_cnn"],
                         regularizers=["none", "mixup", "max_norm"])
     plan = regbench("plan", "--suite", suite, check=True)
-    assert {tuple(line.split("\t")[1:3]) for line in plan.stdout.splitlines()} == {
+    assert {tuple(line.split("\t")[1:3]) for line in plan.stdout.splitlines() if not line.startswith("paired-")} == {
         ("digits_mlp", "none"), ("digits_mlp", "max_norm"), ("synthetic_cnn", "none"), ("synthetic_cnn", "mixup"),
         ("synthetic_cnn", "max_norm")}
     assert ("not applicable, not run: digits_mlp x mixup: mixes images; the inputs of digits_mlp are tabular"
             in plan.stderr.splitlines())
     ok = regbench("validate", suite, check=True).stdout
     assert "5 trials = 2 workloads x 3 regularizer settings" in ok and "less 1 not-applicable" in ok
+
+
+def test_plan_marks_what_this_machine_skips_lists_sessions_and_counts_as_validate_does(offline_cpu):
+    """`plan` on a CPU: the mixed_float16 trials and sessions marked skipped with the reason, the
+    paired sessions listed after the trials, the expected durations with their source; and the
+    trial and session counts are `validate`'s."""
+    import re
+
+    plan = regbench("plan", "--suite", "smoke", env=offline_cpu, check=True)
+    lines = plan.stdout.splitlines()
+    trials, sessions = lines[:6], lines[6:]
+    assert len(sessions) == 4 and all(line.startswith("paired-digits_mlp-") for line in sessions)
+    for line in lines:
+        assert line.endswith("skipped here: " + line.split("skipped here: ")[-1]) if "mixed_float16" in line \
+            else "skipped" not in line
+    assert sum("skipped here: mixed_float16 on CPU without XLA" in line for line in lines) == 3 + 2
+    head, *_, expected = plan.stderr.strip().splitlines()
+    assert head.startswith("6 trials (3 skipped here), 4 paired sessions (2 skipped here)")
+    assert re.match(r"expected: trials \d+ s \(2 side by side\), sessions up to \d+ s .*from the suite's "
+                    r"expected_trial_s \(6 s a trial", expected), expected
+    ok = regbench("validate", "bench/suites/smoke.yaml", check=True).stdout
+    n_trials, n_sessions = (int(x) for x in re.search(r"(\d+) trials = .*; (\d+) paired sessions", ok).groups())
+    assert (n_trials, n_sessions) == (len(trials), len(sessions))
+
+
+def test_plan_calibrate_measures_the_durations_here(offline_cpu, tmp_path):
+    suite = write_suite(tmp_path / "c.yaml", regularizers=["none", "l2"], epochs=3, paired={"sessions": 1})
+    plan = regbench("plan", "--suite", suite, "--calibrate", env=offline_cpu, check=True)
+    err = plan.stderr.strip().splitlines()
+    assert "calibrating 1/1: digits_mlp float32 b64" in err
+    assert err[-1].startswith("expected: trials ") and "sessions up to" not in err[-1]
+    assert err[-1].endswith("from a calibration: 1 1-epoch baseline trial(s) measured here"), err[-1]
 
 
 def test_bad_input_exits_2_with_one_line(tmp_path, offline_cpu):

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 
 import numpy as np
 
@@ -36,6 +37,8 @@ from bench.trial import Trial, canonical_json, now_iso
 
 AA_LABEL = "none (A/A)"  # the second baseline model: its ratio to the baseline is the noise floor
 THIRD_LABEL = "none (3rd)"  # the third baseline model: with the other two, the reference of every ratio
+WARMUP_STEPS = 10  # a warm-up block: enough to trace and compile, short for a slow model
+MIN_BLOCK_STEPS = 10  # a block the budget shortens keeps this many steps (its median still drops a slow one)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +86,18 @@ class Session:
     @property
     def labels(self) -> list[str]:
         return [setting_label(s) for s in self.settings]
+
+    def expected_s(self, step_s: float, model_s: float) -> float:
+        """Seconds its build, warm-up and rounds should take (bench/units/session_run.py), every
+        model stepping at `step_s` and taking `model_s` to build and compile; the budget bounds
+        the rounds, down to one round of MIN_BLOCK_STEPS-step blocks."""
+        models = 3 + len(self.settings)
+        steps = max(self.block_min_steps, math.ceil(self.block_min_s / max(step_s, 1e-9)) + 1)
+        setup_s = models * model_s + (models + 1) * min(self.block_min_steps, WARMUP_STEPS) * step_s
+        rounds_s = self.rounds * models * steps * step_s
+        if self.budget_s is not None:
+            rounds_s = min(rounds_s, max(self.budget_s - setup_s, models * min(MIN_BLOCK_STEPS, steps) * step_s))
+        return setup_s + rounds_s
 
     def trial_for(self, setting: tuple) -> Trial:
         """The isolated trial this setting's block times (same cell id as the suite's trials)."""

@@ -32,10 +32,7 @@ from bench import backends
 from bench.regularizers import Recipe, recipe_for, setting_label
 from bench.runner import build_model, classify_failure, load_data, start_process
 from bench.trial import now_iso
-from bench.units.session import AA_LABEL, THIRD_LABEL, Session, round_log_ratios
-
-WARMUP_STEPS = 10  # a warm-up block: enough to trace and compile, short for a slow model
-MIN_BLOCK_STEPS = 10  # a block the budget shortens keeps this many steps (its median still drops a slow one)
+from bench.units.session import AA_LABEL, MIN_BLOCK_STEPS, THIRD_LABEL, WARMUP_STEPS, Session, round_log_ratios
 
 
 def run_session(session: Session, executor: str = "process", gpu: bool | None = None) -> dict:
