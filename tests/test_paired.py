@@ -390,6 +390,7 @@ def test_a_session_past_its_budget_runs_fewer_shorter_blocks_and_records_why(tmp
     assert budget["session_budget_s"] == 0.05 and budget["planned"] == {"rounds": 4, "block_steps": 40}
     assert budget["run"] == {"rounds": 1, "block_steps": MIN_BLOCK_STEPS} and "session budget" in budget["reason"]
     assert rec["blocks"]["steps"] == MIN_BLOCK_STEPS and len(rec["blocks"]["order"]) == 1
+    assert rec["blocks"]["warmup_steps"] == 2  # past the budget after the first model: the shortest warm-up
     assert all(len(v) == 1 for v in rec["blocks"]["step_time_s"].values())
     assert rec["session"]["budget_s"] == 0.05  # the session as planned, in its record
 

@@ -5,8 +5,9 @@ to bottom:
    input pipeline, same StepTimer), in a seeded random order, plus two more instances of the
    baseline model (the second is the A/A control: its ratio to the first is the noise floor the
    session measured);
-2. warms each model up with one short block (trace/compile: `WARMUP_STEPS`) and sizes the blocks
-   from the baseline's step time: at least `block_min_steps` steps and `block_min_s` seconds of steps;
+2. warms each model up with one short block (trace/compile: `WARMUP_STEPS`, two steps for the
+   models left once the budget would be spent) and sizes the blocks from the baseline's step
+   time: at least `block_min_steps` steps and `block_min_s` seconds of steps;
    with a time budget (`Session.budget_s`, counted from the start of step 1), `fit_rounds` shortens
    the blocks (to `MIN_BLOCK_STEPS` at least), then the rounds (to one at least), so that the rounds
    fit the time left, from each model's warm-up step time;
@@ -127,12 +128,21 @@ def _time_blocks(session: Session, node: dict, gpu: bool) -> dict:
 
     # 2. warm up (trace/compile) and size the blocks from the baseline's step time
     t = time.perf_counter()
-    tile_to(min(session.block_min_steps, WARMUP_STEPS))
-    warmup = {label: float(np.median(block(label)[0])) for label in labels}
-    base_step_s = float(np.median(block(setting_label(()))[0]))
+    deadline = None if session.budget_s is None else t_start + session.budget_s
+    warm_steps = min(session.block_min_steps, WARMUP_STEPS)
+    tile_to(warm_steps)
+    warmup: dict = {}
+    for label in [*labels, None]:  # None: the baseline's second block, which sizes the blocks
+        left_blocks_s = (len(labels) + 1 - len(warmup)) * warm_steps * max(warmup.values(), default=0.0)
+        if deadline is not None and warm_steps > 2 and time.perf_counter() + left_blocks_s > deadline:
+            warm_steps = 2  # past the budget: the rest warm up with the shortest block that has a step interval
+            tile_to(warm_steps)
+        if label is None:
+            base_step_s = float(np.median(block(setting_label(()))[0]))
+        else:
+            warmup[label] = float(np.median(block(label)[0]))
     planned_steps = max(session.block_min_steps, math.ceil(session.block_min_s / max(base_step_s, 1e-9)) + 1)
     round_step_s = sum(warmup.values()) - warmup[setting_label(())] + base_step_s
-    deadline = None if session.budget_s is None else t_start + session.budget_s
     left_s = None if deadline is None else deadline - time.perf_counter()
     rounds, steps, why = fit_rounds(session.rounds, planned_steps, round_step_s, left_s)
     tile_to(steps)
@@ -159,7 +169,7 @@ def _time_blocks(session: Session, node: dict, gpu: bool) -> dict:
     base_blocks = np.asarray(step_time_s[setting_label(())])
     record = session.skeleton("ok", None, node)
     record["blocks"] = {"steps": steps, "build_order": build_order, "order": order, "step_time_s": step_time_s,
-                        "wall_s": block_wall_s, "warmup_step_time_s": warmup}
+                        "wall_s": block_wall_s, "warmup_step_time_s": warmup, "warmup_steps": warm_steps}
     record["estimates"] = {label: {"log_ratio_median": float(np.median(L)), "ratio": float(np.exp(np.median(L))),
                                    "rounds": int(len(L))} for label, L in round_log_ratios(record).items()}
     record["budget"] = {"session_budget_s": session.budget_s, "reason": why,
