@@ -422,7 +422,11 @@ def _validate_results(path: pathlib.Path) -> int:
 def cmd_selfcheck(args) -> int:
     from bench.selfcheck import main as selfcheck
 
-    return selfcheck(repeats=args.repeats, epochs=args.epochs, as_json=args.json, rounds=args.rounds)
+    try:  # exit 0 when it measured, whatever its verdict; 1 when it could not
+        return selfcheck(repeats=args.repeats, epochs=args.epochs, as_json=args.json, rounds=args.rounds)
+    except RuntimeError as e:
+        print(f"regbench: error: {e}", file=sys.stderr)
+        return 1
 
 
 def cmd_data(args) -> int:

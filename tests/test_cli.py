@@ -211,6 +211,29 @@ def test_selfcheck_measures_overhead_and_noise():
     assert n["across_trial_cv_of_p50"] == pytest.approx(p50.std(ddof=1) / p50.mean(), rel=1e-9)
     assert n["across_trial_cv_of_p50"] > 0  # two fresh processes never time identically
     assert 0 < n["mean_within_trial_cv"] < 5
+    # progress on stderr while it works, and a verdict: each figure against its stated threshold
+    progress = [line for line in proc.stderr.splitlines() if line.startswith("selfcheck: ")]
+    assert "selfcheck: harness overhead: round 1/1" in progress, proc.stderr[-2000:]
+    assert [line for line in progress if "noise floor: trial" in line][-1].startswith(
+        "selfcheck: noise floor: trial 2/2 in a fresh process, step-time p50 ")
+    from bench.selfcheck import HARNESS_OVERHEAD_MAX, NOISE_CV_MAX
+
+    assert out["verdict"] == [
+        {"name": "harness overhead", "value": h["harness_overhead"], "threshold": HARNESS_OVERHEAD_MAX,
+         "ok": h["harness_overhead"] <= HARNESS_OVERHEAD_MAX},
+        {"name": "noise floor", "value": n["across_trial_cv_of_p50"], "threshold": NOISE_CV_MAX,
+         "ok": n["across_trial_cv_of_p50"] <= NOISE_CV_MAX}]
+
+
+def test_selfcheck_verdict_lines_name_the_threshold_and_what_to_do():
+    from bench.selfcheck import verdict_lines
+
+    lines = verdict_lines([{"name": "harness overhead", "value": 0.004, "threshold": 0.01, "ok": True},
+                           {"name": "noise floor", "value": 0.12, "threshold": 0.05, "ok": False}])
+    assert lines[0] == "verdict  harness overhead +0.40% vs <= 1%: OK"
+    assert lines[1].startswith("verdict  noise floor +12.00% vs <= 5%: ABOVE THRESHOLD (") and "paired" in lines[1]
+    assert verdict_lines([{"name": "noise floor", "value": None, "threshold": 0.05, "ok": None}]) == [
+        "verdict  noise floor: not measured (needs --repeats >= 2)"]
 
 
 
