@@ -101,3 +101,10 @@ def test_plan_lists_trials_and_sessions_marks_what_is_skipped_here_and_says_wher
     assert err[0].startswith("12 trials (6 skipped here), 4 paired sessions (2 skipped here)")
     assert "expected: trials " in err[-1] and "sessions up to " in err[-1]
     assert err[-1].endswith("from the suite's expected_trial_s (4 s a trial; a session at most its budget or 4 s a model)")
+
+
+def test_one_float16_slowdown_figure_is_quoted_where_a_trial_is_skipped():
+    from bench.precision import FLOAT16_CPU_SLOWDOWN_X, skip_reason
+
+    reason = skip_reason("mixed_float16", "cpu", "tensorflow", jit_compile=False)
+    assert f"~{FLOAT16_CPU_SLOWDOWN_X}x slower than float32" in reason
