@@ -177,8 +177,6 @@ def describe(suite, trials, calibrate: bool = False, note=None) -> tuple[list[st
     """(stdout lines: one per trial, then one per planned session, each marked where this machine
     skips it; stderr lines: the counts and the expected durations, and their source; the
     bench.cost.Estimate and skip reasons, for --json)."""
-    from bench import cost
-
     plan = RunPlan.of(suite, trials)
     skipped = {**skipped_here(suite, plan.trials), **skipped_here(suite, plan.sessions)}
     if calibrate:
