@@ -364,6 +364,10 @@ def test_fit_rounds_shortens_blocks_then_rounds_to_fit_the_time_left():
     assert (rounds, steps) == (2, MIN_BLOCK_STEPS) and why
     assert fit_rounds(3, 50, 0.1, -5.0)[:2] == (1, MIN_BLOCK_STEPS)  # spent before the rounds: one round still
     assert fit_rounds(3, 4, 1.0, 0.5)[:2] == (1, 4)  # never longer blocks than planned
+    # the blocks' fit overhead counts: 0.1 s a round leaves 0.2 s of each round's 0.3 s for steps
+    assert fit_rounds(3, 50, 0.01, 0.9, round_fixed_s=0.1)[:2] == (3, 20)
+    assert fit_rounds(3, 50, 0.01, 1.5, round_fixed_s=0.2)[:2] == (3, 30)
+    assert fit_rounds(3, 50, 0.1, 2.0, round_fixed_s=1.0)[:2] == (1, MIN_BLOCK_STEPS)  # 2 s a round: one fits
     for rounds, steps, step_s, left_s in ((5, 200, 0.02, 7.0), (3, 50, 0.3, 20.0), (12, 80, 0.004, 1.0)):
         r, s, _ = fit_rounds(rounds, steps, step_s, left_s)  # the rounds fit, unless a floor holds them
         assert r <= rounds and s <= steps and (r * s * step_s <= left_s or (r == 1 or s == MIN_BLOCK_STEPS))

@@ -55,21 +55,21 @@ def run_session(session: Session, executor: str = "process", gpu: bool | None = 
 
 
 def fit_rounds(rounds: int, steps: int, round_step_s: float, left_s: float | None,
-               min_steps: int = MIN_BLOCK_STEPS) -> tuple[int, int, str | None]:
+               min_steps: int = MIN_BLOCK_STEPS, round_fixed_s: float = 0.0) -> tuple[int, int, str | None]:
     """(rounds, steps per block, why they are fewer) for rounds of blocks that fit `left_s` seconds
-    (None: no budget), a round of one-step blocks taking `round_step_s` (the models' step times
-    summed). Blocks are shortened first (to `min_steps`, never below what was planned), then
-    rounds (to one: a session always times a round)."""
-    need_s = rounds * steps * round_step_s
+    (None: no budget), a round taking `round_step_s` a step (the models' step times summed) plus
+    `round_fixed_s` (its blocks' fit overhead). Blocks are shortened first (to `min_steps`, never
+    below what was planned), then rounds (to one: a session always times a round)."""
+    need_s = rounds * (steps * round_step_s + round_fixed_s)
     if left_s is None or need_s <= left_s:
         return rounds, steps, None
     why = (f"{rounds} round(s) of {steps}-step blocks need ~{need_s:.0f} s; {max(left_s, 0):.0f} s of the "
            "session budget were left after build and warm-up")
-    fit_steps = int(left_s // (rounds * round_step_s)) if left_s > 0 else 0
+    fit_steps = math.floor((left_s / rounds - round_fixed_s) / round_step_s + 1e-9) if left_s > 0 else 0
     if fit_steps >= min(min_steps, steps):
         return rounds, fit_steps, why
     steps = min(min_steps, steps)
-    return max(1, int(left_s // (steps * round_step_s)) if left_s > 0 else 1), steps, why
+    return max(1, math.floor(left_s / (steps * round_step_s + round_fixed_s) + 1e-9) if left_s > 0 else 1), steps, why
 
 
 def _tile(x, rows: int):
@@ -137,14 +137,17 @@ def _time_blocks(session: Session, node: dict, gpu: bool) -> dict:
         if deadline is not None and warm_steps > 2 and time.perf_counter() + left_blocks_s > deadline:
             warm_steps = 2  # past the budget: the rest warm up with the shortest block that has a step interval
             tile_to(warm_steps)
-        if label is None:
-            base_step_s = float(np.median(block(setting_label(()))[0]))
+        if label is None:  # compiled by now: its wall time less its steps is a block's fit overhead
+            dts, wall = block(setting_label(()))
+            base_step_s = float(np.median(dts))
+            block_fixed_s = max(0.0, wall - warm_steps * base_step_s)
         else:
             warmup[label] = float(np.median(block(label)[0]))
     planned_steps = max(session.block_min_steps, math.ceil(session.block_min_s / max(base_step_s, 1e-9)) + 1)
     round_step_s = sum(warmup.values()) - warmup[setting_label(())] + base_step_s
     left_s = None if deadline is None else deadline - time.perf_counter()
-    rounds, steps, why = fit_rounds(session.rounds, planned_steps, round_step_s, left_s)
+    rounds, steps, why = fit_rounds(session.rounds, planned_steps, round_step_s, left_s,
+                                    round_fixed_s=len(labels) * block_fixed_s)
     tile_to(steps)
     warmup_s = time.perf_counter() - t
 
