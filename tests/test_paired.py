@@ -174,6 +174,9 @@ class _Notes:
     def add(self, n):
         self.added += n
 
+    def expect(self, kind, expected_s):
+        self.expected = {**getattr(self, "expected", {}), **expected_s}
+
 
 def test_adaptive_sessions_start_only_when_expected_to_end_inside_the_budget(tmp_path, monkeypatch):
     """Seconds per session come from the previous batch; a batch that would overrun is cut to the
