@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--only", metavar="PATTERN")
     plan.add_argument("--json", action="store_true")
     plan.add_argument("--calibrate", action="store_true",
-                      help="expected durations from one measured 1-epoch baseline trial per cell group "
+                      help="expected durations from one measured 2-epoch baseline trial per cell group "
                            "(default: from the suite's expected_trial_s)")
 
     rep = sub.add_parser("report", help="write RUN_DIR/report/ (HTML, Markdown, CSV)")

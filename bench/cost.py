@@ -5,9 +5,9 @@ Two sources:
 - the suite's `expected_trial_s` (nothing measured): a trial takes that long; a paired session
   takes at most its budget (`paired.session_budget_s`) or, when shorter, `expected_trial_s` per
   model it builds. A rough bound: `plan --calibrate` measures.
-- a calibration (`plan --calibrate`): one 1-epoch baseline trial per cell group, each in a fresh
-  trial process as a run starts them. From its record: the fixed cost (data, build,
-  compile: its wall time less its epoch), an epoch's seconds (steps and the validation pass) and
+- a calibration (`plan --calibrate`): one 2-epoch baseline trial per cell group (CALIBRATION_EPOCHS),
+  each in a fresh trial process as a run starts them. From its record: the fixed cost (data, build,
+  compile: its wall time less its epochs), an epoch's seconds (steps and the validation pass) and
   the step time. A trial is then the fixed cost plus its epochs; a session its data and build and
   the blocks it plans, bounded by its budget (Session.expected_s); the process start-up (a
   zygote's imports), once per run.
@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 EXPECTED_FROM_SUITE = "the suite's expected_trial_s"
+CALIBRATION_EPOCHS = 2  # a trial's steady state starts at its second epoch (or after 10 steps)
 
 
 @dataclasses.dataclass
@@ -56,19 +57,20 @@ def group_key(trial) -> str:
 
 
 def calibrate(trials, sessions, skipped: dict, gpu_tokens=None, note=None) -> Estimate:
-    """Expected seconds from one measured 1-epoch baseline trial per cell group that runs here
+    """Expected seconds from one measured short baseline trial per cell group that runs here
     (`gpu_tokens`: the GPU a unit gets here, None on a CPU)."""
     from bench.executors.trial_process import Launcher, wait_and_collect
 
     groups: dict = {}
     for u in [t for t in trials if t.unit_id not in skipped] + [s.base for s in sessions if s.unit_id not in skipped]:
         groups.setdefault(group_key(u), u)
-    measured = {}
+    measured, why = {}, None  # why: the first calibration that failed
     with tempfile.TemporaryDirectory() as tmp:
         launcher = Launcher(Path(tmp), "process")
         try:
             for i, (key, trial) in enumerate(groups.items()):
-                probe = dataclasses.replace(trial, regularizers=(), epochs=1, target_val_accuracy=None)
+                probe = dataclasses.replace(trial, regularizers=(), epochs=CALIBRATION_EPOCHS,
+                                            target_val_accuracy=None)
                 if note:
                     note(f"calibrating {i + 1}/{len(groups)}: {trial.workload} {trial.precision} b{trial.batch_size}")
                 t0 = time.perf_counter()
@@ -76,6 +78,8 @@ def calibrate(trials, sessions, skipped: dict, gpu_tokens=None, note=None) -> Es
                 outside_s = time.perf_counter() - t0
                 if record and record.get("status") == "ok":
                     measured[key] = calibration_figures(record, outside_s)
+                elif why is None:
+                    why = (record or {}).get("reason") or "its trial process left no record"
         finally:
             launcher.close()
     unit_s = {}
@@ -87,19 +91,20 @@ def calibrate(trials, sessions, skipped: dict, gpu_tokens=None, note=None) -> Es
         m = measured.get(group_key(s.base))
         unit_s[s.unit_id] = 0.0 if s.unit_id in skipped else (
             m["data_s"] + s.expected_s(m["step_s"], m["model_s"]) if m else s.timeout_s)
-    return Estimate(unit_s, f"a calibration: {len(measured)} 1-epoch baseline trial(s) measured here"
-                            + (f", {len(groups) - len(measured)} failed (their units at their timeout)"
+    return Estimate(unit_s, f"a calibration: {len(measured)} {CALIBRATION_EPOCHS}-epoch baseline trial(s) measured here"
+                            + (f", {len(groups) - len(measured)} failed ({why}; their units at their timeout)"
                                if len(measured) < len(groups) else ""),
                     startup_s=max((m["start_s"] for m in measured.values()), default=0.0))
 
 
 def calibration_figures(record: dict, outside_s: float) -> dict:
-    """A 1-epoch trial's record -> fixed_s (data, build, compile, the free-running window: its wall
-    time less the epoch), epoch_s (steps and validation), step_s, start_s (the process start-up:
-    `outside_s` less its record's wall time), data_s, model_s (build and compile)."""
+    """A CALIBRATION_EPOCHS-epoch trial's record -> fixed_s (data, build, compile, the free-running
+    window: its wall time less its epochs), epoch_s (steps and validation), step_s, start_s (the
+    process start-up: `outside_s` less its record's wall time), data_s, model_s (build and compile)."""
     t = record["timing"]
-    epoch_s = max(t["train_s"] - t["first_step_s"], 0.0) + t["validation_s"]
-    return {"fixed_s": max(record["wall_s"] - epoch_s, 0.0), "epoch_s": epoch_s, "step_s": t["step_time_p50_s"],
+    epoch_s = (max(t["train_s"] - t["first_step_s"], 0.0) + t["validation_s"]) / CALIBRATION_EPOCHS
+    return {"fixed_s": max(record["wall_s"] - CALIBRATION_EPOCHS * epoch_s, 0.0), "epoch_s": epoch_s,
+            "step_s": t["step_time_p50_s"],
             "start_s": max(outside_s - record["wall_s"], 0.0), "data_s": t["data_s"],
             "model_s": t["build_s"] + t["first_step_s"]}
 

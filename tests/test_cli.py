@@ -124,7 +124,7 @@ def test_plan_calibrate_measures_the_durations_here(offline_cpu, tmp_path):
     err = plan.stderr.strip().splitlines()
     assert "calibrating 1/1: digits_mlp float32 b64" in err
     assert err[-1].startswith("expected: trials ") and "sessions up to" not in err[-1]
-    assert err[-1].endswith("from a calibration: 1 1-epoch baseline trial(s) measured here"), err[-1]
+    assert err[-1].endswith("from a calibration: 1 2-epoch baseline trial(s) measured here"), err[-1]
 
 
 def test_bad_input_exits_2_with_one_line(tmp_path, offline_cpu):
