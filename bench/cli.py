@@ -50,6 +50,9 @@ def _parser(plugins: dict, loaded: dict) -> argparse.ArgumentParser:
     plan.add_argument("--backend", choices=("tensorflow", "jax", "torch"), default=None)
     plan.add_argument("--only", metavar="PATTERN")
     plan.add_argument("--json", action="store_true")
+    plan.add_argument("--calibrate", action="store_true",
+                      help="expected durations from one measured 2-epoch baseline trial per cell group "
+                           "(default: from the suite's expected_trial_s)")
 
     for name in plugins:
         command = loaded.get(name)
@@ -136,14 +139,18 @@ def _after_run(run_dir: pathlib.Path) -> list:
 
 
 def cmd_plan(args) -> int:
+    from bench.plan import describe
+
     suite = suite_mod.load(args.suite, backend=args.backend)
     trials = suite_mod.filter_trials(suite.trials, args.only)
-    if args.json:
-        print(json.dumps([{"trial_id": t.trial_id, **t.to_record()} for t in trials], indent=1))
+    lines, summary, found = describe(suite, trials, args.calibrate, lambda line: print(line, file=sys.stderr))
+    if args.json:  # the trials, each with its expected seconds and why this machine skips it (null: it runs)
+        print(json.dumps([{"trial_id": t.trial_id, **t.to_record(), "expected_s": found["estimate"].unit_s[t.unit_id],
+                           "skipped_here": found["skipped"].get(t.unit_id)} for t in trials], indent=1))
     else:
-        for t in trials:
-            print(f"{t.trial_id}\t{t.workload}\t{t.setting}\t{t.precision}\tb{t.batch_size}\tr{t.repeat}")
-        print(f"{len(trials)} trials ({suite.name}, backend {suite.resolved['backend']})", file=sys.stderr)
+        print("\n".join(lines))
+    for line in summary:
+        print(line, file=sys.stderr)
     for na in suite.not_applicable:
         print(f"not applicable, not run: {na['workload']} x {na['setting']}: {na['reason']}", file=sys.stderr)
     return 0
@@ -196,12 +203,15 @@ def cmd_validate(args) -> int:
         return 0
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of suite fields at the top level")
+    from bench.units.session import plan_sessions
+
     s = suite_mod.parse(data, str(path))
     r = s.resolved
     na = f", less {len(s.not_applicable)} not-applicable workload x setting pairs" if s.not_applicable else ""
+    sessions = len(plan_sessions(s.trials, s.paired)) if s.paired else 0  # as `regbench plan` counts them
     print(f"{path}: valid suite {s.name!r}: {len(s.trials)} trials = {len(r['workloads'])} workloads x "
           f"{len(r['settings'])} regularizer settings x {len(r['precisions'])} precisions x "
-          f"{len(r['batch_sizes'])} batch sizes x {r['repeats']} repeats{na}")
+          f"{len(r['batch_sizes'])} batch sizes x {r['repeats']} repeats{na}; {sessions} paired sessions")
     return 0
 
 
@@ -232,7 +242,11 @@ def _validate_results(path: pathlib.Path) -> int:
 def cmd_selfcheck(args) -> int:
     from bench.selfcheck import main as selfcheck
 
-    return selfcheck(repeats=args.repeats, epochs=args.epochs, as_json=args.json, rounds=args.rounds)
+    try:  # exit 0 when it measured, whatever its verdict; 1 when it could not
+        return selfcheck(repeats=args.repeats, epochs=args.epochs, as_json=args.json, rounds=args.rounds)
+    except RuntimeError as e:
+        print(f"regbench: error: {e}", file=sys.stderr)
+        return 1
 
 
 def cmd_data(args) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from bench import session_estimates
+from bench import cost, session_estimates
 from bench.units.session import Session, plan_sessions
 
 
@@ -25,15 +25,16 @@ class RunPlan:
     started: float = dataclasses.field(default_factory=lambda: time.monotonic())  # when this invocation planned
     added: list = dataclasses.field(default_factory=list)  # adaptive sessions, with the reason
     unmet: list = dataclasses.field(default_factory=list)  # groups still wider than the target
+    suite: object = None  # the suite planned (the ETA's expectations: bench/cost.py)
 
     @classmethod
     def of(cls, suite, trials, target_ci_pct: float | None = None) -> "RunPlan":
         spec = suite.paired
         if not spec:
-            return cls(list(trials), [])
+            return cls(list(trials), [], suite=suite)
         target = target_ci_pct if target_ci_pct is not None else spec["target_ci_pct"]
         return cls(list(trials), plan_sessions(trials, spec), target, spec["max_sessions"], spec["budget_s"],
-                   spec.get("run_budget_s"))
+                   spec.get("run_budget_s"), suite=suite)
 
     @property
     def unit_count(self) -> int:
@@ -50,9 +51,19 @@ class RunPlan:
         the waves left. When fewer groups are wide than sessions run side by side, each wide group
         gets several sessions, so no slot idles."""
         done = store.finished_ids("trial")
-        yield [t for t in self.trials if t.unit_id not in done]
+        trials = [t for t in self.trials if t.unit_id not in done]
         done = store.finished_ids("session")
         planned = [s for s in self.sessions if s.unit_id not in done]
+        skipped: dict = {}
+        if progress is not None and self.suite is not None:  # the ETA weighs each unit by its expected seconds
+            skipped = {**skipped_here(self.suite, trials), **skipped_here(self.suite, planned)}
+            expected = cost.from_suite(self.suite, trials, planned, skipped).unit_s
+            progress.expect("trial", {t.unit_id: expected[t.unit_id] for t in trials})
+            progress.expect("session", {s.unit_id: expected[s.unit_id] for s in planned})
+        yield trials
+        if progress is not None and planned:  # the cells' baseline trials measured: sessions' seconds from them
+            measured = cost.sessions_from_trials(planned, store.records("trial"))
+            progress.expect("session", {uid: 0.0 if uid in skipped else v for uid, v in measured.items()})
         t0 = time.monotonic()
         yield planned
         if not self.sessions or self.target_ci_pct is None:
@@ -85,6 +96,7 @@ class RunPlan:
             self.added += extra
             if progress is not None:
                 progress.add(len(extra))
+                progress.expect("session", {s.unit_id: wave_s for s in extra})  # a session lasts about a wave
                 progress.note(f"paired: {len(extra)} more session(s) for cell groups whose step-time CI is "
                               f"wider than +-{self.target_ci_pct:g} points")
             store.update_manifest(session_ids=[s.unit_id for s in self.sessions + self.added])
@@ -132,3 +144,62 @@ def _pace(records: list[dict], batch: list, wall_s: float) -> tuple[int, float]:
     busy_s = sum(r.get("wall_s") or 0.0 for r in ran)
     side_by_side = max(1, round(busy_s / wall_s)) if wall_s > 0 else 1
     return side_by_side, wall_s / -(-(len(ran) or len(batch)) // side_by_side)
+
+
+# ---- what a run of a suite would do here, before it starts (`regbench plan`) -----------------
+
+def skipped_here(suite, units) -> dict[str, str]:
+    """unit_id -> why this machine would record it as skipped (its precision on this device),
+    decided as the executors decide it, without a trial process."""
+    slots = _slots(suite, units[0].kind) if units else [None]
+    out = {}
+    for u in units:
+        gpu = u.device == "gpu" or (u.device is None and any(s is not None for s in slots))
+        record = u.precheck("process", gpu)
+        if record is not None:
+            out[u.unit_id] = record["reason"]
+    return out
+
+
+def _slots(suite, kind: str) -> list:
+    """The process executor's slots here for units of `kind` (one CPU slot where it would refuse
+    the suite: the run says why)."""
+    from bench.errors import UserError
+    from bench.executors.local import slots_for
+
+    try:
+        return slots_for(suite, kind)
+    except UserError:
+        return [None]
+
+
+def describe(suite, trials, calibrate: bool = False, note=None) -> tuple[list[str], list[str], dict]:
+    """(stdout lines: one per trial, then one per planned session, each marked where this machine
+    skips it; stderr lines: the counts and the expected durations, and their source; the
+    bench.cost.Estimate and skip reasons, for --json)."""
+    plan = RunPlan.of(suite, trials)
+    skipped = {**skipped_here(suite, plan.trials), **skipped_here(suite, plan.sessions)}
+    if calibrate:
+        gpu_slot = next((s for s in _slots(suite, "trial") if s is not None), None)
+        estimate = cost.calibrate(plan.trials, plan.sessions, skipped, gpu_slot, note)
+    else:
+        estimate = cost.from_suite(suite, plan.trials, plan.sessions, skipped)
+    mark = lambda u: f"\tskipped here: {skipped[u.unit_id]}" if u.unit_id in skipped else ""  # noqa: E731
+    out = [f"{t.trial_id}\t{t.workload}\t{t.setting}\t{t.precision}\tb{t.batch_size}\tr{t.repeat}{mark(t)}"
+           for t in plan.trials]
+    out += [f"{s.unit_id}\t{s.base.workload}\tpaired: {', '.join(s.labels) or '-'} vs 3 baselines\t{s.base.precision}"
+            f"\tb{s.base.batch_size}\ts{s.base.repeat}{mark(s)}" for s in plan.sessions]
+    n_skip = lambda units: sum(u.unit_id in skipped for u in units)  # noqa: E731
+    reasons = sorted({skipped[u.unit_id] for u in plan.trials if u.unit_id in skipped})
+    slots_t, slots_s = len(_slots(suite, "trial")), len(_slots(suite, "session"))
+    trials_s = estimate.startup_s + estimate.batch_wall_s(plan.trials, slots_t)
+    sessions_s = estimate.batch_wall_s(plan.sessions, slots_s)
+    budget = (suite.paired or {}).get("session_budget_s")
+    err = [f"{len(plan.trials)} trials ({n_skip(plan.trials)} skipped here), {len(plan.sessions)} paired sessions "
+           f"({n_skip(plan.sessions)} skipped here) ({suite.name}, backend {suite.resolved['backend']})"]
+    err += [f"skipped here: {r}" for r in reasons]
+    err.append(f"expected: trials {cost.minutes(trials_s)} ({slots_t} side by side), sessions "
+               f"{'up to ' if estimate.sessions_bounded else ''}{cost.minutes(sessions_s)} "
+               f"({slots_s} side by side{f', each at most ~{budget:g} s of timing' if budget else ''}); "
+               f"from {estimate.source}")
+    return out, err, {"estimate": estimate, "skipped": skipped, "plan": plan}

@@ -4,9 +4,13 @@ Live:  [########....................] 12/40 ok 10 running 2 failed 1 skipped 1 |
 Plain: one line per finished trial with the counts and the ETA, plus a status line every
        `heartbeat_s` seconds while nothing finishes (long trials in CI logs).
 
-The ETA is the rate of trials that really ran (skipped ones land instantly and would make it
-optimistic) times the trials left; executors report how many trials are running with
-`started()` / `set_running()`.
+The ETA weighs units by the work they are: with `expect()` (each unit's expected seconds,
+bench/cost.py; bench/plan.py gives them), the seconds expected of the units left, each kind's
+(trials, sessions) scaled by how long that kind's units took here against their expectation (the
+wall time between two finishes goes to the kind that finished; a kind none of which has run yet
+takes the scale of all that ran). Without it, the rate of units that really ran (skipped ones
+land instantly and would make it optimistic) times the units left. Executors report how many
+units are running with `started()` / `set_running()`.
 """
 from __future__ import annotations
 
@@ -40,6 +44,10 @@ class Progress:
         self._last_line = self.t0
         self._last_draw = 0.0
         self._ran = 0  # finished trials that were not skipped before running
+        self._expected: dict[str, tuple[str, float]] = {}  # unit_id -> (kind, expected seconds): expect()
+        self._finished_ids: set[str] = set()
+        self._took: dict[str, list[float]] = {}  # kind -> [wall seconds, expected seconds] of its units that ran
+        self._last_finish = self.t0
 
     @property
     def done(self) -> int:
@@ -50,6 +58,10 @@ class Progress:
         """More units to run than planned (adaptive repeats)."""
         self.total += n
         self._refresh(force=True)
+
+    def expect(self, kind: str, expected_s: dict[str, float]) -> None:
+        """The expected seconds of units of `kind` (unit_id -> seconds); later calls refine them."""
+        self._expected.update({uid: (kind, float(v)) for uid, v in expected_s.items()})
 
     def started(self, n: int = 1) -> None:
         self.running += n
@@ -66,13 +78,21 @@ class Progress:
         self.counts[status] = self.counts.get(status, 0) + 1
         if was_running:
             self.running = max(0, self.running - 1)
+        unit_id = record.get("trial_id") or record.get("session_id")
+        now = time.monotonic()
         if status != "skipped" or was_running:
             self._ran += 1
+            if unit_id in self._expected:
+                kind, expected = self._expected[unit_id]
+                took = self._took.setdefault(kind, [0.0, 0.0])
+                took[0] += now - self._last_finish
+                took[1] += expected
+                self._last_finish = now
+        self._finished_ids.add(unit_id)
         if self.live:
             self._draw()
         else:
             extra = f" ({record.get('reason')})" if status != "ok" and record.get("reason") else ""
-            unit_id = record.get("trial_id") or record.get("session_id")
             self._print(f"[{self.done}/{self.total}] {status} {unit_id}{extra[:160]}"
                         f"{self._tail_text()}")
 
@@ -85,14 +105,21 @@ class Progress:
 
     # -- derived -------------------------------------------------------------------
     def eta_s(self) -> float | None:
-        """Seconds left, from the rate of trials that ran; None before the first one lands."""
+        """Seconds left (see the module docstring); None before the first unit that ran lands."""
         left = self.total - self.done
         if left <= 0:
             return 0.0
         if not self._ran:
             return None
         elapsed = time.monotonic() - self.t0
-        return elapsed / self._ran * left
+        if not self._took or not any(e for _, e in self._took.values()):
+            return elapsed / self._ran * left
+        overall = sum(w for w, _ in self._took.values()) / sum(e for _, e in self._took.values())
+        scale = {kind: w / e if e else overall for kind, (w, e) in self._took.items()}
+        pending = [v for uid, v in self._expected.items() if uid not in self._finished_ids]
+        eta = sum(s * scale.get(kind, overall) for kind, s in pending)
+        unknown = max(0, left - len(pending))  # units nobody gave an expectation: the plain rate
+        return eta + unknown * elapsed / self._ran
 
     def _tail_text(self) -> str:
         eta = self.eta_s()

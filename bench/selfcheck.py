@@ -6,9 +6,15 @@
     with StepTimer / with a no-op batch callback - 1 (any batch-level callback makes Keras
     dispatch batch ends synchronously, so this isolates StepTimer's own cost); also against the
     bare fit (Keras' asynchronous dispatch) and how far the reported step time is from each.
-    Target: <= 1%.
+    Threshold: HARNESS_OVERHEAD_MAX.
 (b) Noise floor: N baseline trials, each in a fresh process (as in a real run); the CV of their
-    median step times across trials, and the mean within-trial step-time CV.
+    median step times across trials, and the mean within-trial step-time CV. Threshold:
+    NOISE_CV_MAX; above it, isolated trials' step-time differences of a few percent are noise
+    here, and the paired sessions' estimates are the step-time figure to read.
+
+Progress goes to stderr as it works (one line per round and per trial); the output ends with a
+verdict: each figure against its threshold. Exit 0 when it measured (whatever the verdict), 1 when
+it could not.
 """
 from __future__ import annotations
 
@@ -20,6 +26,10 @@ import tempfile
 from pathlib import Path
 
 from bench.trial import Trial
+
+HARNESS_OVERHEAD_MAX = 0.01  # StepTimer's own cost per step, against a no-op batch callback
+NOISE_CV_MAX = 0.05  # step-time CV across fresh-process baseline trials
+PROGRESS = "selfcheck: "  # the prefix of progress lines (the overhead process's are passed on, its other output not)
 
 BASELINE = Trial(workload="digits_mlp", regularizers=(), precision="float32", batch_size=64, epochs=6,
                  cpu_threads=1)
@@ -67,7 +77,8 @@ def overhead_in_process(rounds: int, short_steps: int = 100, long_steps: int = 5
         return (fit_s(long_steps, make_callbacks()) - fit_s(short_steps, make_callbacks())) / (long_steps - short_steps)
 
     bare, noop, timed, reported = [], [], [], []
-    for _ in range(rounds):  # alternate, so drift hits all alike
+    for i in range(rounds):  # alternate, so drift hits all alike
+        print(f"{PROGRESS}harness overhead: round {i + 1}/{rounds}", file=sys.stderr, flush=True)
         bare.append(marginal(list))
         noop.append(marginal(lambda: [NoOp()]))
         timer = StepTimer(warmup_steps=10)
@@ -79,6 +90,10 @@ def overhead_in_process(rounds: int, short_steps: int = 100, long_steps: int = 5
             "reported_step_mean_s": rep_s, "harness_overhead": timed_s / noop_s - 1,
             "harness_vs_default_fit": timed_s / bare_s - 1, "reported_vs_bare": rep_s / bare_s - 1,
             "reported_vs_noop": rep_s / noop_s - 1, "rounds": rounds, "steps": [short_steps, long_steps]}
+
+
+def _progress(text: str) -> None:
+    print(f"{PROGRESS}{text}", file=sys.stderr, flush=True)
 
 
 def noise_floor(repeats: int, epochs: int) -> dict:
@@ -100,6 +115,8 @@ def noise_floor(repeats: int, epochs: int) -> dict:
                                        f"{(rec or {}).get('reason') or proc.log_tail()}")
                 p50.append(rec["timing"]["step_time_p50_s"])
                 cv.append(rec["timing"]["step_time_cv"])
+                _progress(f"noise floor: trial {r + 1}/{repeats} in a fresh process, step-time p50 "
+                          f"{p50[-1] * 1e3:.3f} ms")
         finally:
             launcher.close()
     p50 = np.asarray(p50)
@@ -108,14 +125,55 @@ def noise_floor(repeats: int, epochs: int) -> dict:
             "mean_within_trial_cv": float(np.mean(cv))}
 
 
-def main(repeats: int = 5, epochs: int = 6, as_json: bool = False, rounds: int = 15) -> int:
+def _overhead_process(rounds: int) -> dict:
+    """overhead_in_process in a fresh process; its progress lines are passed on to stderr."""
     code = ("import json,sys; from bench.selfcheck import overhead_in_process; "
             f"print(json.dumps(overhead_in_process({rounds}, 100, 1000)))")
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
-                         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
-    overhead = json.loads(out.stdout.strip().splitlines()[-1])
+    _progress(f"harness overhead: {rounds} alternating rounds in a fresh process (starting it)")
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+        tail: list[str] = []
+        for line in proc.stderr:
+            if line.startswith(PROGRESS):
+                print(line, end="", file=sys.stderr, flush=True)
+            tail = (tail + [line.rstrip()])[-5:]
+        if proc.wait() != 0:
+            raise RuntimeError(f"selfcheck: the overhead process exited {proc.returncode}: {' | '.join(tail)}")
+        out.seek(0)
+        return json.loads(out.read().strip().splitlines()[-1])
+
+
+def verdict(result: dict) -> list[dict]:
+    """Each figure against its threshold: {name, value, threshold, ok} (ok None: not measured)."""
+    cv = result["noise"]["across_trial_cv_of_p50"]
+    return [{"name": "harness overhead", "value": result["harness"]["harness_overhead"],
+             "threshold": HARNESS_OVERHEAD_MAX, "ok": result["harness"]["harness_overhead"] <= HARNESS_OVERHEAD_MAX},
+            {"name": "noise floor", "value": cv, "threshold": NOISE_CV_MAX, "ok": None if cv is None else cv <= NOISE_CV_MAX}]
+
+
+def verdict_lines(checks: list[dict]) -> list[str]:
+    advice = {"harness overhead": "StepTimer costs more than the threshold per step here: short steps "
+                                  "carry a timing cost; compare settings, not absolute step times",
+              "noise floor": "fresh processes differ more than the threshold here: read the paired "
+                             "sessions' step-time estimates, not isolated trials' ratios"}
+    out = []
+    for c in checks:
+        if c["ok"] is None:
+            out.append(f"verdict  {c['name']}: not measured (needs --repeats >= 2)")
+        else:
+            mark = "OK" if c["ok"] else "ABOVE THRESHOLD"
+            out.append(f"verdict  {c['name']} {c['value'] * 100:+.2f}% vs <= {c['threshold'] * 100:g}%: {mark}"
+                       + ("" if c["ok"] else f" ({advice[c['name']]})"))
+    return out
+
+
+def main(repeats: int = 5, epochs: int = 6, as_json: bool = False, rounds: int = 15) -> int:
+    overhead = _overhead_process(rounds)
+    _progress(f"noise floor: {repeats} baseline trials of {epochs} epochs, each in a fresh process")
     noise = noise_floor(repeats, epochs)
     result = {"harness": overhead, "noise": noise}
+    result["verdict"] = verdict(result)
     if as_json:
         print(json.dumps(result, indent=1))
         return 0
@@ -132,4 +190,6 @@ def main(repeats: int = 5, epochs: int = 6, as_json: bool = False, rounds: int =
     print(f"noise floor        step-time p50 CV across {noise['trials']} fresh-process baseline trials: "
           f"{cv * 100:.2f}%; mean within-trial CV {noise['mean_within_trial_cv'] * 100:.1f}%"
           if cv is not None else "noise floor        needs --repeats >= 2")
+    for line in verdict_lines(result["verdict"]):
+        print(line)
     return 0

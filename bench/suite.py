@@ -35,14 +35,15 @@ TOP_KEYS = {
     "order": "random|pairs: each repeat's cells in a seeded random order (default), or baseline-and-setting "
              "pairs first, by precision then workload (a short run lands complete pairs)",
     "float32_matmul": "ieee|tf32: float32 matmuls and convolutions in IEEE float32 (default) or TensorFloat-32",
-    "paired": "paired step-time sessions: {sessions, rounds, block_min_steps, block_min_s, isolation, "
-              "target_ci_pct, max_sessions, budget_s, run_budget_s} or false",
+    "paired": "paired step-time sessions: {sessions, rounds, block_min_steps, block_min_s, session_budget_s, "
+              "isolation, target_ci_pct, max_sessions, budget_s, run_budget_s} or false",
 }
 PAIRED_DEFAULTS = {  # see bench/units/session.py; bench/README.md "How a trial is measured"
     "sessions": 6,  # fresh processes per cell group: new model instances each (the interval is over sessions)
     "rounds": 3,  # per session; each round times one block of every model, in a random order
     "block_min_steps": 50,  # a block is at least this many steps ...
     "block_min_s": 0.3,  # ... and at least this many seconds of steps
+    "session_budget_s": 60.0,  # a session's data, build, warm-up and rounds: shorter blocks, then fewer rounds, past it
     "isolation": "slot",  # slot: sessions side by side like trials; node: one session per node at a time
     "target_ci_pct": None,  # add sessions to groups whose 95% CI half-width is wider (points)
     "max_sessions": 8,  # per group, with target_ci_pct
@@ -150,6 +151,8 @@ def _paired(where: str, value) -> dict | None:
     out["rounds"] = _int(f"{where}.rounds", out["rounds"], 1, 100000)
     out["block_min_steps"] = _int(f"{where}.block_min_steps", out["block_min_steps"], 2, 1 << 20)
     out["block_min_s"] = _number(f"{where}.block_min_s", out["block_min_s"], 0.0, 3600)
+    if out["session_budget_s"] is not None:
+        out["session_budget_s"] = _number(f"{where}.session_budget_s", out["session_budget_s"], 0.0)
     _choice(f"{where}.isolation", out["isolation"], ("node", "slot"))
     if out["target_ci_pct"] is not None:
         out["target_ci_pct"] = _number(f"{where}.target_ci_pct", out["target_ci_pct"], 0.0, 1000)

@@ -147,6 +147,14 @@ MUTANTS = (
            (("bench/units/session.py", "            out[label] = np.log(blocks) - ref\n",
              "            out[label] = np.sort(np.log(blocks)) - np.sort(ref)\n"),),
            SESSIONS),
+    Mutant("session-budget-ignored", "a slow model's paired sessions run every planned round and step, "
+           "whatever their time budget (a tiny suite's sessions take hours)",
+           (("bench/units/session_run.py", "    if left_s is None or need_s <= left_s:\n", "    if True:\n"),),
+           ("tests/test_paired.py::test_fit_rounds_shortens_blocks_then_rounds_to_fit_the_time_left",)),
+    Mutant("eta-counts-units", "the ETA counts a session as a trial (it grows as the sessions run)",
+           (("bench/progress.py", "        eta = sum(s * scale.get(kind, overall) for kind, s in pending)\n",
+             "        eta = len(pending) * elapsed / self._ran\n"),),
+           ("tests/test_cost.py::test_eta_weighs_each_unit_by_its_expected_seconds",)),
 )
 
 

@@ -86,13 +86,45 @@ def test_plan_and_validate_name_the_pairs_that_do_not_apply(tmp_path):
     suite = write_suite(tmp_path / "na.yaml", workloads=["digits_mlp", "synthetic_cnn"],
                         regularizers=["none", "mixup", "max_norm"])
     plan = regbench("plan", "--suite", suite, check=True)
-    assert {tuple(line.split("\t")[1:3]) for line in plan.stdout.splitlines()} == {
+    assert {tuple(line.split("\t")[1:3]) for line in plan.stdout.splitlines() if not line.startswith("paired-")} == {
         ("digits_mlp", "none"), ("digits_mlp", "max_norm"), ("synthetic_cnn", "none"), ("synthetic_cnn", "mixup"),
         ("synthetic_cnn", "max_norm")}
     assert ("not applicable, not run: digits_mlp x mixup: mixes images; the inputs of digits_mlp are tabular"
             in plan.stderr.splitlines())
     ok = regbench("validate", suite, check=True).stdout
     assert "5 trials = 2 workloads x 3 regularizer settings" in ok and "less 1 not-applicable" in ok
+
+
+def test_plan_marks_what_this_machine_skips_lists_sessions_and_counts_as_validate_does(offline_cpu):
+    """`plan` on a CPU: the mixed_float16 trials and sessions marked skipped with the reason, the
+    paired sessions listed after the trials, the expected durations with their source; and the
+    trial and session counts are `validate`'s."""
+    import re
+
+    plan = regbench("plan", "--suite", "smoke", env=offline_cpu, check=True)
+    lines = plan.stdout.splitlines()
+    trials, sessions = lines[:6], lines[6:]
+    assert len(sessions) == 4 and all(line.startswith("paired-digits_mlp-") for line in sessions)
+    for line in lines:
+        assert line.endswith("skipped here: " + line.split("skipped here: ")[-1]) if "mixed_float16" in line \
+            else "skipped" not in line
+    assert sum("skipped here: mixed_float16 on CPU without XLA" in line for line in lines) == 3 + 2
+    head, *_, expected = plan.stderr.strip().splitlines()
+    assert head.startswith("6 trials (3 skipped here), 4 paired sessions (2 skipped here)")
+    assert re.match(r"expected: trials \d+ s \(2 side by side\), sessions up to \d+ s .*from the suite's "
+                    r"expected_trial_s \(6 s a trial", expected), expected
+    ok = regbench("validate", "bench/suites/smoke.yaml", check=True).stdout
+    n_trials, n_sessions = (int(x) for x in re.search(r"(\d+) trials = .*; (\d+) paired sessions", ok).groups())
+    assert (n_trials, n_sessions) == (len(trials), len(sessions))
+
+
+def test_plan_calibrate_measures_the_durations_here(offline_cpu, tmp_path):
+    suite = write_suite(tmp_path / "c.yaml", regularizers=["none", "l2"], epochs=3, paired={"sessions": 1})
+    plan = regbench("plan", "--suite", suite, "--calibrate", env=offline_cpu, check=True)
+    err = plan.stderr.strip().splitlines()
+    assert "calibrating 1/1: digits_mlp float32 b64" in err
+    assert err[-1].startswith("expected: trials ") and "sessions up to" not in err[-1]
+    assert err[-1].endswith("from a calibration: 1 2-epoch baseline trial(s) measured here"), err[-1]
 
 
 def test_bad_input_exits_2_with_one_line(tmp_path, offline_cpu):
@@ -179,6 +211,29 @@ def test_selfcheck_measures_overhead_and_noise():
     assert n["across_trial_cv_of_p50"] == pytest.approx(p50.std(ddof=1) / p50.mean(), rel=1e-9)
     assert n["across_trial_cv_of_p50"] > 0  # two fresh processes never time identically
     assert 0 < n["mean_within_trial_cv"] < 5
+    # progress on stderr while it works, and a verdict: each figure against its stated threshold
+    progress = [line for line in proc.stderr.splitlines() if line.startswith("selfcheck: ")]
+    assert "selfcheck: harness overhead: round 1/1" in progress, proc.stderr[-2000:]
+    assert [line for line in progress if "noise floor: trial" in line][-1].startswith(
+        "selfcheck: noise floor: trial 2/2 in a fresh process, step-time p50 ")
+    from bench.selfcheck import HARNESS_OVERHEAD_MAX, NOISE_CV_MAX
+
+    assert out["verdict"] == [
+        {"name": "harness overhead", "value": h["harness_overhead"], "threshold": HARNESS_OVERHEAD_MAX,
+         "ok": h["harness_overhead"] <= HARNESS_OVERHEAD_MAX},
+        {"name": "noise floor", "value": n["across_trial_cv_of_p50"], "threshold": NOISE_CV_MAX,
+         "ok": n["across_trial_cv_of_p50"] <= NOISE_CV_MAX}]
+
+
+def test_selfcheck_verdict_lines_name_the_threshold_and_what_to_do():
+    from bench.selfcheck import verdict_lines
+
+    lines = verdict_lines([{"name": "harness overhead", "value": 0.004, "threshold": 0.01, "ok": True},
+                           {"name": "noise floor", "value": 0.12, "threshold": 0.05, "ok": False}])
+    assert lines[0] == "verdict  harness overhead +0.40% vs <= 1%: OK"
+    assert lines[1].startswith("verdict  noise floor +12.00% vs <= 5%: ABOVE THRESHOLD (") and "paired" in lines[1]
+    assert verdict_lines([{"name": "noise floor", "value": None, "threshold": 0.05, "ok": None}]) == [
+        "verdict  noise floor: not measured (needs --repeats >= 2)"]
 
 
 

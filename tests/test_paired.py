@@ -174,6 +174,9 @@ class _Notes:
     def add(self, n):
         self.added += n
 
+    def expect(self, kind, expected_s):
+        self.expected = {**getattr(self, "expected", {}), **expected_s}
+
 
 def test_adaptive_sessions_start_only_when_expected_to_end_inside_the_budget(tmp_path, monkeypatch):
     """Seconds per session come from the previous batch; a batch that would overrun is cut to the
@@ -274,6 +277,7 @@ def test_one_real_session_in_a_fresh_process(tmp_path):
     assert all(len(v) == 4 and min(v) > 0 for v in rec["blocks"]["step_time_s"].values())
     assert rec["process"]["dtype_policy_at_start"] == "float32"
     assert rec["timing"]["measured_s"] > 0
+    assert rec["budget"]["reason"] is None and rec["budget"]["run"] == {"rounds": 4, "block_steps": rec["blocks"]["steps"]}
 
 
 def test_validate_checks_session_files_against_their_schema_and_the_manifest(tmp_path):
@@ -348,3 +352,60 @@ def test_a_wave_counts_only_the_sessions_that_ran():
     records = [{"session_id": s.unit_id, "status": "skipped" if i < 2 else "ok", "wall_s": 0.0 if i < 2 else 20.0}
                for i, s in enumerate(sessions)]
     assert _pace(records, sessions, 20.0) == (2, 20.0)
+
+
+# ---- a session's time budget: shorter blocks, then fewer rounds, recorded ----------------------
+
+def test_fit_rounds_shortens_blocks_then_rounds_to_fit_the_time_left():
+    from bench.units.session_run import MIN_BLOCK_STEPS, fit_rounds
+
+    assert fit_rounds(3, 50, 0.01, None) == (3, 50, None)  # no budget: as planned
+    assert fit_rounds(3, 50, 0.01, 1.5) == (3, 50, None)  # 3 x 50 x 0.01 s = 1.5 s fits exactly
+    rounds, steps, why = fit_rounds(3, 50, 0.01, 0.9)  # blocks shortened first, rounds kept
+    assert (rounds, steps) == (3, 30) and "1.5" not in why and "3 round(s) of 50-step blocks" in why
+    rounds, steps, why = fit_rounds(3, 50, 0.1, 2.0)  # even MIN_BLOCK_STEPS-step blocks: 3 rounds need 3 s
+    assert (rounds, steps) == (2, MIN_BLOCK_STEPS) and why
+    assert fit_rounds(3, 50, 0.1, -5.0)[:2] == (1, MIN_BLOCK_STEPS)  # spent before the rounds: one round still
+    assert fit_rounds(3, 4, 1.0, 0.5)[:2] == (1, 4)  # never longer blocks than planned
+    # the blocks' fit overhead counts: 0.1 s a round leaves 0.2 s of each round's 0.3 s for steps
+    assert fit_rounds(3, 50, 0.01, 0.9, round_fixed_s=0.1)[:2] == (3, 20)
+    assert fit_rounds(3, 50, 0.01, 1.5, round_fixed_s=0.2)[:2] == (3, 30)
+    assert fit_rounds(3, 50, 0.1, 2.0, round_fixed_s=1.0)[:2] == (1, MIN_BLOCK_STEPS)  # 2 s a round: one fits
+    for rounds, steps, step_s, left_s in ((5, 200, 0.02, 7.0), (3, 50, 0.3, 20.0), (12, 80, 0.004, 1.0)):
+        r, s, _ = fit_rounds(rounds, steps, step_s, left_s)  # the rounds fit, unless a floor holds them
+        assert r <= rounds and s <= steps and (r * s * step_s <= left_s or (r == 1 or s == MIN_BLOCK_STEPS))
+
+
+def test_a_session_past_its_budget_runs_fewer_shorter_blocks_and_records_why(tmp_path):
+    """A budget smaller than the build itself: the session still times one round of short blocks,
+    and its record says what was planned, what ran and why."""
+    import subprocess
+    import sys
+
+    from bench.units.session_run import MIN_BLOCK_STEPS
+
+    base = Trial(workload="digits_mlp", regularizers=(), precision="float32", batch_size=64, cpu_threads=1, seed=1000)
+    session = Session(base=base, settings=((("l2", {"l2": 1e-4}),),), rounds=4, block_min_steps=40,
+                      block_min_s=0.01, budget_s=0.05)
+    req, out = tmp_path / "req.json", tmp_path / "out.json"
+    req.write_text(json.dumps({"kind": "session", "unit": session.to_dict(), "executor": "process", "gpu": False}))
+    subprocess.run([sys.executable, "-m", "bench.executors.child", str(req), str(out)], check=True, timeout=300,
+                   env={**__import__("os").environ, "CUDA_VISIBLE_DEVICES": ""})
+    rec = json.loads(out.read_text())
+    assert rec["status"] == "ok", rec.get("reason")
+    budget = rec["budget"]
+    assert budget["session_budget_s"] == 0.05 and budget["planned"] == {"rounds": 4, "block_steps": 40}
+    assert budget["run"] == {"rounds": 1, "block_steps": MIN_BLOCK_STEPS} and "session budget" in budget["reason"]
+    assert rec["blocks"]["steps"] == MIN_BLOCK_STEPS and len(rec["blocks"]["order"]) == 1
+    assert rec["blocks"]["warmup_steps"] == 2  # past the budget after the first model: the shortest warm-up
+    assert all(len(v) == 1 for v in rec["blocks"]["step_time_s"].values())
+    assert rec["session"]["budget_s"] == 0.05  # the session as planned, in its record
+
+
+def test_suite_sessions_carry_the_session_budget():
+    assert all(s.budget_s == 60.0 for s in plan_sessions(_suite().trials, _suite().paired))  # the default
+    suite = _suite(session_budget_s=5)
+    assert {s.budget_s for s in plan_sessions(suite.trials, suite.paired)} == {5.0}
+    assert Session.from_dict(json.loads(json.dumps(plan_sessions(suite.trials, suite.paired)[0].to_dict()))).budget_s == 5.0
+    with pytest.raises(Exception, match=r"paired.session_budget_s: -1 is not a number"):
+        _suite(session_budget_s=-1)

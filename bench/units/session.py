@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 
 import numpy as np
 
@@ -36,6 +37,8 @@ from bench.trial import Trial, canonical_json, now_iso
 
 AA_LABEL = "none (A/A)"  # the second baseline model: its ratio to the baseline is the noise floor
 THIRD_LABEL = "none (3rd)"  # the third baseline model: with the other two, the reference of every ratio
+WARMUP_STEPS = 10  # a warm-up block: enough to trace and compile, short for a slow model
+MIN_BLOCK_STEPS = 10  # a block the budget shortens keeps this many steps (its median still drops a slow one)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +51,7 @@ class Session:
     rounds: int = 12
     block_min_steps: int = 50
     block_min_s: float = 0.15
+    budget_s: float | None = None  # the timed part (data, build, warm-up, rounds) ends near this: see session_run.fit_rounds
 
     kind = "session"
     plural = "paired sessions"
@@ -83,6 +87,18 @@ class Session:
     def labels(self) -> list[str]:
         return [setting_label(s) for s in self.settings]
 
+    def expected_s(self, step_s: float, model_s: float) -> float:
+        """Seconds its build, warm-up and rounds should take (bench/units/session_run.py), every
+        model stepping at `step_s` and taking `model_s` to build and compile; the budget bounds
+        the rounds, down to one round of MIN_BLOCK_STEPS-step blocks."""
+        models = 3 + len(self.settings)
+        steps = max(self.block_min_steps, math.ceil(self.block_min_s / max(step_s, 1e-9)) + 1)
+        setup_s = models * model_s + (models + 1) * min(self.block_min_steps, WARMUP_STEPS) * step_s
+        rounds_s = self.rounds * models * steps * step_s
+        if self.budget_s is not None:
+            rounds_s = min(rounds_s, max(self.budget_s - setup_s, models * min(MIN_BLOCK_STEPS, steps) * step_s))
+        return setup_s + rounds_s
+
     def trial_for(self, setting: tuple) -> Trial:
         """The isolated trial this setting's block times (same cell id as the suite's trials)."""
         return dataclasses.replace(self.base, regularizers=setting)
@@ -107,15 +123,19 @@ class Session:
 
     def to_dict(self) -> dict:
         listed = lambda ss: [[{"name": n, "params": dict(p)} for n, p in s] for s in ss]  # noqa: E731
-        return {"base": self.base.to_dict(), "settings": listed(self.settings), "same_step": listed(self.same_step),
-                "rounds": self.rounds, "block_min_steps": self.block_min_steps, "block_min_s": self.block_min_s}
+        d = {"base": self.base.to_dict(), "settings": listed(self.settings), "same_step": listed(self.same_step),
+             "rounds": self.rounds, "block_min_steps": self.block_min_steps, "block_min_s": self.block_min_s}
+        if self.budget_s is not None:  # absent: no budget (and the id sessions had before budgets)
+            d["budget_s"] = self.budget_s
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Session":
         parse = lambda ss: tuple(tuple((r["name"], dict(sorted(r.get("params", {}).items()))) for r in s)  # noqa: E731
                                  for s in ss)
         return cls(base=Trial.from_dict(d["base"]), settings=parse(d["settings"]), same_step=parse(d.get("same_step", [])),
-                   rounds=d["rounds"], block_min_steps=d["block_min_steps"], block_min_s=d["block_min_s"])
+                   rounds=d["rounds"], block_min_steps=d["block_min_steps"], block_min_s=d["block_min_s"],
+                   budget_s=d.get("budget_s"))
 
     def __hash__(self) -> int:
         return hash(self.unit_id)
@@ -180,5 +200,6 @@ def plan_sessions(trials, spec: dict) -> list[Session]:
         for i in range(spec["sessions"]):
             base = dataclasses.replace(first, regularizers=(), repeat=i, seed=suite_seed + 1000 + i)
             sessions.append(Session(base=base, settings=timed, same_step=same, rounds=spec["rounds"],
-                                    block_min_steps=spec["block_min_steps"], block_min_s=spec["block_min_s"]))
+                                    block_min_steps=spec["block_min_steps"], block_min_s=spec["block_min_s"],
+                                    budget_s=spec.get("session_budget_s")))
     return sessions

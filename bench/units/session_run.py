@@ -5,13 +5,19 @@ to bottom:
    input pipeline, same StepTimer), in a seeded random order, plus two more instances of the
    baseline model (the second is the A/A control: its ratio to the first is the noise floor the
    session measured);
-2. warms each model up with one block (trace/compile) and sizes the blocks from the baseline's
-   step time: at least `block_min_steps` steps and `block_min_s` seconds of steps;
-3. runs `rounds` rounds; each round times one block of every model in a seeded random order
-   (recorded), a block being one `fit` epoch over the same tiled training batches;
+2. warms each model up with one short block (trace/compile: `WARMUP_STEPS`, two steps for the
+   models left once the budget would be spent) and sizes the blocks from the baseline's step
+   time: at least `block_min_steps` steps and `block_min_s` seconds of steps;
+   with a time budget (`Session.budget_s`, counted from the start of step 1), `fit_rounds` shortens
+   the blocks (to `MIN_BLOCK_STEPS` at least), then the rounds (to one at least), so that the rounds
+   fit the time left, from each model's warm-up step time;
+3. runs the rounds; each round times one block of every model in a seeded random order
+   (recorded), a block being one `fit` epoch over the same tiled training batches; a round that
+   would end past the budget (the last one's wall time from now) is not started;
 4. records each block's median step time (the first batch of a block, which waits for the
-   iterator, is excluded, exactly as in a trial's steady-state window), and each model's
-   attention path (`attention`: label -> bench.attention.attention_record).
+   iterator, is excluded, exactly as in a trial's steady-state window), each model's
+   attention path (`attention`: label -> bench.attention.attention_record), and `budget`: the
+   budget, the rounds and block steps planned and run, and why they differ (null: they do not).
 
 The record's per-session estimates use the session's ratio rule (session.py `round_log_ratios`).
 """
@@ -27,7 +33,7 @@ from bench import backends, runner
 from bench.regularizers import Recipe, recipe_for, setting_label
 from bench.runner import build_model, classify_failure, load_data, start_process
 from bench.trial import now_iso
-from bench.units.session import AA_LABEL, THIRD_LABEL, Session, round_log_ratios
+from bench.units.session import AA_LABEL, MIN_BLOCK_STEPS, THIRD_LABEL, WARMUP_STEPS, Session, round_log_ratios
 
 
 def precheck(session: Session, executor: str, gpu: bool) -> dict | None:
@@ -59,6 +65,24 @@ def run_session(session: Session, executor: str = "process", gpu: bool | None = 
     return record
 
 
+def fit_rounds(rounds: int, steps: int, round_step_s: float, left_s: float | None,
+               min_steps: int = MIN_BLOCK_STEPS, round_fixed_s: float = 0.0) -> tuple[int, int, str | None]:
+    """(rounds, steps per block, why they are fewer) for rounds of blocks that fit `left_s` seconds
+    (None: no budget), a round taking `round_step_s` a step (the models' step times summed) plus
+    `round_fixed_s` (its blocks' fit overhead). Blocks are shortened first (to `min_steps`, never
+    below what was planned), then rounds (to one: a session always times a round)."""
+    need_s = rounds * (steps * round_step_s + round_fixed_s)
+    if left_s is None or need_s <= left_s:
+        return rounds, steps, None
+    why = (f"{rounds} round(s) of {steps}-step blocks need ~{need_s:.0f} s; {max(left_s, 0):.0f} s of the "
+           "session budget were left after build and warm-up")
+    fit_steps = math.floor((left_s / rounds - round_fixed_s) / round_step_s + 1e-9) if left_s > 0 else 0
+    if fit_steps >= min(min_steps, steps):
+        return rounds, fit_steps, why
+    steps = min(min_steps, steps)
+    return max(1, math.floor(left_s / (steps * round_step_s + round_fixed_s) + 1e-9) if left_s > 0 else 1), steps, why
+
+
 def _tile(x, rows: int):
     reps = -(-rows // len(x))
     return np.concatenate([x] * reps)[:rows] if reps > 1 else x[:rows]
@@ -73,6 +97,7 @@ def _time_blocks(session: Session, node: dict, gpu: bool) -> dict:
     from bench.workloads import for_trial
 
     base = session.base
+    t_start = time.perf_counter()  # the budget counts from here: data, build, warm-up and rounds
     workload = for_trial(base)
     policy_at_start = keras.config.dtype_policy().name
 
@@ -114,17 +139,37 @@ def _time_blocks(session: Session, node: dict, gpu: bool) -> dict:
 
     # 2. warm up (trace/compile) and size the blocks from the baseline's step time
     t = time.perf_counter()
-    tile_to(session.block_min_steps)
-    warmup = {label: float(np.median(block(label)[0])) for label in labels}
-    base_step_s = float(np.median(block(setting_label(()))[0]))
-    steps = max(session.block_min_steps, math.ceil(session.block_min_s / max(base_step_s, 1e-9)) + 1)
+    deadline = None if session.budget_s is None else t_start + session.budget_s
+    warm_steps = min(session.block_min_steps, WARMUP_STEPS)
+    tile_to(warm_steps)
+    warmup: dict = {}
+    for label in [*labels, None]:  # None: the baseline's second block, which sizes the blocks
+        left_blocks_s = (len(labels) + 1 - len(warmup)) * warm_steps * max(warmup.values(), default=0.0)
+        if deadline is not None and warm_steps > 2 and time.perf_counter() + left_blocks_s > deadline:
+            warm_steps = 2  # past the budget: the rest warm up with the shortest block that has a step interval
+            tile_to(warm_steps)
+        if label is None:  # compiled by now: its wall time less its steps is a block's fit overhead
+            dts, wall = block(setting_label(()))
+            base_step_s = float(np.median(dts))
+            block_fixed_s = max(0.0, wall - warm_steps * base_step_s)
+        else:
+            warmup[label] = float(np.median(block(label)[0]))
+    planned_steps = max(session.block_min_steps, math.ceil(session.block_min_s / max(base_step_s, 1e-9)) + 1)
+    round_step_s = sum(warmup.values()) - warmup[setting_label(())] + base_step_s
+    left_s = None if deadline is None else deadline - time.perf_counter()
+    rounds, steps, why = fit_rounds(session.rounds, planned_steps, round_step_s, left_s,
+                                    round_fixed_s=len(labels) * block_fixed_s)
     tile_to(steps)
     warmup_s = time.perf_counter() - t
 
-    # 3. rounds of blocks in a seeded random order
+    # 3. rounds of blocks in a seeded random order, none started that would end past the budget
     order, step_time_s, block_wall_s, measured_s = [], {k: [] for k in labels}, {k: [] for k in labels}, 0.0
     t = time.perf_counter()
-    for _ in range(session.rounds):
+    for done in range(rounds):
+        round_s = (time.perf_counter() - t) / done if done else 0.0
+        if done and deadline is not None and time.perf_counter() + round_s > deadline:
+            why = (f"{why}; " if why else "") + f"stopped after {done} of {rounds} rounds: the session budget was spent"
+            break
         this_round = [labels[i] for i in rng.permutation(len(labels))]
         order.append(this_round)
         for label in this_round:
@@ -138,9 +183,12 @@ def _time_blocks(session: Session, node: dict, gpu: bool) -> dict:
     base_blocks = np.asarray(step_time_s[setting_label(())])
     record = session.skeleton("ok", None, node)
     record["blocks"] = {"steps": steps, "build_order": build_order, "order": order, "step_time_s": step_time_s,
-                        "wall_s": block_wall_s, "warmup_step_time_s": warmup}
+                        "wall_s": block_wall_s, "warmup_step_time_s": warmup, "warmup_steps": warm_steps}
     record["estimates"] = {label: {"log_ratio_median": float(np.median(L)), "ratio": float(np.exp(np.median(L))),
                                    "rounds": int(len(L))} for label, L in round_log_ratios(record).items()}
+    record["budget"] = {"session_budget_s": session.budget_s, "reason": why,
+                        "planned": {"rounds": session.rounds, "block_steps": planned_steps},
+                        "run": {"rounds": len(order), "block_steps": steps}}
     record["timing"] = {"data_and_build_s": build_s, "warmup_s": warmup_s, "rounds_s": rounds_s,
                         "measured_s": measured_s, "baseline_step_time_s": float(np.median(base_blocks))}
     record["timing"].update(backends.host_sync_record(base.backend, models[AA_LABEL]))  # same optimizer for all
