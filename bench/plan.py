@@ -11,6 +11,7 @@ import dataclasses
 import time
 
 from bench import cost, session_estimates
+from bench.units import runners
 from bench.units.session import Session, plan_sessions
 
 
@@ -155,7 +156,7 @@ def skipped_here(suite, units) -> dict[str, str]:
     out = {}
     for u in units:
         gpu = u.device == "gpu" or (u.device is None and any(s is not None for s in slots))
-        record = u.precheck("process", gpu)
+        record = runners.precheck(u, "process", gpu)
         if record is not None:
             out[u.unit_id] = record["reason"]
     return out
