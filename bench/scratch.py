@@ -44,11 +44,15 @@ def _holders(scratch: pathlib.Path) -> list[dict]:
     return found
 
 
-def sweep(root: pathlib.Path | None = None) -> list[pathlib.Path]:
-    """Remove the scratch folders under `root` (the temp dir) whose holders are all gone."""
+def sweep(root: pathlib.Path | None = None, keep: pathlib.Path | None = None) -> list[pathlib.Path]:
+    """Remove the scratch folders under `root` (the temp dir) whose holders are all gone, but not
+    `keep` (the run being claimed: its workers come and go, and one that starts while another
+    claims must not lose the folder it has just made)."""
     root = pathlib.Path(root or tempfile.gettempdir())
     removed = []
     for scratch in root.glob(f"{PREFIX}*"):
+        if keep is not None and scratch == keep:
+            continue
         try:
             holders = _holders(scratch) if scratch.is_dir() and not scratch.is_symlink() else []
         except OSError:
@@ -62,8 +66,8 @@ def sweep(root: pathlib.Path | None = None) -> list[pathlib.Path]:
 def claim(run_id: str) -> pathlib.Path:
     """Remove stale scratch folders, then make this run's (with tmp/) and record this process
     as one of its holders. Returns the folder."""
-    sweep()
     scratch = path_for(run_id)
+    sweep(keep=scratch)
     tmp_dir(scratch).mkdir(parents=True, exist_ok=True)
     me = holder.me()
     mark = scratch / f".holder-{me['host']}-{me['pid']}.json"

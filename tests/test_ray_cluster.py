@@ -199,7 +199,7 @@ def test_devices_gpu_and_cpu_side_by_side_with_reserved_host_cpus(cluster, tmp_p
     cluster.wait_for_nodes()
     suite = tmp_path / "mixed.yaml"
     suite.write_text(SUITE.format(name="mixed", regularizers="[none, l2, dropout]", extra="").replace(
-        "device: gpu\nisolation: gpu", "devices: [gpu, cpu]\ngpu_host_cpus: 1\ncpus_per_trial: 1\npaired: false"))
+        "device: gpu\nisolation: gpu", "devices: [gpu, cpu]\ngpu_host_cpus: 1\ncpus_per_trial: 1"))  # SUITE says paired: false
     rc, out, err = run_cli(suite, tmp_path / "out", cluster.address)
     assert rc == 0, err
     records, manifest = load_run(tmp_path / "out")

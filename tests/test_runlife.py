@@ -138,3 +138,23 @@ def test_records_are_created_with_link_not_left_as_temp_files(tmp_path):
     pathlib.Path(store.trial_path("t1")).write_text("{torn")  # a leftover torn by hand is replaced
     assert store.write_trial(record("t1")) is True
     assert json.loads(store.trial_path("t1").read_text())["status"] == "ok"
+
+
+def test_claiming_a_run_never_sweeps_that_runs_own_scratch(tmp_path, monkeypatch):
+    """Defect caught (ray submit end to end): a Ray worker that claimed the run's scratch after the
+    run's earlier workers had exited swept the folder as stale, while another worker that had just
+    made its work dir inside it went on to fail with ENOENT. Another run's dead scratch still goes."""
+    import json
+    import tempfile
+
+    from bench import scratch
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = {"host": __import__("socket").gethostname(), "pid": 2 ** 22 + 12345, "started_unix": 1.0}
+    for run in ("this-run", "old-run"):
+        folder = scratch.path_for(run)
+        (folder / "worker-busy").mkdir(parents=True)
+        (folder / ".holder-dead.json").write_text(json.dumps(dead))
+    scratch.claim("this-run")
+    assert (scratch.path_for("this-run") / "worker-busy").is_dir()
+    assert not scratch.path_for("old-run").exists()

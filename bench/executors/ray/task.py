@@ -45,6 +45,8 @@ def _launcher(options: dict):
     from bench.executors.trial_process import Launcher
 
     key = (options.get("start_method"), options["run_id"])
+    if key in _LAUNCHERS and not _LAUNCHERS[key].workdir.is_dir():  # its scratch was swept: claim it anew
+        _LAUNCHERS.pop(key).close()
     if key not in _LAUNCHERS:
         run_tmp = scratch.claim(options["run_id"])
         workdir = pathlib.Path(tempfile.mkdtemp(prefix="worker-", dir=run_tmp))
