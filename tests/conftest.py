@@ -34,6 +34,19 @@ def run_worker(trial, tmp_path: pathlib.Path, name: str = "t") -> dict:
     return json.loads(out.read_text())
 
 
+def facts_in_child(module: str, plan: list, backend: str) -> list[dict]:
+    """Run `python -m MODULE PLAN_JSON` on `backend` (CPU) and return the JSON lines it printed, one
+    per plan entry (tests/model_facts.py, tests/rewrite_facts.py)."""
+    proc = subprocess.run([sys.executable, "-m", module, json.dumps(plan)], capture_output=True,
+                          text=True, timeout=600, cwd=ROOT,
+                          env={**os.environ, "KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": "",
+                               "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(results) == len(plan)
+    return results
+
+
 def validate(path) -> subprocess.CompletedProcess:
     """`regbench validate PATH`: a run directory or a trial file against the project's contract."""
     return regbench("validate", path, timeout=120)

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, facts_in_child
 from tests.rewrite_facts import facts, user_model
 
 L2 = ("l2", {"l2": 1e-3})
@@ -138,13 +138,7 @@ def test_rewrite_places_regularizers_on_backend(backend):
 
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed (make test installs it)")
-    proc = subprocess.run([sys.executable, "-m", "tests.rewrite_facts", json.dumps(CASES)], capture_output=True,
-                          text=True, timeout=600, cwd=ROOT,
-                          env={**os.environ, "KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": "",
-                               "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)})
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert len(results) == len(CASES)
+    results = facts_in_child("tests.rewrite_facts", CASES, backend)
     for f, (model_name, regs) in zip(results, CASES):
         assert f["backend"] == backend
         check_case(f, model_name, regs)

@@ -21,7 +21,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, facts_in_child
 from tests.model_facts import data_for, facts
 
 WORKLOADS = ("digits_mlp", "fashion_mnist_cnn", "cifar10_resnet20", "synthetic_cnn", "transformer_encoder", "resnet50")
@@ -297,13 +297,7 @@ def test_regularizers_and_precision_are_in_the_model_on_backend(backend):
     if importlib.util.find_spec(backend) is None:
         pytest.skip(f"{backend} is not installed (make test installs it)")
     plan = backend_plan(backend)
-    proc = subprocess.run([sys.executable, "-m", "tests.model_facts", json.dumps(plan)], capture_output=True,
-                          text=True, timeout=600, cwd=ROOT,
-                          env={**os.environ, "KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": "",
-                               "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)})
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert len(results) == len(plan)
+    results = facts_in_child("tests.model_facts", plan, backend)
     for f, (workload, regs, precision, fit) in zip(results, plan):
         assert f["backend"] == backend and f["workload"] == workload
         check_case(f, regs, precision)

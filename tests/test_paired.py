@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -41,6 +44,15 @@ def session_record(rng, index: int, truth=TRUTH, group="g1", precision="float32"
             "node": {"device_name": "cpu"}, "blocks": {"steps": 100, "order": [labels] * rounds, "step_time_s": blocks},
             "timing": {"baseline_step_time_s": base_s}}
 
+
+
+def run_session_child(tmp_path, session) -> dict:
+    """One session in a fresh interpreter, the executors' way (a CPU trial process); its record."""
+    req, out = tmp_path / "req.json", tmp_path / "out.json"
+    req.write_text(json.dumps({"kind": "session", "unit": session.to_dict(), "executor": "process", "gpu": False}))
+    subprocess.run([sys.executable, "-m", "bench.executors.child", str(req), str(out)], check=True, timeout=300,
+                   env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    return json.loads(out.read_text())
 
 def test_estimates_recover_the_truth_through_round_drift():
     """Blocks of one round share the machine's state; the estimator pairs within the round, so a
@@ -257,17 +269,11 @@ def test_run_budget_ends_the_added_sessions_on_time_when_the_run_started_slow(tm
 def test_one_real_session_in_a_fresh_process(tmp_path):
     """A real session: every model built and timed, rounds in a seeded random order, the A/A twin
     and the third baseline instance."""
-    import subprocess
-    import sys
 
     base = Trial(workload="digits_mlp", regularizers=(), precision="float32", batch_size=64, cpu_threads=1, seed=1000)
     session = Session(base=base, settings=((("l2", {"l2": 1e-4}),), (("dropout", {"rate": 0.3}),)),
                       rounds=4, block_min_steps=5, block_min_s=0.01)
-    req, out = tmp_path / "req.json", tmp_path / "out.json"
-    req.write_text(json.dumps({"kind": "session", "unit": session.to_dict(), "executor": "process", "gpu": False}))
-    subprocess.run([sys.executable, "-m", "bench.executors.child", str(req), str(out)], check=True, timeout=300,
-                   env={**__import__("os").environ, "CUDA_VISIBLE_DEVICES": ""})
-    rec = json.loads(out.read_text())
+    rec = run_session_child(tmp_path, session)
     assert rec["status"] == "ok", rec.get("reason")
     labels = {AA_LABEL, THIRD_LABEL, "none", "l2", "dropout"}
     assert set(rec["blocks"]["step_time_s"]) == labels and set(rec["blocks"]["build_order"]) == labels
@@ -379,19 +385,13 @@ def test_fit_rounds_shortens_blocks_then_rounds_to_fit_the_time_left():
 def test_a_session_past_its_budget_runs_fewer_shorter_blocks_and_records_why(tmp_path):
     """A budget smaller than the build itself: the session still times one round of short blocks,
     and its record says what was planned, what ran and why."""
-    import subprocess
-    import sys
 
     from bench.units.session_run import MIN_BLOCK_STEPS
 
     base = Trial(workload="digits_mlp", regularizers=(), precision="float32", batch_size=64, cpu_threads=1, seed=1000)
     session = Session(base=base, settings=((("l2", {"l2": 1e-4}),),), rounds=4, block_min_steps=40,
                       block_min_s=0.01, budget_s=0.05)
-    req, out = tmp_path / "req.json", tmp_path / "out.json"
-    req.write_text(json.dumps({"kind": "session", "unit": session.to_dict(), "executor": "process", "gpu": False}))
-    subprocess.run([sys.executable, "-m", "bench.executors.child", str(req), str(out)], check=True, timeout=300,
-                   env={**__import__("os").environ, "CUDA_VISIBLE_DEVICES": ""})
-    rec = json.loads(out.read_text())
+    rec = run_session_child(tmp_path, session)
     assert rec["status"] == "ok", rec.get("reason")
     budget = rec["budget"]
     assert budget["session_budget_s"] == 0.05 and budget["planned"] == {"rounds": 4, "block_steps": 40}
